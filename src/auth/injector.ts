@@ -1,0 +1,107 @@
+import { CredentialsError, errorMessage } from '../errors.js';
+import type { KvxConfig } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+import type { HeaderMap, HeaderProvider, ProviderStatus } from './provider.js';
+import { providerType } from './registry.js';
+import type { ProviderPlan } from './registry.js';
+
+export interface ActiveProvider {
+  plan: ProviderPlan;
+  provider: HeaderProvider;
+}
+
+/**
+ * All providers that apply, combined: headers from each in configured order, later ones winning on a
+ * name clash. This is the only object the proxy and the launcher talk to for credentials.
+ */
+export class HeaderInjector {
+  private constructor(
+    readonly active: readonly ActiveProvider[],
+    private readonly logger: Logger,
+  ) {}
+
+  static async create(
+    plans: readonly ProviderPlan[],
+    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv },
+  ): Promise<HeaderInjector> {
+    const active: ActiveProvider[] = [];
+    for (const plan of plans) {
+      const type = providerType(plan.type);
+      if (type === undefined) throw new CredentialsError(plan.type, `unknown provider type "${plan.type}"`);
+      const provider = await type.create(plan, {
+        logger: options.logger.child({ provider: plan.type }),
+        config: options.config,
+        header: plan.header,
+        scheme: plan.scheme,
+        baseDir: options.baseDir,
+        env: options.env ?? process.env,
+      });
+      if (await provider.inContext()) {
+        active.push({ plan, provider });
+      } else {
+        options.logger.info('header provider not in context; skipped', { provider: provider.name });
+        await provider.close?.();
+      }
+    }
+    return new HeaderInjector(active, options.logger);
+  }
+
+  /** Fetch every provider's first credential, so a misconfiguration fails at start rather than on a request. */
+  async start(): Promise<void> {
+    await Promise.all(this.active.map(({ provider }) => provider.start?.()));
+  }
+
+  /**
+   * Headers for one request. Synchronous whenever every provider holds a fresh credential, which is the
+   * steady state; a promise only while some provider is fetching.
+   */
+  headers(): HeaderMap | Promise<HeaderMap> {
+    const active = this.active;
+    if (active.length === 1) return active[0]!.provider.requestHeaders();
+    const results: (HeaderMap | Promise<HeaderMap>)[] = [];
+    let pending = false;
+    for (const { provider } of active) {
+      const r = provider.requestHeaders();
+      if (r instanceof Promise) pending = true;
+      results.push(r);
+    }
+    if (!pending) return merge(results as HeaderMap[]);
+    return Promise.all(results).then(merge);
+  }
+
+  /** The upstream rejected our credentials: refresh every provider that can refresh. */
+  async invalidate(): Promise<void> {
+    const results = await Promise.allSettled(this.active.map(({ provider }) => provider.invalidate?.()));
+    for (const r of results) {
+      if (r.status === 'rejected') this.logger.warn('credential refresh after upstream rejection failed', { error: errorMessage(r.reason) });
+    }
+  }
+
+  get canRefresh(): boolean {
+    return this.active.some(({ provider }) => provider.invalidate !== undefined);
+  }
+
+  status(): { ready: boolean; providers: (ProviderStatus & { name: string; type: string })[] } {
+    const providers = this.active.map(({ plan, provider }) => ({ name: provider.name, type: plan.type, ...(provider.status?.() ?? { ready: true }) }));
+    return { ready: providers.every((p) => p.ready), providers };
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.active.map(({ provider }) => provider.close?.()));
+  }
+}
+
+function merge(maps: HeaderMap[]): HeaderMap {
+  const out: HeaderMap = {};
+  const seen = new Map<string, string>();
+  for (const map of maps) {
+    for (const [name, value] of Object.entries(map)) {
+      const lower = name.toLowerCase();
+      const previous = seen.get(lower);
+      if (previous !== undefined) delete out[previous];
+      seen.set(lower, name);
+      out[name] = value;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,84 @@
+import type { KvxConfig } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+
+/** Header name → value. Names are compared case-insensitively everywhere. */
+export type HeaderMap = Record<string, string>;
+
+export interface ProviderStatus {
+  /** True when requestHeaders() can answer now without failing. */
+  ready: boolean;
+  /** Epoch milliseconds at which the held credential expires, when it expires. */
+  expiresAt?: number;
+  /** Last failure, already free of secrets. */
+  lastError?: string;
+  /** Who the credential is for (service-account email, user), when known; never the credential. */
+  identity?: string;
+}
+
+/**
+ * What the proxy and the launcher call. `requestHeaders` may answer synchronously: a provider holding a fresh
+ * credential returns it without a promise, which keeps the proxy's hot path free of microtask hops.
+ */
+export interface HeaderProvider {
+  /** Shown in logs, metrics labels and error messages: the type (`google-iam`) or the custom class name. */
+  readonly name: string;
+  /** Whether the provider applies; asked once at start, as kedro-vertexai's `in_context`. */
+  inContext(): boolean | Promise<boolean>;
+  /** Headers to set on a request. Rejects (or throws) with CredentialsError when none can be produced. */
+  requestHeaders(): HeaderMap | Promise<HeaderMap>;
+  /** Produce the first credential; rejects with the reason. Providers without state need not implement it. */
+  start?(): Promise<void>;
+  /**
+   * The upstream rejected the credential (401): forget it and fetch a fresh one. Resolves when a new
+   * credential is held, rejects when none could be had.
+   */
+  invalidate?(): Promise<void>;
+  status?(): ProviderStatus;
+  /** Stop timers and watchers. */
+  close?(): void | Promise<void>;
+}
+
+/** What a provider gets besides its params. */
+export interface ProviderContext {
+  logger: Logger;
+  /** The whole effective config, for providers that need endpoints or refresh settings. */
+  config: KvxConfig;
+  /** Header the provider's token goes in, after defaults (`Authorization`). */
+  header: string;
+  /** Scheme put before the token (`Bearer`), or '' for a bare value. */
+  scheme: string;
+  /** Directory relative paths in params are resolved against. */
+  baseDir: string;
+  /** Process environment; injectable for tests. */
+  env: NodeJS.ProcessEnv;
+}
+
+/**
+ * The public base class for custom providers, the counterpart of kedro-vertexai's
+ * `RequestHeaderProviderWithKedroContext`. Subclass it in your module, read `this.params`, and implement
+ * `requestHeaders()`; override `inContext()` to opt out when your params are absent.
+ */
+export abstract class RequestHeaderProvider implements HeaderProvider {
+  readonly params: Record<string, unknown>;
+  protected readonly context: ProviderContext;
+
+  constructor(params: Record<string, unknown>, context: ProviderContext) {
+    this.params = params;
+    this.context = context;
+  }
+
+  get name(): string {
+    return this.constructor.name;
+  }
+
+  inContext(): boolean | Promise<boolean> {
+    return true;
+  }
+
+  abstract requestHeaders(): HeaderMap | Promise<HeaderMap>;
+}
+
+/** Formats `<scheme> <token>` the way every token provider does. */
+export function authorizationValue(scheme: string, token: string): string {
+  return scheme ? `${scheme} ${token}` : token;
+}

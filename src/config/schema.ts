@@ -1,0 +1,228 @@
+/**
+ * The configuration schema: one declarative tree that drives defaults, validation, the `KVX_*` environment
+ * names, redaction in `check-config`, and the README's reference table. Adding a key means adding it here.
+ */
+
+export type FieldSpec =
+  | { kind: 'string'; default?: string; secret?: boolean; doc: string; env?: string | false; choices?: readonly string[] }
+  | { kind: 'int'; default?: number; min?: number; max?: number; doc: string; env?: string | false }
+  | { kind: 'bool'; default?: boolean; doc: string; env?: string | false }
+  | { kind: 'stringList'; default?: readonly string[]; doc: string; env?: string | false }
+  | { kind: 'intList'; default?: readonly number[]; doc: string; env?: string | false }
+  /** Free-form map (provider params, labels): values are kept as given; keys are not checked here. */
+  | { kind: 'map'; doc: string; env?: false; secretKeys?: RegExp }
+  | { kind: 'object'; fields: Record<string, FieldSpec>; doc?: string }
+  | { kind: 'list'; item: Record<string, FieldSpec>; doc: string };
+
+export interface ProviderConfig {
+  /** Registered provider type: static, basic, google-iam, google-oauth, custom, ... */
+  type: string;
+  params: Record<string, unknown>;
+  /** Header this provider sets; defaults to auth.header. */
+  header?: string;
+  /** Scheme placed before the token (`Bearer`); empty string for none. Defaults to auth.scheme. */
+  scheme?: string;
+  /** For `custom`: path of the JavaScript module (ESM or CommonJS), relative to the config file. */
+  module?: string;
+  /** For `custom`: the export holding the provider class; `default` unless named. */
+  export?: string;
+}
+
+export interface KvxConfig {
+  listen: { host: string; port: number; allowNonLoopback: boolean };
+  admin: { enabled: boolean; host: string; port: number };
+  upstream: {
+    url: string;
+    connectTimeoutMs: number;
+    headersTimeoutMs: number;
+    idleTimeoutMs: number;
+    maxConnections: number;
+    caFile: string;
+    certFile: string;
+    keyFile: string;
+    insecure: boolean;
+  };
+  server: {
+    headersTimeoutMs: number;
+    requestTimeoutMs: number;
+    keepAliveTimeoutMs: number;
+    maxHeaderSize: number;
+    shutdownTimeoutMs: number;
+  };
+  headers: { preserve: string[] };
+  auth: {
+    provider: string;
+    header: string;
+    scheme: string;
+    params: Record<string, unknown>;
+    module: string;
+    export: string;
+    providers: ProviderConfig[];
+    refreshBeforeExpirySec: number;
+    refreshJitterSec: number;
+    retryOnStatus: number[];
+    replayMaxBodyBytes: number;
+    requireTokenAtStart: boolean;
+    startupTimeoutMs: number;
+    endpoints: { metadataHost: string; iamCredentials: string; oauthToken: string };
+  };
+  log: { level: 'debug' | 'info' | 'warn' | 'error' | 'silent'; requests: boolean };
+  /** Keys read from a kedro-vertexai vertexai.yml (project, region, run_config) for kvx-launch. */
+  vertex: {
+    projectId: string;
+    region: string;
+    endpoint: string;
+    experimentName: string;
+    root: string;
+    serviceAccount: string;
+    network: string;
+    labels: Record<string, unknown>;
+    experiment: string;
+  };
+}
+
+export const AUTH_PROVIDER_TYPES = ['auto', 'none', 'static', 'basic', 'google-iam', 'google-oauth', 'custom'] as const;
+
+export const SCHEMA: Record<string, FieldSpec> = {
+  listen: {
+    kind: 'object',
+    doc: 'Where the proxy accepts MLflow clients.',
+    fields: {
+      host: { kind: 'string', default: '127.0.0.1', doc: 'Address to listen on. Anything but loopback needs listen.allowNonLoopback.' },
+      port: { kind: 'int', default: 5001, min: 0, max: 65535, doc: 'Port to listen on; 0 picks a free one.' },
+      allowNonLoopback: {
+        kind: 'bool',
+        default: false,
+        doc: 'Allow a non-loopback listen.host. Whoever reaches the port gets authenticated MLflow access.',
+      },
+    },
+  },
+  admin: {
+    kind: 'object',
+    doc: 'Health and metrics listener, separate so it never shadows an MLflow path.',
+    fields: {
+      enabled: { kind: 'bool', default: true, doc: 'Serve /healthz, /readyz and /metrics.' },
+      host: { kind: 'string', default: '127.0.0.1', doc: 'Admin listen address (loopback unless listen.allowNonLoopback).' },
+      port: { kind: 'int', default: 9464, min: 0, max: 65535, doc: 'Admin port; 0 picks a free one.' },
+    },
+  },
+  upstream: {
+    kind: 'object',
+    doc: 'The MLflow tracking server requests are forwarded to.',
+    fields: {
+      url: { kind: 'string', default: '', doc: 'MLflow server URL, http or https, optionally with a path prefix (https://host/mlflow). Required.' },
+      connectTimeoutMs: { kind: 'int', default: 10_000, min: 1, doc: 'Time allowed to open a connection to upstream.' },
+      headersTimeoutMs: { kind: 'int', default: 300_000, min: 1, doc: 'Time allowed for upstream response headers after the request was sent.' },
+      idleTimeoutMs: {
+        kind: 'int',
+        default: 300_000,
+        min: 1,
+        doc: 'Longest pause allowed while a body streams in either direction; a multi-GB transfer may take longer in total.',
+      },
+      maxConnections: { kind: 'int', default: 256, min: 1, doc: 'Most upstream connections kept open at once.' },
+      caFile: { kind: 'string', default: '', doc: 'PEM bundle of CAs trusted for upstream TLS (replaces the system list).' },
+      certFile: { kind: 'string', default: '', doc: 'Client certificate (PEM) for mutual TLS; needs upstream.keyFile.' },
+      keyFile: { kind: 'string', default: '', doc: 'Client key (PEM) for mutual TLS; needs upstream.certFile.' },
+      insecure: { kind: 'bool', default: false, doc: 'Skip upstream TLS verification. For debugging only; cannot be combined with upstream.caFile.' },
+    },
+  },
+  server: {
+    kind: 'object',
+    doc: 'Limits on client connections.',
+    fields: {
+      headersTimeoutMs: { kind: 'int', default: 30_000, min: 1, doc: 'Time a client has to send its request headers (slow-client guard).' },
+      requestTimeoutMs: { kind: 'int', default: 0, min: 0, doc: 'Time a client has to send a whole request; 0 for none (large uploads).' },
+      keepAliveTimeoutMs: { kind: 'int', default: 65_000, min: 1, doc: 'How long an idle client connection is kept open.' },
+      maxHeaderSize: { kind: 'int', default: 32_768, min: 1024, doc: 'Largest request header block accepted, in bytes; larger gets 431.' },
+      shutdownTimeoutMs: { kind: 'int', default: 25_000, min: 0, doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish.' },
+    },
+  },
+  headers: {
+    kind: 'object',
+    doc: 'Client header handling.',
+    fields: {
+      preserve: {
+        kind: 'stringList',
+        default: [],
+        doc:
+          'Client credential headers (authorization, proxy-authorization, x-serverless-authorization, cookie) to forward anyway. ' +
+          'They are dropped by default; a header a provider sets is always replaced.',
+      },
+    },
+  },
+  auth: {
+    kind: 'object',
+    doc: 'Header providers.',
+    fields: {
+      provider: {
+        kind: 'string',
+        default: 'auto',
+        choices: AUTH_PROVIDER_TYPES,
+        doc: 'Provider type; auto selects from auth.params as kedro-vertexai does (client_id + service_account: google-iam; client_id: google-oauth).',
+      },
+      header: { kind: 'string', default: 'Authorization', doc: 'Header the token goes in (Proxy-Authorization, X-Serverless-Authorization).' },
+      scheme: { kind: 'string', default: 'Bearer', doc: 'Scheme before the token; empty for a bare token.' },
+      params: {
+        kind: 'map',
+        doc: 'Provider params, as kedro-vertexai request_header_provider_params (client_id, service_account, custom keys).',
+        secretKeys: /token|secret|password|key/i,
+      },
+      module: { kind: 'string', default: '', doc: 'Custom provider module path (ESM or CommonJS), relative to the config file.' },
+      export: { kind: 'string', default: 'default', doc: 'Export of auth.module holding the provider class.' },
+      providers: {
+        kind: 'list',
+        doc: 'Several providers, applied in order; each takes type, params, header, scheme, module, export.',
+        item: {
+          type: { kind: 'string', choices: AUTH_PROVIDER_TYPES.filter((t) => t !== 'auto' && t !== 'none'), doc: 'Provider type.' },
+          params: { kind: 'map', doc: 'Params, merged over auth.params.', secretKeys: /token|secret|password|key/i },
+          header: { kind: 'string', doc: 'Header name; defaults to auth.header.' },
+          scheme: { kind: 'string', doc: 'Scheme; defaults to auth.scheme.' },
+          module: { kind: 'string', doc: 'Custom module path.' },
+          export: { kind: 'string', doc: 'Custom module export.' },
+        },
+      },
+      refreshBeforeExpirySec: { kind: 'int', default: 300, min: 0, doc: 'Refresh a token this long before it expires.' },
+      refreshJitterSec: { kind: 'int', default: 30, min: 0, doc: 'Random extra lead time, so many proxies do not refresh at once.' },
+      retryOnStatus: {
+        kind: 'intList',
+        default: [401],
+        doc: 'Upstream statuses that force a token refresh and one replay of a small request (add 403 for IAP setups that answer 403).',
+      },
+      replayMaxBodyBytes: { kind: 'int', default: 1_048_576, min: 0, doc: 'Largest request body kept for a replay after 401; bigger bodies stream and are never replayed.' },
+      requireTokenAtStart: { kind: 'bool', default: true, doc: 'Exit at start when the first credentials cannot be produced.' },
+      startupTimeoutMs: { kind: 'int', default: 30_000, min: 1, doc: 'How long the first credentials may take at start.' },
+      endpoints: {
+        kind: 'object',
+        doc: 'Google endpoints, for private setups and tests.',
+        fields: {
+          metadataHost: { kind: 'string', default: '', doc: 'Metadata server host[:port]; GCE_METADATA_HOST is honoured when unset.' },
+          iamCredentials: { kind: 'string', default: 'https://iamcredentials.googleapis.com', doc: 'IAM Credentials API base URL.' },
+          oauthToken: { kind: 'string', default: 'https://oauth2.googleapis.com/token', doc: 'OAuth 2.0 token endpoint.' },
+        },
+      },
+    },
+  },
+  log: {
+    kind: 'object',
+    doc: 'Logging.',
+    fields: {
+      level: { kind: 'string', default: 'info', choices: ['debug', 'info', 'warn', 'error', 'silent'], doc: 'Least severe level written.' },
+      requests: { kind: 'bool', default: true, doc: 'Write one line per proxied request.' },
+    },
+  },
+  vertex: {
+    kind: 'object',
+    doc: 'Vertex AI settings for kvx-launch; filled from a vertexai.yml when one is given.',
+    fields: {
+      projectId: { kind: 'string', default: '', doc: 'Google Cloud project id (vertexai.yml: project_id).' },
+      region: { kind: 'string', default: '', doc: 'Vertex AI region (vertexai.yml: region).' },
+      endpoint: { kind: 'string', default: '', doc: 'Vertex AI API base URL; https://<region>-aiplatform.googleapis.com by default.' },
+      experimentName: { kind: 'string', default: '', doc: 'MLflow experiment and job id prefix (run_config.experiment_name).' },
+      root: { kind: 'string', default: '', doc: 'Pipeline root, bucket/path without gs:// (run_config.root).' },
+      serviceAccount: { kind: 'string', default: '', doc: 'Service account the pipeline runs as (run_config.service_account).' },
+      network: { kind: 'string', default: '', doc: 'VPC network name or full resource name (run_config.network.vpc).' },
+      labels: { kind: 'map', doc: 'Labels put on the pipeline job.' },
+      experiment: { kind: 'string', default: '', doc: 'Vertex AI experiment to associate the job with (run_config.experiment).' },
+    },
+  },
+};

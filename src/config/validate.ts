@@ -1,0 +1,111 @@
+import { accessSync, constants } from 'node:fs';
+import { isIP } from 'node:net';
+import type { ConfigProblem } from '../errors.js';
+import type { KvxConfig } from './schema.js';
+
+/** Headers a client may carry its own credentials in; dropped unless listed in headers.preserve. */
+export const CLIENT_CREDENTIAL_HEADERS = ['authorization', 'proxy-authorization', 'x-serverless-authorization', 'cookie'] as const;
+
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** Cross-field rules that a single key's type cannot express. */
+export function validateConfig(config: KvxConfig, options: { requireUpstream: boolean }): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const add = (path: string, message: string) => problems.push({ path, message });
+
+  const { upstream, listen, admin, auth } = config;
+  if (upstream.url === '') {
+    if (options.requireUpstream) add('upstream.url', 'required: the MLflow server to forward to, e.g. https://mlflow.example.com (flag --upstream, env KVX_UPSTREAM_URL)');
+  } else {
+    const problem = upstreamUrlProblem(upstream.url);
+    if (problem) add('upstream.url', problem);
+  }
+
+  if (!listen.allowNonLoopback) {
+    if (!isLoopbackHost(listen.host)) {
+      add('listen.host', `"${listen.host}" is not a loopback address; anyone who reaches it gets authenticated MLflow access. Set listen.allowNonLoopback: true (--allow-non-loopback) to accept that`);
+    }
+    if (admin.enabled && !isLoopbackHost(admin.host)) {
+      add('admin.host', `"${admin.host}" is not a loopback address; set listen.allowNonLoopback: true to expose health and metrics`);
+    }
+  }
+  if (admin.enabled && admin.port !== 0 && admin.port === listen.port && admin.host === listen.host) {
+    add('admin.port', `must differ from listen.port (${listen.port}): MLflow paths and admin paths are served on separate listeners`);
+  }
+
+  if (upstream.insecure && upstream.caFile) {
+    add('upstream.insecure', 'cannot be combined with upstream.caFile: either verify against the CA bundle or (for debugging only) not at all');
+  }
+  if (Boolean(upstream.certFile) !== Boolean(upstream.keyFile)) {
+    add(upstream.certFile ? 'upstream.keyFile' : 'upstream.certFile', 'mutual TLS needs both upstream.certFile and upstream.keyFile');
+  }
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const file = upstream[key];
+    if (file && !readable(file)) add(`upstream.${key}`, `cannot read ${file}; check the path and permissions`);
+  }
+  if ((upstream.caFile || upstream.certFile) && upstream.url.startsWith('http:')) {
+    add('upstream.url', 'TLS files are set but the upstream is plain http; use an https:// URL');
+  }
+
+  if (!HEADER_NAME.test(auth.header)) add('auth.header', `"${auth.header}" is not a valid header name`);
+  auth.providers.forEach((p, i) => {
+    if (p.header !== undefined && !HEADER_NAME.test(p.header)) add(`auth.providers[${i}].header`, `"${p.header}" is not a valid header name`);
+  });
+  const known = new Set<string>(CLIENT_CREDENTIAL_HEADERS);
+  config.headers.preserve.forEach((h, i) => {
+    if (!known.has(h.toLowerCase())) {
+      add(`headers.preserve[${i}]`, `"${h}" is not a credential header; only ${CLIENT_CREDENTIAL_HEADERS.join(', ')} are dropped, every other header is forwarded already`);
+    }
+  });
+  auth.retryOnStatus.forEach((s, i) => {
+    if (s !== 401 && s !== 403 && s !== 407) add(`auth.retryOnStatus[${i}]`, `${s} is not an authentication status; use 401, 403 or 407`);
+  });
+  if (auth.provider === 'custom' && !auth.module) add('auth.module', 'required when auth.provider is custom: the path of your provider module');
+
+  if (config.vertex.endpoint) {
+    const problem = httpUrlProblem(config.vertex.endpoint);
+    if (problem) add('vertex.endpoint', problem);
+  }
+  for (const key of ['iamCredentials', 'oauthToken'] as const) {
+    const problem = httpUrlProblem(auth.endpoints[key]);
+    if (problem) add(`auth.endpoints.${key}`, problem);
+  }
+  return problems;
+}
+
+export function upstreamUrlProblem(raw: string): string | undefined {
+  const basic = httpUrlProblem(raw);
+  if (basic) return basic;
+  const url = new URL(raw);
+  if (url.username || url.password) return 'must not contain credentials; use auth.provider basic or static instead';
+  if (url.search || url.hash) return 'must not have a query string or fragment; give the server root or its path prefix';
+  return undefined;
+}
+
+function httpUrlProblem(raw: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return `"${raw}" is not a URL; write it as https://host[:port][/path]`;
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `must be http or https, got ${url.protocol.replace(':', '')}`;
+  return undefined;
+}
+
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  const bare = host.replace(/^\[|\]$/g, '');
+  if (isIP(bare) === 4) return bare.startsWith('127.');
+  if (isIP(bare) === 6) return bare === '::1' || bare.startsWith('::ffff:127.');
+  return false;
+}
+
+function readable(file: string): boolean {
+  try {
+    accessSync(file, constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
