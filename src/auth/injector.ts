@@ -1,6 +1,8 @@
 import { CredentialsError, errorMessage } from '../errors.js';
 import type { KvxConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import { noAuthMetrics } from '../metrics/auth-metrics.js';
+import type { AuthMetrics } from '../metrics/auth-metrics.js';
 import type { HeaderMap, HeaderProvider, ProviderStatus } from './provider.js';
 import { providerType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
@@ -22,7 +24,7 @@ export class HeaderInjector {
 
   static async create(
     plans: readonly ProviderPlan[],
-    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv },
+    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv; metrics?: AuthMetrics },
   ): Promise<HeaderInjector> {
     const active: ActiveProvider[] = [];
     for (const plan of plans) {
@@ -35,6 +37,7 @@ export class HeaderInjector {
         scheme: plan.scheme,
         baseDir: options.baseDir,
         env: options.env ?? process.env,
+        metrics: options.metrics ?? noAuthMetrics,
       });
       if (await provider.inContext()) {
         active.push({ plan, provider });
@@ -69,9 +72,9 @@ export class HeaderInjector {
     return Promise.all(results).then(merge);
   }
 
-  /** The upstream rejected our credentials: refresh every provider that can refresh. */
-  async invalidate(): Promise<void> {
-    const results = await Promise.allSettled(this.active.map(({ provider }) => provider.invalidate?.()));
+  /** The upstream rejected a request sent with `rejected`: let every provider that can refresh decide. */
+  async invalidate(rejected: HeaderMap): Promise<void> {
+    const results = await Promise.allSettled(this.active.map(({ provider }) => provider.invalidate?.(rejected)));
     for (const r of results) {
       if (r.status === 'rejected') this.logger.warn('credential refresh after upstream rejection failed', { error: errorMessage(r.reason) });
     }

@@ -1,5 +1,6 @@
 import type { KvxConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import type { AuthMetrics } from '../metrics/auth-metrics.js';
 
 /** Header name → value. Names are compared case-insensitively everywhere. */
 export type HeaderMap = Record<string, string>;
@@ -29,10 +30,12 @@ export interface HeaderProvider {
   /** Produce the first credential; rejects with the reason. Providers without state need not implement it. */
   start?(): Promise<void>;
   /**
-   * The upstream rejected the credential (401): forget it and fetch a fresh one. Resolves when a new
-   * credential is held, rejects when none could be had.
+   * The upstream rejected a request (401) that carried `rejected` (the headers it was sent with). If those
+   * still hold this provider's current credential, forget it and fetch a fresh one; if the provider already
+   * holds a different one (another request got there first), do nothing. Resolves when a fresh credential
+   * is held, rejects when none could be had. Concurrent calls share one fetch.
    */
-  invalidate?(): Promise<void>;
+  invalidate?(rejected: HeaderMap): Promise<void>;
   status?(): ProviderStatus;
   /** Stop timers and watchers. */
   close?(): void | Promise<void>;
@@ -51,6 +54,7 @@ export interface ProviderContext {
   baseDir: string;
   /** Process environment; injectable for tests. */
   env: NodeJS.ProcessEnv;
+  metrics: AuthMetrics;
 }
 
 /**
