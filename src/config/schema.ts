@@ -64,6 +64,7 @@ export interface KvxConfig {
     replayMaxBodyBytes: number;
     requireTokenAtStart: boolean;
     startupTimeoutMs: number;
+    tokenFetchTimeoutMs: number;
     endpoints: { metadataHost: string; iamCredentials: string; oauthToken: string };
   };
   log: { level: 'debug' | 'info' | 'warn' | 'error' | 'silent'; requests: boolean };
@@ -191,6 +192,7 @@ export const SCHEMA: Record<string, FieldSpec> = {
       replayMaxBodyBytes: { kind: 'int', default: 1_048_576, min: 0, doc: 'Largest request body kept for a replay after 401; bigger bodies stream and are never replayed.' },
       requireTokenAtStart: { kind: 'bool', default: true, doc: 'Exit at start when the first credentials cannot be produced.' },
       startupTimeoutMs: { kind: 'int', default: 30_000, min: 1, doc: 'How long the first credentials may take at start.' },
+      tokenFetchTimeoutMs: { kind: 'int', default: 30_000, min: 1, doc: 'How long one token request to Google may take before it counts as failed and is retried with backoff.' },
       endpoints: {
         kind: 'object',
         doc: 'Google endpoints, for private setups and tests.',
