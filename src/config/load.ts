@@ -21,6 +21,11 @@ export interface LoadOptions {
   overrides?: readonly ConfigOverride[];
   /** Skip cross-field checks that need a complete config (e.g. upstream.url for `kvx-launch`). */
   require?: { upstream?: boolean };
+  /**
+   * More checks run on the layered config, so their problems are reported together with the config's own
+   * (the CLIs pass provider param validation here; config does not know providers).
+   */
+  extraChecks?: (config: KvxConfig) => ConfigProblem[];
 }
 
 export interface LoadedConfig {
@@ -54,6 +59,12 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   mergeEnv(config as unknown as Tree, env, sources, problems);
 
   for (const o of options.overrides ?? []) {
+    if (o.path.startsWith('auth.params.')) {
+      const auth = asTree((config as unknown as Tree)['auth']);
+      auth['params'] = { ...asTree(auth['params']), [o.path.slice('auth.params.'.length)]: o.value };
+      sources.set(o.path, `flag:${o.source}`);
+      continue;
+    }
     const spec = specAt(o.path);
     if (spec === undefined) {
       problems.push({ path: o.source, message: `sets unknown key ${o.path}` });
@@ -67,6 +78,7 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   }
 
   problems.push(...validateConfig(config, { requireUpstream: options.require?.upstream ?? true }));
+  if (options.extraChecks) problems.push(...options.extraChecks(config));
   if (problems.length > 0) throw new ConfigError(problems);
   return { config, sources, baseDir };
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env node
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError } from 'commander';
+import YAML from 'yaml';
+import { planProviders } from '../auth/registry.js';
+import '../auth/index.js';
+import { redactConfig } from '../config/redact.js';
+import { ConfigError } from '../errors.js';
+import { Logger } from '../log/logger.js';
+import { startProxy } from '../proxy/server.js';
+import { VERSION } from '../version.js';
+import { addConfigOptions, defaultIO, loadConfigFromOptions, reportError } from './options.js';
+import type { CliIO } from './options.js';
+
+/**
+ * kvx-proxy's entry point. Returns the exit code (and sets process.exitCode) rather than exiting, so tests
+ * and the exec wrapper can call it in-process.
+ */
+export async function main(argv: readonly string[], io: CliIO = defaultIO()): Promise<number> {
+  const program = buildProgram(io);
+  let code: number;
+  program.exitOverride();
+  program.configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
+  try {
+    await program.parseAsync(['node', 'kvx-proxy', ...argv]);
+    code = (program as unknown as { kvxExitCode?: number }).kvxExitCode ?? 0;
+  } catch (err) {
+    if (err instanceof CommanderError) code = err.exitCode === 0 ? 0 : 2;
+    else code = reportError(err, io, 'kvx-proxy', argv.includes('--debug'));
+  }
+  process.exitCode = code;
+  return code;
+}
+
+function buildProgram(io: CliIO): Command {
+  const program = new Command('kvx-proxy')
+    .description('Authenticating reverse proxy for MLflow behind Google IAP, Cloud Run IAM or any auth layer')
+    .version(VERSION, '-V, --version')
+    .showHelpAfterError('(run kvx-proxy --help for usage)');
+  const setExit = (code: number) => ((program as unknown as { kvxExitCode?: number }).kvxExitCode = code);
+
+  addConfigOptions(program.command('serve', { isDefault: true }).description('run the proxy until SIGTERM/SIGINT')).action(async (opts: Record<string, unknown>) => {
+    setExit(await serve(opts, io));
+  });
+
+  addConfigOptions(program.command('check-config').description('validate the configuration and print it with secrets redacted')).action((opts: Record<string, unknown>) => {
+    const loaded = loadConfigFromOptions(opts, io);
+    const { plans, problems } = planProviders(loaded.config, io.env);
+    if (problems.length > 0) throw new ConfigError(problems);
+    io.stdout.write(YAML.stringify({ config: redactConfig(loaded.config), providers: plans.map((p) => ({ type: p.type, header: p.header, reason: p.reason })) }));
+    io.stderr.write('kvx-proxy: configuration is valid\n');
+  });
+  return program;
+}
+
+async function serve(opts: Record<string, unknown>, io: CliIO): Promise<number> {
+  const loaded = loadConfigFromOptions(opts, io);
+  const logger = new Logger(loaded.config.log.level, io.stdout);
+  const proxy = await startProxy(loaded, { logger, env: io.env });
+  return new Promise<number>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      logger.info('signal received; draining', { signal });
+      proxy.close().then(
+        () => resolve(0),
+        () => resolve(1),
+      );
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}
+
+function invokedDirectly(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (invokedDirectly()) void main(process.argv.slice(2));

@@ -1,0 +1,48 @@
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import type { HeaderInjector } from '../auth/injector.js';
+import type { ProxyMetrics } from './metrics.js';
+
+/**
+ * Health and metrics on their own listener: MLflow may serve /metrics itself, and a probe must never be
+ * forwarded upstream with credentials attached.
+ */
+export function createAdminHandler(deps: { metrics: ProxyMetrics; injector: HeaderInjector; isDraining: () => boolean }): RequestListener {
+  return (req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { status: 'method not allowed' });
+    switch (path) {
+      case '/healthz':
+        return json(res, 200, { status: 'ok' });
+      case '/readyz': {
+        const status = deps.injector.status();
+        const draining = deps.isDraining();
+        const ready = status.ready && !draining;
+        const providers = status.providers.map((p) => {
+          const entry: Record<string, unknown> = { name: p.name, type: p.type, ready: p.ready };
+          if (p.expiresAt !== undefined) entry['expiresInSeconds'] = Math.round((p.expiresAt - Date.now()) / 1000);
+          if (p.identity !== undefined) entry['identity'] = p.identity;
+          if (p.lastError !== undefined) entry['lastError'] = p.lastError;
+          return entry;
+        });
+        return json(res, ready ? 200 : 503, { status: ready ? 'ready' : draining ? 'draining' : 'not ready', providers });
+      }
+      case '/metrics':
+        deps.metrics.registry.metrics().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': deps.metrics.registry.contentType });
+            res.end(text);
+          },
+          () => json(res, 500, { status: 'metrics collection failed' }),
+        );
+        return;
+      default:
+        return json(res, 404, { status: 'not found', paths: ['/healthz', '/readyz', '/metrics'] });
+    }
+  };
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+}
