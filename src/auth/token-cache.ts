@@ -1,0 +1,488 @@
+import { Buffer } from 'node:buffer';
+import { CredentialsError, errorMessage } from '../errors.js';
+import { silentLogger } from '../log/logger.js';
+import type { Logger } from '../log/logger.js';
+import { noAuthMetrics } from '../metrics/auth-metrics.js';
+import type { AuthMetrics } from '../metrics/auth-metrics.js';
+import type { HeaderMap, HeaderProvider, ProviderContext, ProviderStatus } from './provider.js';
+import { authorizationValue } from './provider.js';
+
+/**
+ * The one token lifecycle every token-producing provider shares: expiry read from the token, eager
+ * background refresh ahead of expiry, one in-flight fetch, failures never cached, bounded exponential
+ * backoff. kedro-vertexai cached any answer (a failure included) for a fixed 59 minutes; this is the fix.
+ */
+
+/** Time source and timers; injectable so tests can drive hours of token life in milliseconds. */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+/** A credential as fetched. `expiresAt` always comes from the answer (JWT `exp`, `expires_in`), never a guess. */
+export interface Token {
+  value: string;
+  /** Epoch milliseconds. */
+  expiresAt: number;
+  /** Epoch milliseconds of the JWT `iat`, when the token says. */
+  issuedAt?: number;
+  /** Whose token it is (service-account or user email), when known. */
+  identity?: string;
+  audience?: string;
+}
+
+/**
+ * What providers throw when a fetch fails for a reason they can explain. The message names the cause and
+ * carries Google's own error text; it never contains a credential.
+ */
+export class TokenFetchError extends Error {
+  readonly hint: string | undefined;
+  /** HTTP status Google answered with, when it answered. */
+  readonly status: number | undefined;
+
+  constructor(message: string, options: { hint?: string; status?: number; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'TokenFetchError';
+    this.hint = options.hint;
+    this.status = options.status;
+  }
+}
+
+export interface TokenCacheOptions {
+  /** Name used in errors, logs and metrics labels (`google-iam`). */
+  provider: string;
+  fetch: (signal: AbortSignal) => Promise<Token>;
+  /** Refresh this long before expiry (auth.refreshBeforeExpirySec). */
+  refreshBeforeMs?: number;
+  /** Up to this much extra lead, chosen at random per token (auth.refreshJitterSec). */
+  jitterMs?: number;
+  /** Refresh on timers without waiting for a request. Off for source credentials fetched on demand. */
+  background?: boolean;
+  /** Bounds of the exponential backoff after failed fetches. */
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  /** One fetch taking longer than this counts as failed (auth.tokenFetchTimeoutMs). */
+  fetchTimeoutMs?: number;
+  clock?: Clock;
+  /** Uniform [0, 1); injectable so jitter is deterministic in tests. */
+  random?: () => number;
+  metrics?: AuthMetrics;
+  logger?: Logger;
+}
+
+const DEFAULT_REFRESH_BEFORE_MS = 300_000;
+const DEFAULT_JITTER_MS = 30_000;
+const DEFAULT_BACKOFF_INITIAL_MS = 1_000;
+const DEFAULT_BACKOFF_MAX_MS = 60_000;
+const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+/** A token this close to expiry is no longer handed out: it could expire on its way to the upstream. */
+const MAX_SAFETY_MARGIN_MS = 10_000;
+/** Google's clocks are right; a local clock this far off makes tokens look expired or not yet valid. */
+const CLOCK_SKEW_WARN_MS = 60_000;
+
+interface Held {
+  token: Token;
+  /** Last moment the token is handed out. */
+  usableUntil: number;
+  /** When the eager refresh is due. */
+  refreshAt: number;
+}
+
+export class TokenCache {
+  readonly provider: string;
+  private readonly fetchToken: (signal: AbortSignal) => Promise<Token>;
+  private readonly refreshBeforeMs: number;
+  private readonly jitterMs: number;
+  private readonly background: boolean;
+  private readonly backoffInitialMs: number;
+  private readonly backoffMaxMs: number;
+  private readonly fetchTimeoutMs: number;
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly metrics: AuthMetrics;
+  private readonly logger: Logger;
+
+  private held: Held | undefined;
+  private inFlight: Promise<Token> | undefined;
+  private inFlightAbort: AbortController | undefined;
+  private failures = 0;
+  /** No fetch before this time (backoff); callers without a valid token are told to retry after it. */
+  private nextAttemptAt = 0;
+  private lastError: string | undefined;
+  private lastHint: string | undefined;
+  private timer: unknown;
+  private closed = false;
+
+  constructor(options: TokenCacheOptions) {
+    this.provider = options.provider;
+    this.fetchToken = options.fetch;
+    this.refreshBeforeMs = options.refreshBeforeMs ?? DEFAULT_REFRESH_BEFORE_MS;
+    this.jitterMs = options.jitterMs ?? DEFAULT_JITTER_MS;
+    this.background = options.background ?? true;
+    this.backoffInitialMs = options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS;
+    this.backoffMaxMs = Math.max(options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, this.backoffInitialMs);
+    this.fetchTimeoutMs = options.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
+    this.clock = options.clock ?? systemClock;
+    this.random = options.random ?? Math.random;
+    this.metrics = options.metrics ?? noAuthMetrics;
+    this.logger = options.logger ?? silentLogger;
+  }
+
+  /**
+   * The held token when it may still be used, without waiting. Also the safety net for a missed timer
+   * (a laptop waking from sleep): a token past its refresh time starts a background refresh here.
+   */
+  peek(): Token | undefined {
+    const held = this.held;
+    if (held === undefined) return undefined;
+    const now = this.clock.now();
+    if (now >= held.usableUntil) return undefined;
+    if (now >= held.refreshAt && this.inFlight === undefined && now >= this.nextAttemptAt && !this.closed) {
+      this.refresh().catch(() => {});
+    }
+    return held.token;
+  }
+
+  /** A usable token: the held one, or the result of the (shared) fetch. Rejects with CredentialsError. */
+  get(): Promise<Token> {
+    const token = this.peek();
+    if (token !== undefined) return Promise.resolve(token);
+    if (this.inFlight !== undefined) return this.inFlight;
+    const wait = this.nextAttemptAt - this.clock.now();
+    if (wait > 0) return Promise.reject(this.unavailable(wait));
+    return this.refresh();
+  }
+
+  /** Fetch now, or join the fetch already running. */
+  refresh(): Promise<Token> {
+    if (this.closed) return Promise.reject(new CredentialsError(this.provider, 'provider is closed'));
+    if (this.inFlight !== undefined) return this.inFlight;
+    const abort = new AbortController();
+    this.inFlightAbort = abort;
+    const flight = this.fetchOnce(abort).finally(() => {
+      // Dropped on success and failure alike: the next caller starts a fresh fetch.
+      if (this.inFlight === flight) {
+        this.inFlight = undefined;
+        this.inFlightAbort = undefined;
+      }
+    });
+    this.inFlight = flight;
+    return flight;
+  }
+
+  /**
+   * The upstream rejected `value`. If it is still the held token, refresh (joining a fetch already
+   * running); if a newer token is held already, there is nothing to do. Backoff is respected, so a storm
+   * of 401s while Google is failing does not become a storm of token requests.
+   */
+  async invalidate(value: string | undefined): Promise<void> {
+    const held = this.held;
+    if (held !== undefined && value !== undefined && held.token.value !== value) return;
+    if (this.inFlight !== undefined) {
+      await this.inFlight;
+      return;
+    }
+    const wait = this.nextAttemptAt - this.clock.now();
+    if (wait > 0) throw this.unavailable(wait);
+    await this.refresh();
+  }
+
+  /** The first fetch, so a misconfiguration surfaces at start. */
+  async start(): Promise<void> {
+    await this.get();
+  }
+
+  status(): ProviderStatus {
+    const token = this.peek();
+    const status: ProviderStatus = { ready: token !== undefined };
+    const held = this.held;
+    if (held !== undefined) {
+      status.expiresAt = held.token.expiresAt;
+      if (held.token.identity !== undefined) status.identity = held.token.identity;
+    }
+    if (this.lastError !== undefined) status.lastError = this.lastError;
+    return status;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.clearTimer();
+    this.inFlightAbort?.abort();
+  }
+
+  private async fetchOnce(abort: AbortController): Promise<Token> {
+    const startedAt = this.clock.now();
+    const timeout = this.clock.setTimeout(() => abort.abort(new TokenFetchError(`token request timed out after ${this.fetchTimeoutMs} ms`)), this.fetchTimeoutMs);
+    unref(timeout);
+    let token: Token;
+    try {
+      token = await Promise.race([this.fetchToken(abort.signal), aborted(abort.signal)]);
+      this.check(token);
+    } catch (err) {
+      this.clock.clearTimeout(timeout);
+      throw this.failed(err);
+    }
+    this.clock.clearTimeout(timeout);
+    if (this.closed) throw new CredentialsError(this.provider, 'provider is closed');
+    this.accept(token, startedAt);
+    return token;
+  }
+
+  private check(token: Token): void {
+    const now = this.clock.now();
+    if (typeof token?.value !== 'string' || token.value === '') throw new TokenFetchError('the answer held no token');
+    if (!Number.isFinite(token.expiresAt)) throw new TokenFetchError('the token carries no expiry');
+    if (token.expiresAt <= now) {
+      throw new TokenFetchError(
+        `the token was already expired on arrival (expires ${new Date(token.expiresAt).toISOString()}, local time ${new Date(now).toISOString()})`,
+        { hint: 'check that this machine\'s clock is right (NTP); a clock running ahead makes every token look expired' },
+      );
+    }
+  }
+
+  private accept(token: Token, startedAt: number): void {
+    const now = this.clock.now();
+    if (token.issuedAt !== undefined && Math.abs(token.issuedAt - now) > CLOCK_SKEW_WARN_MS) {
+      this.logger.warn('local clock differs from the token issuer\'s clock; tokens may be rejected early or late', {
+        provider: this.provider,
+        skewSeconds: Math.round((now - token.issuedAt) / 1000),
+      });
+    }
+    // Lifetime as seen from here: measured from when we asked, so a slow answer does not stretch it.
+    const lifetime = token.expiresAt - Math.min(startedAt, now);
+    const margin = Math.min(MAX_SAFETY_MARGIN_MS, lifetime * 0.1);
+    let lead = this.refreshBeforeMs + this.random() * this.jitterMs;
+    if (lead > lifetime / 2) {
+      // Short-lived tokens (tests, some private issuers): the configured lead would refresh at once and
+      // forever; refresh between 40% and 50% into the token's life instead.
+      lead = lifetime * (0.5 + 0.1 * this.random());
+    }
+    this.held = { token, usableUntil: token.expiresAt - margin, refreshAt: token.expiresAt - lead };
+    this.failures = 0;
+    this.nextAttemptAt = 0;
+    if (this.lastError !== undefined) this.logger.info('token fetch recovered', { provider: this.provider });
+    this.lastError = undefined;
+    this.lastHint = undefined;
+    this.metrics.tokenFetch(this.provider, true);
+    this.metrics.tokenExpiry(this.provider, token.expiresAt);
+    this.logger.debug('token fetched', {
+      provider: this.provider,
+      expiresAt: new Date(token.expiresAt).toISOString(),
+      refreshAt: new Date(this.held.refreshAt).toISOString(),
+    });
+    this.schedule(this.held.refreshAt);
+  }
+
+  private failed(err: unknown): CredentialsError {
+    const now = this.clock.now();
+    this.failures += 1;
+    const base = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** Math.min(this.failures - 1, 30));
+    // ±20% so a fleet of proxies that failed together does not retry together.
+    const delay = Math.min(this.backoffMaxMs, Math.max(this.backoffInitialMs, base * (0.8 + 0.4 * this.random())));
+    this.nextAttemptAt = now + delay;
+    const reason = err instanceof Error && err.name === 'AbortError' ? 'token request aborted' : errorMessage(err);
+    this.lastError = reason;
+    this.lastHint = err instanceof TokenFetchError || err instanceof CredentialsError ? err.hint : undefined;
+    if (this.closed) return new CredentialsError(this.provider, 'provider is closed');
+    this.metrics.tokenFetch(this.provider, false);
+    const held = this.held;
+    const stillValid = held !== undefined && now < held.usableUntil;
+    if (!stillValid) this.metrics.tokenExpiry(this.provider, undefined);
+    this.logger.warn(stillValid ? 'token refresh failed; still using the current token' : 'token fetch failed; no valid token held', {
+      provider: this.provider,
+      error: reason,
+      failures: this.failures,
+      retryInMs: Math.round(delay),
+      ...(stillValid ? { tokenExpiresAt: new Date(held.token.expiresAt).toISOString() } : {}),
+    });
+    this.schedule(this.nextAttemptAt);
+    return this.unavailable(delay);
+  }
+
+  private unavailable(waitMs: number): CredentialsError {
+    const options: { hint?: string; retryAfterSeconds: number } = { retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) };
+    if (this.lastHint !== undefined) options.hint = this.lastHint;
+    return new CredentialsError(this.provider, this.lastError ?? 'no token available', options);
+  }
+
+  private schedule(at: number): void {
+    if (!this.background || this.closed) return;
+    this.clearTimer();
+    const delay = Math.max(0, at - this.clock.now());
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = undefined;
+      this.refresh().catch(() => {});
+    }, delay);
+    unref(this.timer);
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+function unref(handle: unknown): void {
+  (handle as { unref?: () => void } | undefined)?.unref?.();
+}
+
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    const fail = () => reject(signal.reason instanceof Error ? signal.reason : new TokenFetchError('token request aborted'));
+    if (signal.aborted) fail();
+    else signal.addEventListener('abort', fail, { once: true });
+  });
+}
+
+/** Claims kvx reads from an ID token. The signature is the upstream's business; kvx only needs the times. */
+export interface IdTokenClaims {
+  exp?: number;
+  iat?: number;
+  aud?: string | string[];
+  iss?: string;
+  email?: string;
+  sub?: string;
+  [claim: string]: unknown;
+}
+
+/** Decodes a JWT's payload without verifying it; undefined when it is not a JWT. */
+export function decodeJwtClaims(token: string): IdTokenClaims | undefined {
+  const parts = token.split('.');
+  if (parts.length !== 3) return undefined;
+  try {
+    const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8')) as unknown;
+    return typeof claims === 'object' && claims !== null && !Array.isArray(claims) ? (claims as IdTokenClaims) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A Token from an ID token, its expiry read from `exp`. Throws TokenFetchError when `exp` is missing. */
+export function idToken(value: string, fallbackIdentity?: string): Token {
+  const claims = decodeJwtClaims(value);
+  if (claims === undefined) throw new TokenFetchError('the answer is not a JWT ID token');
+  if (typeof claims.exp !== 'number') throw new TokenFetchError('the ID token has no exp claim');
+  const token: Token = { value, expiresAt: claims.exp * 1000 };
+  if (typeof claims.iat === 'number') token.issuedAt = claims.iat * 1000;
+  const identity = typeof claims.email === 'string' ? claims.email : fallbackIdentity;
+  if (identity !== undefined) token.identity = identity;
+  const aud = Array.isArray(claims.aud) ? claims.aud[0] : claims.aud;
+  if (typeof aud === 'string') token.audience = aud;
+  return token;
+}
+
+/** A Token from an OAuth access-token answer, its expiry read from `expires_in` (seconds). */
+export function accessToken(answer: { access_token?: unknown; expires_in?: unknown }, now: number, identity?: string): Token {
+  if (typeof answer.access_token !== 'string' || answer.access_token === '') throw new TokenFetchError('the answer held no access_token');
+  const expiresIn = Number(answer.expires_in);
+  if (!Number.isFinite(expiresIn) || expiresIn <= 0) throw new TokenFetchError('the answer held no usable expires_in');
+  const token: Token = { value: answer.access_token, expiresAt: now + expiresIn * 1000 };
+  if (identity !== undefined) token.identity = identity;
+  return token;
+}
+
+export interface TokenProviderOptions {
+  clock?: Clock;
+  random?: () => number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+}
+
+/**
+ * Base for providers whose header is `<scheme> <token>` from a TokenCache. requestHeaders() answers
+ * synchronously with a frozen object while a usable token is held, which is the proxy's hot path.
+ */
+export abstract class TokenProvider implements HeaderProvider {
+  abstract readonly name: string;
+  protected readonly header: string;
+  protected readonly scheme: string;
+  protected readonly cache: TokenCache;
+  private headersFor: { value: string; headers: HeaderMap } | undefined;
+
+  constructor(name: string, context: ProviderContext, options: TokenProviderOptions = {}) {
+    this.header = context.header;
+    this.scheme = context.scheme;
+    const { auth } = context.config;
+    const cacheOptions: TokenCacheOptions = {
+      provider: name,
+      fetch: (signal) => this.fetchToken(signal),
+      refreshBeforeMs: auth.refreshBeforeExpirySec * 1000,
+      jitterMs: auth.refreshJitterSec * 1000,
+      fetchTimeoutMs: auth.tokenFetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS,
+      metrics: context.metrics,
+      logger: context.logger,
+    };
+    if (options.clock) cacheOptions.clock = options.clock;
+    if (options.random) cacheOptions.random = options.random;
+    if (options.backoffInitialMs !== undefined) cacheOptions.backoffInitialMs = options.backoffInitialMs;
+    if (options.backoffMaxMs !== undefined) cacheOptions.backoffMaxMs = options.backoffMaxMs;
+    this.cache = new TokenCache(cacheOptions);
+  }
+
+  /** Fetch a new token. Throw TokenFetchError with a plain-words cause; never put the token in it. */
+  protected abstract fetchToken(signal: AbortSignal): Promise<Token>;
+
+  inContext(): boolean | Promise<boolean> {
+    return true;
+  }
+
+  requestHeaders(): HeaderMap | Promise<HeaderMap> {
+    const token = this.cache.peek();
+    if (token !== undefined) return this.headersOf(token);
+    return this.cache.get().then((t) => this.headersOf(t));
+  }
+
+  /** A fresh token now, bypassing the held one (print-token, doctor). */
+  async freshToken(): Promise<Token> {
+    return this.cache.refresh();
+  }
+
+  /** The held or newly fetched token, for diagnostics. */
+  token(): Promise<Token> {
+    return this.cache.get();
+  }
+
+  start(): Promise<void> {
+    return this.cache.start();
+  }
+
+  invalidate(rejected: HeaderMap): Promise<void> {
+    const sent = headerValue(rejected, this.header);
+    if (sent === undefined) return Promise.resolve();
+    const prefix = this.scheme ? `${this.scheme} ` : '';
+    if (prefix && !sent.startsWith(prefix)) return Promise.resolve();
+    return this.cache.invalidate(sent.slice(prefix.length));
+  }
+
+  status(): ProviderStatus {
+    return this.cache.status();
+  }
+
+  close(): void {
+    this.cache.close();
+  }
+
+  private headersOf(token: Token): HeaderMap {
+    const cached = this.headersFor;
+    if (cached !== undefined && cached.value === token.value) return cached.headers;
+    const headers = Object.freeze({ [this.header]: authorizationValue(this.scheme, token.value) });
+    this.headersFor = { value: token.value, headers };
+    return headers;
+  }
+}
+
+/** Case-insensitive header lookup. */
+export function headerValue(headers: HeaderMap, name: string): string | undefined {
+  const direct = headers[name];
+  if (direct !== undefined) return direct;
+  const lower = name.toLowerCase();
+  for (const [key, value] of Object.entries(headers)) if (key.toLowerCase() === lower) return value;
+  return undefined;
+}
