@@ -79,6 +79,8 @@ export interface KvxConfig {
     network: string;
     labels: Record<string, unknown>;
     experiment: string;
+    projectNumber: string;
+    enableCaching: boolean;
   };
 }
 
@@ -225,6 +227,8 @@ export const SCHEMA: Record<string, FieldSpec> = {
       network: { kind: 'string', default: '', doc: 'VPC network name or full resource name (run_config.network.vpc).' },
       labels: { kind: 'map', doc: 'Labels put on the pipeline job.' },
       experiment: { kind: 'string', default: '', doc: 'Vertex AI experiment to associate the job with (run_config.experiment).' },
+      projectNumber: { kind: 'string', default: '', doc: 'Project number, needed when vertex.network is a bare VPC name (Vertex wants projects/<number>/global/networks/<vpc>).' },
+      enableCaching: { kind: 'bool', default: false, doc: 'Let Vertex reuse cached task results; off by default, as kedro-vertexai runs.' },
     },
   },
 };

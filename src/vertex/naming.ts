@@ -1,0 +1,87 @@
+import { KvxError } from '../errors.js';
+
+/** What Vertex AI accepts as a pipelineJobId. */
+export const JOB_ID_PATTERN = /^[a-z][-a-z0-9]{0,127}$/;
+
+/** `20240131235959` in UTC, the suffix kedro-vertexai gives job ids. */
+export function utcStamp(date: Date): string {
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return `${date.getUTCFullYear()}${pad(date.getUTCMonth() + 1)}${pad(date.getUTCDate())}${pad(date.getUTCHours())}${pad(date.getUTCMinutes())}${pad(date.getUTCSeconds())}`;
+}
+
+/**
+ * `<experiment_name>-<UTC yyyymmddHHMMSS>` made valid for Vertex: lower case, runs of other characters become
+ * one dash, leading characters up to the first letter dropped, and the prefix shortened so the whole id fits
+ * in 128 characters.
+ */
+export function makeJobId(experimentName: string, now: Date): string {
+  const suffix = `-${utcStamp(now)}`;
+  let prefix = experimentName
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^[^a-z]+/, '');
+  prefix = prefix.slice(0, 128 - suffix.length).replace(/-+$/, '');
+  if (prefix === '') {
+    throw new KvxError('KVX_LAUNCH_INPUT', `cannot make a Vertex AI job id from experiment name "${experimentName}": it contains no letter (job ids match [a-z][-a-z0-9]{0,127})`, {
+      hint: 'set run_config.experiment_name (vertex.experimentName, --experiment-name) to a name with a letter, or give the id with --job-id',
+    });
+  }
+  return prefix + suffix;
+}
+
+export function checkJobId(id: string, flag = '--job-id'): string {
+  if (!JOB_ID_PATTERN.test(id)) {
+    throw new KvxError('KVX_LAUNCH_INPUT', `${flag} "${id}" is not a valid Vertex AI job id: it must start with a lower-case letter and hold at most 128 lower-case letters, digits and dashes`);
+  }
+  return id;
+}
+
+const LABEL_KEY = /^[a-z][a-z0-9_-]{0,62}$/;
+const LABEL_VALUE = /^[a-z0-9_-]{0,63}$/;
+
+/** Checks labels against Google's rules, naming each offender; returns them as strings. */
+export function checkLabels(labels: Record<string, unknown>, where: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const problems: string[] = [];
+  for (const [key, raw] of Object.entries(labels)) {
+    const value = raw === null || raw === undefined ? '' : String(raw);
+    if (!LABEL_KEY.test(key)) problems.push(`label key "${key}" must start with a lower-case letter and hold at most 63 lower-case letters, digits, _ and -`);
+    if (!LABEL_VALUE.test(value)) problems.push(`label ${key}="${value}": values hold at most 63 lower-case letters, digits, _ and -`);
+    out[key] = value;
+  }
+  if (Object.keys(out).length > 64) problems.push(`${Object.keys(out).length} labels given; a job takes at most 64`);
+  if (problems.length > 0) throw new KvxError('KVX_LAUNCH_INPUT', `invalid labels (${where}):\n  - ${problems.join('\n  - ')}`);
+  return out;
+}
+
+/** Any string made into a valid label value (MLflow run ids from other backends may carry upper case). */
+export function toLabelValue(value: string): string {
+  return value.toLowerCase().replace(/[^a-z0-9_-]/g, '_').slice(0, 63);
+}
+
+/**
+ * Vertex wants `projects/<project number>/global/networks/<vpc>`. A full name is used as given; a bare VPC name
+ * needs the project number, which a project id does not reveal.
+ */
+export function networkResourceName(network: string, projectId: string, projectNumber: string): string {
+  if (network === '') return '';
+  if (/^projects\/[^/]+\/global\/networks\/[^/]+$/.test(network)) {
+    const project = network.split('/')[1]!;
+    if (!/^\d+$/.test(project)) {
+      throw new KvxError('KVX_LAUNCH_INPUT', `vertex.network "${network}" names the project by id; Vertex AI needs the project number there`, {
+        hint: `write projects/<project number>/global/networks/${network.split('/')[4]} (gcloud projects describe ${project} --format='value(projectNumber)')`,
+      });
+    }
+    return network;
+  }
+  if (network.includes('/')) {
+    throw new KvxError('KVX_LAUNCH_INPUT', `vertex.network "${network}" is neither a VPC name nor projects/<project number>/global/networks/<vpc>`);
+  }
+  const number = projectNumber || (/^\d+$/.test(projectId) ? projectId : '');
+  if (number === '') {
+    throw new KvxError('KVX_LAUNCH_INPUT', `vertex.network "${network}" is a bare VPC name and the project number is unknown`, {
+      hint: `set vertex.projectNumber (--project-number), or give the full name projects/<project number>/global/networks/${network} (gcloud projects describe ${projectId || '<project>'} --format='value(projectNumber)')`,
+    });
+  }
+  return `projects/${number}/global/networks/${network}`;
+}
