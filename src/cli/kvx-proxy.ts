@@ -10,6 +10,7 @@ import { ConfigError } from '../errors.js';
 import { Logger } from '../log/logger.js';
 import { startProxy } from '../proxy/server.js';
 import { VERSION } from '../version.js';
+import { registerExecCommand } from './exec.js';
 import { addConfigOptions, defaultIO, loadConfigFromOptions, reportError } from './options.js';
 import type { CliIO } from './options.js';
 
@@ -51,6 +52,7 @@ function buildProgram(io: CliIO): Command {
     io.stdout.write(YAML.stringify({ config: redactConfig(loaded.config), providers: plans.map((p) => ({ type: p.type, header: p.header, reason: p.reason })) }));
     io.stderr.write('kvx-proxy: configuration is valid\n');
   });
+  registerExecCommand(program, io, setExit);
   return program;
 }
 
