@@ -1,5 +1,8 @@
 // Importing a provider module registers its type; this file is the one list of built-in providers.
 import './static.js';
+import './google-iam.js';
+import './google-oauth.js';
+import './custom.js';
 
 export { HeaderInjector } from './injector.js';
 export type { ActiveProvider } from './injector.js';

@@ -1,0 +1,165 @@
+import type { ConfigProblem } from '../errors.js';
+import type { ProviderContext } from './provider.js';
+import { registerProviderType } from './registry.js';
+import type { ProviderPlan } from './registry.js';
+import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, findCredentials, googleCall, googleError, oneLine, parseJson } from './google-credentials.js';
+import type { CredentialsInfo, GoogleAnswer, SourceCredentials } from './google-credentials.js';
+import { TokenFetchError, TokenProvider, idToken } from './token-cache.js';
+import type { Token, TokenProviderOptions } from './token-cache.js';
+
+/**
+ * `google-iam`: an ID token for a service account, minted by IAM Credentials `generateIdToken` on behalf of
+ * whoever Application Default Credentials say we are (a gcloud user, the VM's or pod's service account, a
+ * key). kedro-vertexai's MLFlowGoogleIAMRequestHeaderProvider, with a real token lifecycle.
+ */
+export class GoogleIamProvider extends TokenProvider {
+  readonly name = 'google-iam';
+  readonly audience: string;
+  readonly serviceAccount: string;
+  private readonly delegates: string[];
+  private source: Promise<SourceCredentials> | undefined;
+
+  constructor(
+    plan: ProviderPlan,
+    private readonly context: ProviderContext,
+    options: TokenProviderOptions = {},
+  ) {
+    super('google-iam', context, options);
+    this.audience = String(plan.params['client_id']);
+    this.serviceAccount = String(plan.params['service_account']);
+    this.delegates = delegatesOf(plan.params['delegates']);
+  }
+
+  /** Where the source credentials come from; rejects with set-up help when there are none. */
+  async credentialsInfo(): Promise<CredentialsInfo> {
+    return (await this.credentials()).info;
+  }
+
+  protected async fetchToken(signal: AbortSignal): Promise<Token> {
+    const source = await this.credentials();
+    let access = await source.accessToken(signal);
+    let answer = await this.generateIdToken(access.value, signal);
+    if (answer.status === 401) {
+      // The access token was revoked or expired early; one retry with a new one.
+      source.dropAccessToken(access.value);
+      access = await source.accessToken(signal);
+      answer = await this.generateIdToken(access.value, signal);
+    }
+    if (answer.status !== 200) throw this.explain(answer, source.info);
+    const json = parseJson(answer, 'IAM Credentials');
+    if (typeof json['token'] !== 'string') throw new TokenFetchError(`IAM Credentials answered without a token: ${oneLine(answer.text)}`);
+    return audienceOf(idToken(json['token'], this.serviceAccount), this.audience, 'IAM Credentials');
+  }
+
+  private credentials(): Promise<SourceCredentials> {
+    const { auth } = this.context.config;
+    this.source ??= findCredentials({
+      env: this.context.env,
+      endpoints: auth.endpoints,
+      logger: this.context.logger,
+      fetchTimeoutMs: auth.tokenFetchTimeoutMs,
+    }).then(
+      (source) => {
+        this.context.logger.info('Google credentials found', { provider: this.name, source: source.info.description, identity: source.info.identity });
+        return source;
+      },
+      (err: unknown) => {
+        // Not cached: the user may log in or attach a service account while we back off.
+        this.source = undefined;
+        throw err;
+      },
+    );
+    return this.source;
+  }
+
+  private generateIdToken(accessToken: string, signal: AbortSignal): Promise<GoogleAnswer> {
+    const base = this.context.config.auth.endpoints.iamCredentials.replace(/\/+$/, '');
+    const body: Record<string, unknown> = { audience: this.audience, includeEmail: true };
+    if (this.delegates.length > 0) body['delegates'] = this.delegates.map((d) => `projects/-/serviceAccounts/${d}`);
+    return googleCall('IAM Credentials', `${base}/v1/projects/-/serviceAccounts/${encodeURIComponent(this.serviceAccount)}:generateIdToken`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal,
+    });
+  }
+
+  private explain(answer: GoogleAnswer, info: CredentialsInfo): TokenFetchError {
+    const google = googleError(answer);
+    const sa = this.serviceAccount;
+    const caller = info.identity ?? `the identity of the ${info.description}`;
+    const member = info.kind === 'authorized_user' ? `user:${info.identity ?? 'YOU@example.com'}` : `serviceAccount:${info.identity ?? 'CALLER'}`;
+    const status = answer.status;
+    if (status === 403 && /SERVICE_DISABLED|has not been used|is disabled/i.test(google)) {
+      return new TokenFetchError(`the IAM Service Account Credentials API is not enabled for the caller's project (Google: ${google})`, {
+        status,
+        hint: 'enable it: gcloud services enable iamcredentials.googleapis.com --project <project of the caller>',
+      });
+    }
+    if (status === 403) {
+      return new TokenFetchError(`${caller} may not mint ID tokens for ${sa}: the Service Account Token Creator role is missing (Google: ${google})`, {
+        status,
+        hint:
+          `grant roles/iam.serviceAccountTokenCreator on ${sa} to ${caller}: gcloud iam service-accounts add-iam-policy-binding ${sa} ` +
+          `--member=${member} --role=roles/iam.serviceAccountTokenCreator (takes effect within a few minutes)`,
+      });
+    }
+    if (status === 404) {
+      return new TokenFetchError(`service account ${sa} does not exist (Google: ${google})`, {
+        status,
+        hint: 'check auth.params.service_account (request_header_provider_params.service_account): spelling, project, or whether it was deleted',
+      });
+    }
+    if (status === 401) {
+      return new TokenFetchError(`IAM Credentials rejected the source credentials (${info.description}) (Google: ${google})`, {
+        status,
+        hint: info.kind === 'authorized_user' ? 'rerun `gcloud auth application-default login`' : 'check that the credentials are still valid',
+      });
+    }
+    if (status === 400) {
+      return new TokenFetchError(`IAM Credentials refused the request for ${sa} (Google: ${google})`, {
+        status,
+        hint: 'check auth.params.client_id (the audience) and auth.params.delegates',
+      });
+    }
+    return new TokenFetchError(`IAM Credentials answered ${google}`, { status, hint: 'a transient Google error; retrying with backoff' });
+  }
+
+  override close(): void {
+    super.close();
+    this.source?.then((s) => s.close()).catch(() => {});
+  }
+}
+
+function delegatesOf(value: unknown): string[] {
+  if (Array.isArray(value)) return value.map(String);
+  if (typeof value === 'string' && value.trim() !== '') return value.split(',').map((s) => s.trim()).filter(Boolean);
+  return [];
+}
+
+export function validateGoogleIam(plan: ProviderPlan): ConfigProblem[] {
+  const problems = clientIdProblems(plan.params, plan.path, 'google-iam');
+  const sa = plan.params['service_account'];
+  const at = `${plan.path}.params.service_account`;
+  if (sa === undefined || sa === null || sa === '') {
+    problems.push({ path: at, message: 'required for google-iam: the email of the service account to mint ID tokens for, e.g. mlflow-client@my-project.iam.gserviceaccount.com' });
+  } else if (typeof sa !== 'string' || !SERVICE_ACCOUNT_EMAIL.test(sa)) {
+    problems.push({ path: at, message: `"${String(sa)}" is not a service-account email (name@project.iam.gserviceaccount.com)` });
+  }
+  const delegates = plan.params['delegates'];
+  if (delegates !== undefined && delegates !== null && delegates !== '') {
+    if (!Array.isArray(delegates) && typeof delegates !== 'string') {
+      problems.push({ path: `${plan.path}.params.delegates`, message: 'must be a list of service-account emails (or a comma-separated string)' });
+    } else {
+      delegatesOf(delegates).forEach((d, i) => {
+        if (!SERVICE_ACCOUNT_EMAIL.test(d)) problems.push({ path: `${plan.path}.params.delegates[${i}]`, message: `"${d}" is not a service-account email` });
+      });
+    }
+  }
+  return problems;
+}
+
+registerProviderType('google-iam', {
+  validate: (plan) => validateGoogleIam(plan),
+  create: (plan, context) => new GoogleIamProvider(plan, context),
+});

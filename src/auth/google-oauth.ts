@@ -1,0 +1,89 @@
+import type { ConfigProblem } from '../errors.js';
+import type { ProviderContext } from './provider.js';
+import { registerProviderType } from './registry.js';
+import type { ProviderPlan } from './registry.js';
+import { audienceOf, clientIdProblems, findCredentials } from './google-credentials.js';
+import type { CredentialsInfo, SourceCredentials } from './google-credentials.js';
+import { TokenFetchError, TokenProvider } from './token-cache.js';
+import type { Token, TokenProviderOptions } from './token-cache.js';
+
+/**
+ * `google-oauth`: an ID token for the caller's own identity with audience `client_id`, from a
+ * service-account key (JWT-bearer grant with target_audience) or the metadata server (Vertex AI, GKE with
+ * Workload Identity, Cloud Run, VMs). kedro-vertexai's MLFlowGoogleOAuthCredentialsProvider.
+ */
+export class GoogleOauthProvider extends TokenProvider {
+  readonly name = 'google-oauth';
+  readonly audience: string;
+  private source: Promise<SourceCredentials> | undefined;
+
+  constructor(
+    plan: ProviderPlan,
+    private readonly context: ProviderContext,
+    options: TokenProviderOptions = {},
+  ) {
+    super('google-oauth', context, options);
+    this.audience = String(plan.params['client_id']);
+  }
+
+  async credentialsInfo(): Promise<CredentialsInfo> {
+    return (await this.credentials()).info;
+  }
+
+  protected async fetchToken(signal: AbortSignal): Promise<Token> {
+    const source = await this.credentials();
+    if (source.idToken === undefined) throw cannotMint(source.info, this.audience);
+    return audienceOf(await source.idToken(this.audience, signal), this.audience, source.info.description);
+  }
+
+  private credentials(): Promise<SourceCredentials> {
+    const { auth } = this.context.config;
+    this.source ??= findCredentials({
+      env: this.context.env,
+      endpoints: auth.endpoints,
+      logger: this.context.logger,
+      fetchTimeoutMs: auth.tokenFetchTimeoutMs,
+    }).then(
+      (source) => {
+        this.context.logger.info('Google credentials found', { provider: this.name, source: source.info.description, identity: source.info.identity });
+        return source;
+      },
+      (err: unknown) => {
+        this.source = undefined;
+        throw err;
+      },
+    );
+    return this.source;
+  }
+
+  override close(): void {
+    super.close();
+    this.source?.then((s) => s.close()).catch(() => {});
+  }
+}
+
+function cannotMint(info: CredentialsInfo, audience: string): TokenFetchError {
+  if (info.kind === 'authorized_user') {
+    return new TokenFetchError(
+      `Application Default Credentials are a gcloud user login (${info.description}), which cannot mint ID tokens for audience ${audience}`,
+      {
+        hint:
+          'use google-iam instead: add service_account (a service account you hold the Token Creator role on) next to client_id in ' +
+          'auth.params / request_header_provider_params; or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key',
+      },
+    );
+  }
+  const target = info.identity ? ` with service_account: ${info.identity}` : '';
+  return new TokenFetchError(`${info.description} cannot mint ID tokens for an audience directly`, {
+    hint: `use google-iam${target} instead, which asks IAM Credentials for the token`,
+  });
+}
+
+export function validateGoogleOauth(plan: ProviderPlan): ConfigProblem[] {
+  return clientIdProblems(plan.params, plan.path, 'google-oauth');
+}
+
+registerProviderType('google-oauth', {
+  validate: (plan) => validateGoogleOauth(plan),
+  create: (plan, context) => new GoogleOauthProvider(plan, context),
+});
