@@ -1,0 +1,239 @@
+import type { KvxConfig } from '../config/schema.js';
+import { KvxError, errorMessage } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import type { KeyValue, MlflowClient, MlflowRunStatus } from '../mlflow/client.js';
+import { shortState } from '../vertex/client.js';
+import type { PipelineJob, VertexClient } from '../vertex/client.js';
+import { checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
+import { convertParameters } from '../vertex/params.js';
+import type { LoadedSpec, PipelineSpec } from '../vertex/spec.js';
+import { resolveExperiment } from './experiment.js';
+import { endRunByLauncher, followJob, mirrorFinalState } from './follow.js';
+import type { Progress } from './progress.js';
+import { EXPERIMENT_ID_LABEL, RUN_ID_LABEL, TAG } from './tags.js';
+
+/** Everything a submission needs, checked before any MLflow or Vertex state is created. */
+export interface LaunchPlan {
+  spec: LoadedSpec;
+  templateUri?: string;
+  params: ReadonlyMap<string, string>;
+  experimentName: string;
+  jobId: string;
+  displayName: string;
+  projectId: string;
+  region: string;
+  gcsOutputDirectory: string;
+  serviceAccount: string;
+  network: string;
+  labels: Record<string, string>;
+  enableCaching: boolean;
+  userId?: string;
+}
+
+export interface PlanFlags {
+  params: ReadonlyMap<string, string>;
+  labels: Record<string, string>;
+  jobId?: string;
+  displayName?: string;
+  templateUri?: string;
+  userId?: string;
+  now: Date;
+}
+
+/** Cross-checks config and flags; every missing input is reported at once, naming its key and flag. */
+export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags): LaunchPlan {
+  const v = config.vertex;
+  const problems: string[] = [];
+  if (!v.projectId) problems.push('vertex.projectId is required: set project_id in vertexai.yml, vertex.projectId, or --project');
+  if (!v.region) problems.push('vertex.region is required: set region in vertexai.yml, vertex.region, or --region');
+  if (!v.experimentName) problems.push('vertex.experimentName is required (the MLflow experiment and job id prefix): set run_config.experiment_name, or --experiment-name');
+  if (!v.root && !spec.spec.defaultPipelineRoot) problems.push('vertex.root is required (pipeline root, bucket/path): set run_config.root, or --root');
+  if (problems.length > 0) throw new KvxError('KVX_LAUNCH_INPUT', `missing launch settings:\n  - ${problems.join('\n  - ')}`);
+
+  const jobId = flags.jobId !== undefined ? checkJobId(flags.jobId) : makeJobId(v.experimentName, flags.now);
+  const labels = checkLabels({ ...v.labels, ...flags.labels }, 'vertex.labels and --label');
+  for (const reserved of [RUN_ID_LABEL, EXPERIMENT_ID_LABEL]) {
+    if (reserved in labels) throw new KvxError('KVX_LAUNCH_INPUT', `label ${reserved} is set by kvx-launch; remove it from vertex.labels / --label`);
+  }
+  if (Object.keys(labels).length > 62) throw new KvxError('KVX_LAUNCH_INPUT', `${Object.keys(labels).length} labels given; kvx-launch adds 2 and a job takes at most 64`);
+  const root = v.root ? (v.root.startsWith('gs://') ? v.root : `gs://${v.root.replace(/^\/+/, '')}`) : spec.spec.defaultPipelineRoot!;
+  if (!/^gs:\/\/[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](\/.*)?$/.test(root)) {
+    throw new KvxError('KVX_LAUNCH_INPUT', `vertex.root "${v.root}" is not a Cloud Storage location: write bucket/path (gs:// is added)`);
+  }
+  if (v.serviceAccount && !/^[^@\s]+@[^@\s]+$/.test(v.serviceAccount)) {
+    throw new KvxError('KVX_LAUNCH_INPUT', `vertex.serviceAccount "${v.serviceAccount}" is not a service account email (name@project.iam.gserviceaccount.com)`);
+  }
+
+  const plan: LaunchPlan = {
+    spec,
+    params: flags.params,
+    experimentName: v.experimentName,
+    jobId,
+    displayName: flags.displayName ?? jobId,
+    projectId: v.projectId,
+    region: v.region,
+    gcsOutputDirectory: root,
+    serviceAccount: v.serviceAccount,
+    network: networkResourceName(v.network, v.projectId, v.projectNumber),
+    labels,
+    enableCaching: v.enableCaching,
+  };
+  if (flags.templateUri !== undefined) plan.templateUri = flags.templateUri;
+  if (flags.userId !== undefined) plan.userId = flags.userId;
+  // Checked now, with a stand-in run id, so a bad --param fails before any run or job exists.
+  convertParameters(spec.parameters, flags.params, { mlflowRunId: '0'.repeat(32), source: spec.source });
+  return plan;
+}
+
+export interface LaunchDeps {
+  mlflow: MlflowClient;
+  vertex: VertexClient;
+  logger: Logger;
+  progress: Progress;
+}
+
+export interface LaunchOptions {
+  wait: boolean;
+  cancelOnInterrupt: boolean;
+  signal?: AbortSignal;
+  pollIntervalMs?: number;
+  maxPollIntervalMs?: number;
+}
+
+export interface LaunchResult {
+  jobId: string;
+  jobName: string;
+  consoleUrl: string;
+  experimentId: string;
+  runId: string;
+  runUrl: string;
+  /** With --wait: the job's final state (or its state when interrupted). */
+  state?: string;
+  runStatus?: MlflowRunStatus;
+  interrupted?: boolean;
+}
+
+/** The request body of projects.locations.pipelineJobs.create. */
+export function pipelineJobBody(plan: LaunchPlan, parameterValues: Record<string, unknown>, runLabels: Record<string, string>): Record<string, unknown> {
+  const body: Record<string, unknown> = {
+    displayName: plan.displayName,
+    runtimeConfig: { gcsOutputDirectory: plan.gcsOutputDirectory, parameterValues },
+    labels: { ...plan.labels, ...runLabels },
+  };
+  if (plan.templateUri !== undefined) body['templateUri'] = plan.templateUri;
+  else body['pipelineSpec'] = plan.enableCaching ? plan.spec.spec : withCachingDisabled(plan.spec.spec);
+  if (plan.serviceAccount) body['serviceAccount'] = plan.serviceAccount;
+  if (plan.network) body['network'] = plan.network;
+  return body;
+}
+
+/** What the Vertex SDK does for enable_caching=False: every task in every DAG gets cachingOptions.enableCache false. */
+function withCachingDisabled(spec: PipelineSpec): PipelineSpec {
+  const copy = structuredClone(spec);
+  const dags: { tasks?: Record<string, Record<string, unknown>> }[] = [];
+  if (copy.root.dag) dags.push(copy.root.dag);
+  for (const component of Object.values(copy.components ?? {})) {
+    const dag = (component as { dag?: { tasks?: Record<string, Record<string, unknown>> } }).dag;
+    if (dag) dags.push(dag);
+  }
+  for (const dag of dags) for (const task of Object.values(dag.tasks ?? {})) task['cachingOptions'] = { enableCache: false };
+  return copy;
+}
+
+/**
+ * Resolves the experiment, creates the run, submits the job, tags the run, and with `wait` follows the job and
+ * mirrors its end into the run. From the moment the run exists, every way out of this function leaves it
+ * either RUNNING with a live job behind it, or ended with the reason recorded.
+ */
+export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: LaunchOptions): Promise<LaunchResult> {
+  const { mlflow, vertex, logger } = deps;
+  const experiment = await resolveExperiment(mlflow, plan.experimentName, logger);
+  const consoleUrl = vertex.consoleUrl(plan.jobId);
+  const jobName = vertex.jobName(plan.jobId);
+  const startTags: KeyValue[] = [
+    { key: TAG.jobName, value: plan.jobId },
+    { key: TAG.project, value: plan.projectId },
+    { key: TAG.region, value: plan.region },
+    { key: TAG.pipelineName, value: plan.spec.spec.pipelineInfo.name },
+    { key: TAG.consoleUrl, value: consoleUrl },
+    { key: TAG.jobState, value: 'SUBMITTING' },
+    { key: TAG.sourceName, value: 'kvx-launch' },
+    { key: TAG.sourceType, value: 'JOB' },
+  ];
+  if (plan.userId) startTags.push({ key: TAG.user, value: plan.userId });
+  const run = await mlflow.createRun({
+    experimentId: experiment.experimentId,
+    runName: plan.jobId,
+    tags: startTags,
+    ...(plan.userId ? { userId: plan.userId } : {}),
+  });
+  const runId = run.info.run_id;
+  const result: LaunchResult = { jobId: plan.jobId, jobName, consoleUrl, experimentId: experiment.experimentId, runId, runUrl: mlflow.runUrl(experiment.experimentId, runId) };
+  logger.info('MLflow run created', { runId, experimentId: experiment.experimentId });
+
+  let job: PipelineJob;
+  try {
+    options.signal?.throwIfAborted();
+    const parameterValues = convertParameters(plan.spec.parameters, plan.params, { mlflowRunId: runId, source: plan.spec.source });
+    const runLabels = { [RUN_ID_LABEL]: toLabelValue(runId), [EXPERIMENT_ID_LABEL]: toLabelValue(experiment.experimentId) };
+    job = await deps.vertex.createPipelineJob(plan.jobId, pipelineJobBody(plan, parameterValues, runLabels), [RUN_ID_LABEL, runLabels[RUN_ID_LABEL]]);
+  } catch (err) {
+    const interrupted = options.signal?.aborted === true;
+    const reason = interrupted
+      ? 'Interrupted before the pipeline job was submitted; no job exists.'
+      : `Submitting the Vertex AI pipeline job ${plan.jobId} failed; no job exists.\n\n${errorMessage(err)}${err instanceof KvxError && err.hint ? `\n\nHint: ${err.hint}` : ''}`;
+    const endProblem = await endRunByLauncher(mlflow, runId, interrupted ? 'KILLED' : 'FAILED', reason, [{ key: TAG.jobState, value: 'SUBMISSION_FAILED' }], logger);
+    throw withRunNote(err, runId, interrupted ? 'KILLED' : 'FAILED', endProblem);
+  }
+
+  try {
+    await mlflow.setTags(runId, [
+      { key: TAG.runId, value: job.name },
+      { key: TAG.resourceName, value: job.name },
+      { key: TAG.jobState, value: shortState(job.state) },
+    ]);
+    result.jobName = job.name;
+    if (!options.wait) return result;
+
+    const followOptions: Parameters<typeof followJob>[0] = {
+      vertex,
+      job: job.name,
+      progress: deps.progress,
+      logger,
+      cancelOnInterrupt: options.cancelOnInterrupt,
+    };
+    if (options.signal !== undefined) followOptions.signal = options.signal;
+    if (options.pollIntervalMs !== undefined) followOptions.pollIntervalMs = options.pollIntervalMs;
+    if (options.maxPollIntervalMs !== undefined) followOptions.maxPollIntervalMs = options.maxPollIntervalMs;
+    const followed = await followJob(followOptions);
+    deps.progress.done();
+    result.state = followed.state;
+    result.interrupted = followed.interrupted;
+    if (followed.terminal) {
+      result.runStatus = await mirrorFinalState(mlflow, runId, followed.job);
+      return result;
+    }
+    // Interrupted `run --wait` without cancel: the job goes on, but this launcher's run does not stay RUNNING;
+    // `kvx-launch follow` later mirrors the real end over it.
+    const reason =
+      `kvx-launch run --wait was interrupted while the job was ${followed.state}; the job ${followed.cancelRequested ? 'was asked to cancel' : 'keeps running'}. ` +
+      `Run \`kvx-launch follow ${plan.jobId}\` to mirror its final state into this run.`;
+    const endProblem = await endRunByLauncher(mlflow, runId, 'KILLED', reason, [{ key: TAG.jobState, value: followed.state }], logger);
+    if (endProblem) throw new KvxError('KVX_MLFLOW_API', `could not end MLflow run ${runId}: ${endProblem}`);
+    result.runStatus = 'KILLED';
+    return result;
+  } catch (err) {
+    // A launcher failure after the job exists: record it on the run and end the run, so it never stays RUNNING
+    // because of us. The job itself is left alone; `follow` can mirror its real end later.
+    const reason = `kvx-launch failed after submitting job ${plan.jobId}: ${errorMessage(err)}. The job was not cancelled; run \`kvx-launch follow ${plan.jobId}\` to mirror its final state.`;
+    const endProblem = await endRunByLauncher(mlflow, runId, 'FAILED', reason, [{ key: TAG.runId, value: jobName }, { key: TAG.resourceName, value: jobName }], logger);
+    throw withRunNote(err, runId, 'FAILED', endProblem);
+  }
+}
+
+function withRunNote(err: unknown, runId: string, status: string, endProblem: string | undefined): KvxError {
+  const note = endProblem === undefined ? `MLflow run ${runId} was ended ${status} with this error recorded` : `MLflow run ${runId} could not be ended (${endProblem}); end it by hand`;
+  const code = err instanceof KvxError ? err.code : 'KVX_LAUNCH_INPUT';
+  const hint = err instanceof KvxError ? err.hint : undefined;
+  return new KvxError(code, `${errorMessage(err)}\n${note}`, { ...(hint === undefined ? {} : { hint }), cause: err });
+}

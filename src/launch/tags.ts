@@ -1,0 +1,36 @@
+/**
+ * The MLflow tags kvx-launch writes. Their meanings are documented in the README and stay stable: a tag never
+ * changes meaning during a run (kedro-vertexai's vertexai_run_id did).
+ */
+export const TAG = {
+  /** The Vertex pipeline job id (last segment of its resource name; `{{$.pipeline_job_name}}` inside the pipeline). */
+  jobName: 'vertexai_job_name',
+  /** The job's full resource name, projects/<project>/locations/<region>/pipelineJobs/<id>, unique across projects and regions. */
+  runId: 'vertexai_run_id',
+  resourceName: 'vertexai_job_resource_name',
+  consoleUrl: 'vertexai_job_console_url',
+  project: 'vertexai_project',
+  region: 'vertexai_region',
+  pipelineName: 'vertexai_pipeline_name',
+  /** Last state kvx-launch saw: SUBMITTING, SUBMISSION_FAILED, QUEUED ... SUCCEEDED, FAILED, CANCELLED. */
+  jobState: 'vertexai_job_state',
+  jobError: 'vertexai_job_error',
+  lastTask: 'vertexai_last_task',
+  failedTask: 'vertexai_failed_task',
+  failedTaskError: 'vertexai_failed_task_error',
+  /** Why kvx-launch ended the run itself (submission failed, interrupted, lost track of the job). */
+  launchError: 'kvx_launch_error',
+  note: 'mlflow.note.content',
+  sourceName: 'mlflow.source.name',
+  sourceType: 'mlflow.source.type',
+  user: 'mlflow.user',
+} as const;
+
+/** Label on the job carrying the MLflow run id, so `follow` and people can find the run from the job. */
+export const RUN_ID_LABEL = 'mlflow_run_id';
+export const EXPERIMENT_ID_LABEL = 'mlflow_experiment_id';
+
+/** MLflow servers before 2.x limited tag values to 5000 characters; stay under that. */
+export function tagValue(value: string): string {
+  return value.length > 4900 ? `${value.slice(0, 4900)}… (truncated)` : value;
+}
