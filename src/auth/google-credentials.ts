@@ -162,7 +162,7 @@ function withCache(info: CredentialsInfo, cache: TokenCache, extra: Partial<Sour
     info,
     // The outer cache already backs off; this one only avoids fetching an access token per ID token.
     accessToken: () => cache.get().catch((err: unknown) => Promise.reject(unwrap(err))),
-    dropAccessToken: (token) => void cache.invalidate(token).catch(() => {}),
+    dropAccessToken: (token) => cache.discard(token),
     close: () => cache.close(),
     ...extra,
   };
@@ -258,7 +258,8 @@ function userCredentials(json: Json, file: string, options: FindOptions): Source
   const info: CredentialsInfo = { kind: 'authorized_user', description: `gcloud user login (${file})` };
   const cache = accessTokenCache('gcloud user login', async () => {
     try {
-      client.credentials = {};
+      // Our cache asks only when it needs a new token; keep the library from answering with its own copy.
+      client.credentials = { refresh_token: json['refresh_token'] as string };
       const { token } = await client.getAccessToken();
       const expiry = client.credentials.expiry_date;
       if (!token || typeof expiry !== 'number') throw new TokenFetchError('the gcloud login refresh answered without an access token or expiry');

@@ -194,6 +194,11 @@ export class TokenCache {
     await this.refresh();
   }
 
+  /** Forget `value` if it is the held token, so the next get() fetches; for tokens known to be revoked. */
+  discard(value: string): void {
+    if (this.held?.token.value === value) this.held = undefined;
+  }
+
   /** The first fetch, so a misconfiguration surfaces at start. */
   async start(): Promise<void> {
     await this.get();

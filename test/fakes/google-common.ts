@@ -41,6 +41,8 @@ export class GoogleIssuer {
       email_verified: true,
       iat,
       exp: iat + options.lifetimeSeconds,
+      // Real tokens minted in the same second differ too; a deterministic RS256 signature would not.
+      jti: randomBytes(8).toString('hex'),
       ...options.extra,
     };
     return signJwt(claims, this.keys[0]!);
