@@ -9,8 +9,8 @@
  *
  * Environment: KVX_SEA_NODE=/path/to/node picks the Node binary to embed (must be an ELF, Node >= 22).
  */
-import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, readSync, closeSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -127,8 +127,16 @@ async function bundle(entry, outfile) {
   return result;
 }
 
-function inject(binary, blob, postjectInject) {
-  return postjectInject(binary, 'NODE_SEA_BLOB', readFileSync(blob), { sentinelFuse: SENTINEL_FUSE });
+/**
+ * postject runs in a child so its native LIEF warnings about Node's unnamed ELF note sections (harmless) can be
+ * kept out of the build log; they are shown when the injection fails.
+ */
+function inject(nodeBinary, executable, blob) {
+  const cli = require.resolve('postject/dist/cli.js');
+  const result = spawnSync(nodeBinary, [cli, executable, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SENTINEL_FUSE], { encoding: 'utf8' });
+  if (result.status !== 0) {
+    throw new Error(`postject failed (${result.status ?? result.signal}):\n${result.stdout}${result.stderr}`);
+  }
 }
 
 async function main() {
@@ -169,13 +177,13 @@ async function main() {
     ),
   );
   // The blob must be made by the very Node that will run it.
-  execFileSync(node.path, ['--experimental-sea-config', seaConfig], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const prepared = spawnSync(node.path, ['--experimental-sea-config', seaConfig], { encoding: 'utf8' });
+  if (prepared.status !== 0) throw new Error(`node --experimental-sea-config failed:\n${prepared.stdout}${prepared.stderr}`);
 
   const executable = path.join(out, 'kvx');
   copyFileSync(node.path, executable);
   chmodSync(executable, 0o755);
-  const { inject: postjectInject } = require('postject');
-  await inject(executable, blob, postjectInject);
+  inject(node.path, executable, blob);
 
   for (const { name } of programs) {
     const link = path.join(out, name);
@@ -189,7 +197,8 @@ async function main() {
   rmSync(workDir, { recursive: true, force: true });
 
   const version = execFileSync(path.join(out, 'kvx-proxy'), ['--version'], { encoding: 'utf8', env: { PATH: '/nonexistent' } }).trim();
-  console.error(`build-sea: ${path.relative(process.cwd(), executable) || executable} (${programs.map((p) => p.name).join(', ')}; kvx ${version}, Node ${node.version})`);
+  const shown = path.relative(process.cwd(), executable);
+  console.error(`build-sea: ${shown.startsWith('..') ? executable : shown} (${programs.map((p) => p.name).join(', ')}; kvx ${version}, Node ${node.version})`);
 }
 
 main().catch((err) => {

@@ -146,7 +146,13 @@ async function spawnCommand(
   env: NodeJS.ProcessEnv,
   stdio: 'inherit' | 'ignore',
 ): Promise<{ child: ChildProcess; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { error: ExecResult }> {
-  const child = spawn(command, args, { env, stdio });
+  let child: ChildProcess;
+  try {
+    child = spawn(command, args, { env, stdio });
+  } catch (err) {
+    // spawn throws, rather than emitting 'error', for failures such as ELOOP or E2BIG.
+    return { error: { code: EXEC_EXIT.notExecutable, message: `cannot run ${command}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}` } };
+  }
   // Listen for the exit before anything else can run, so even an instant exit is seen.
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal }));
