@@ -122,7 +122,7 @@ describe('kvx-proxy exec', function () {
   });
 
   it('takes the upstream from MLFLOW_TRACKING_URI when none is configured', async () => {
-    const env = { ...baseEnv, MLFLOW_TRACKING_URI: mlflow.url };
+    const env: NodeJS.ProcessEnv = { ...baseEnv, MLFLOW_TRACKING_URI: mlflow.url };
     delete env['KVX_UPSTREAM_URL'];
     const script = `fetch(process.env.MLFLOW_TRACKING_URI + '/api/2.0/mlflow/experiments/get-by-name?experiment_name=x').then((r) => process.exit(r.status === 404 ? 0 : 1))`;
     const run = await startExec(['--', ...nodeCommand(script)], env).done;
@@ -164,7 +164,7 @@ describe('kvx-proxy exec', function () {
 
   it('does not start the command when the proxy cannot get a token', async () => {
     const marker = path.join(dir, 'started');
-    const env = { ...baseEnv, KVX_AUTH_PARAMS_TOKEN_FILE: path.join(dir, 'no-such-token'), KVX_AUTH_STARTUP_TIMEOUT_MS: '2000' };
+    const env: NodeJS.ProcessEnv = { ...baseEnv, KVX_AUTH_PARAMS_TOKEN_FILE: path.join(dir, 'no-such-token'), KVX_AUTH_STARTUP_TIMEOUT_MS: '2000' };
     delete env['KVX_AUTH_PARAMS_TOKEN_ENV'];
     const run = await startExec(['--', ...nodeCommand(`require('fs').writeFileSync(${JSON.stringify(marker)}, 'x')`)], env).done;
     expect(run.code).to.equal(125);
