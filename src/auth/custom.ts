@@ -145,9 +145,6 @@ export async function loadProviderClass(modulePath: string, exportName: string, 
     throw fail(`export "${exportName}" of ${modulePath} is ${describe(candidate)}, not a class; export a class extending RequestHeaderProvider from 'kvx'`);
   }
   const className = (candidate as { name?: string }).name || exportName;
-  if (typeof (candidate.prototype as { requestHeaders?: unknown }).requestHeaders !== 'function') {
-    throw fail(`class ${className} (export "${exportName}" of ${modulePath}) has no requestHeaders() method; implement requestHeaders() returning the headers to add`);
-  }
   return { cls: candidate as ProviderClass, className };
 }
 
@@ -160,6 +157,13 @@ export async function createCustomProvider(plan: ProviderPlan, context: Provider
     instance = new cls({ ...plan.params }, context);
   } catch (err) {
     throw new KvxError('KVX_PROVIDER_LOAD_FAILED', `${where}: constructing ${className} from ${modulePath} failed: ${errorMessage(err)}`, { cause: err });
+  }
+  // Checked on the instance: `requestHeaders = cached(...)(...)` is a class field, not a prototype method.
+  if (typeof instance?.requestHeaders !== 'function') {
+    throw new KvxError(
+      'KVX_PROVIDER_LOAD_FAILED',
+      `${where}: class ${className} (export "${plan.export ?? 'default'}" of ${modulePath}) has no requestHeaders() method; implement requestHeaders() returning the headers to add`,
+    );
   }
   return new CustomProvider(instance, className);
 }
