@@ -145,7 +145,7 @@ describe('custom provider modules', () => {
 });
 
 describe('cached({ ttl })', () => {
-  let clock: FakeTimers.InstalledClock | undefined;
+  let clock: ReturnType<typeof FakeTimers.install> | undefined;
   afterEach(() => clock?.uninstall());
 
   it('keeps a result for ttl seconds per instance, then asks again', () => {
