@@ -1,0 +1,424 @@
+/**
+ * A fake Vertex AI API (v1 PipelineJobs) on 127.0.0.1:0. It authenticates bearer tokens against an
+ * AccessTokenStore (the one the fake metadata server issues from), validates create requests the way the real
+ * API rejects them (Google error JSON `{"error":{"code","message","status"}}`), stores jobs, and advances each
+ * job one step per GET through scripted states, so tests are deterministic without timers.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import YAML from 'yaml';
+import type { AccessTokenStore } from './google-common.js';
+
+export interface GoogleErrorSpec {
+  code: number;
+  status: string;
+  message: string;
+}
+
+/** How a job will go: every task succeeds unless `failAt` names the task that fails. */
+export interface JobOutcome {
+  failAt?: string;
+  error?: string;
+  /** Stop advancing once the job is RUNNING with its first task running (for interrupt tests). */
+  stayRunning?: boolean;
+}
+
+export interface FakeTask {
+  taskId: string;
+  parentTaskId?: string;
+  taskName: string;
+  state: string;
+  createTime: string;
+  startTime?: string;
+  endTime?: string;
+  error?: { code: number; message: string };
+}
+
+export interface FakeJob {
+  id: string;
+  body: Record<string, unknown>;
+  state: string;
+  outcome: JobOutcome;
+  /** Task names in execution order. */
+  plan: string[];
+  step: number;
+  tasks: FakeTask[];
+  createTime: string;
+  startTime?: string;
+  endTime?: string;
+  error?: { code: number; message: string };
+  cancelRequested: boolean;
+  gets: number;
+}
+
+export interface FakeVertexOptions {
+  region?: string;
+  projectId?: string;
+  projectNumber?: string;
+  accessTokens: AccessTokenStore;
+  /** Service accounts the caller may act as; others get PERMISSION_DENIED (iam.serviceAccounts.actAs). */
+  actAs?: string[];
+}
+
+export interface FakeVertex {
+  url: string;
+  port: number;
+  region: string;
+  projectId: string;
+  projectNumber: string;
+  jobs: Map<string, FakeJob>;
+  requests: { method: string; path: string; status: number }[];
+  /** Outcome applied to the next created job (then cleared). */
+  nextOutcome: JobOutcome | undefined;
+  /** Error answered to the next create (then cleared), e.g. PERMISSION_DENIED or SERVICE_DISABLED. */
+  failNextCreate: GoogleErrorSpec | undefined;
+  /** Pipeline templates served at `${url}/kfp/...`, by full URI. */
+  templates: Map<string, string>;
+  close(): Promise<void>;
+}
+
+const JOB_ID = /^[a-z][-a-z0-9]{0,127}$/;
+const LABEL_KEY = /^[a-z][a-z0-9_-]{0,62}$/;
+const LABEL_VALUE = /^[a-z0-9_-]{0,63}$/;
+const NETWORK = /^projects\/(\d+)\/global\/networks\/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const EMAIL = /^[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.]+\.iam\.gserviceaccount\.com$|^\d+-compute@developer\.gserviceaccount\.com$/;
+
+class GoogleError extends Error {
+  constructor(
+    readonly code: number,
+    readonly status: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const invalid = (message: string) => new GoogleError(400, 'INVALID_ARGUMENT', message);
+
+export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeVertex> {
+  const region = options.region ?? 'europe-west4';
+  const projectId = options.projectId ?? 'my-project';
+  const projectNumber = options.projectNumber ?? '123456789012';
+  let url = '';
+
+  const fake: FakeVertex = {
+    url: '',
+    port: 0,
+    region,
+    projectId,
+    projectNumber,
+    jobs: new Map(),
+    requests: [],
+    nextOutcome: undefined,
+    failNextCreate: undefined,
+    templates: new Map(),
+    close: async () => {},
+  };
+
+  const jobName = (id: string) => `projects/${projectNumber}/locations/${region}/pipelineJobs/${id}`;
+  const iso = (job: FakeJob, step: number) => new Date(Date.parse(job.createTime) + step * 1000).toISOString();
+
+  function checkParent(project: string, location: string, permission: string): void {
+    if (project !== projectId && project !== projectNumber) {
+      throw new GoogleError(403, 'PERMISSION_DENIED', `Permission '${permission}' denied on resource '//aiplatform.googleapis.com/projects/${project}/locations/${location}' (or it may not exist).`);
+    }
+    if (location !== region) {
+      throw invalid(`Location ${location} does not match the endpoint's location ${region}; use https://${location}-aiplatform.googleapis.com.`);
+    }
+  }
+
+  function specOf(body: Record<string, unknown>): Record<string, unknown> {
+    const spec = body['pipelineSpec'];
+    const template = body['templateUri'];
+    if (spec !== undefined && template !== undefined) throw invalid('Only one of pipeline_spec and template_uri can be set.');
+    if (typeof template === 'string') {
+      const text = fake.templates.get(template);
+      if (text === undefined) throw new GoogleError(404, 'NOT_FOUND', `Template ${template} not found or not accessible.`);
+      return YAML.parse(text) as Record<string, unknown>;
+    }
+    if (typeof spec !== 'object' || spec === null) throw invalid('Either pipeline_spec or template_uri must be set.');
+    const s = spec as Record<string, unknown>;
+    const info = s['pipelineInfo'] as { name?: unknown } | undefined;
+    if (typeof info?.name !== 'string' || !/^[a-z0-9][a-z0-9-]{0,127}$/.test(info.name)) {
+      throw invalid('pipeline_spec.pipeline_info.name must match the regular expression "[a-z0-9][a-z0-9-]{0,127}".');
+    }
+    if (typeof s['schemaVersion'] !== 'string' || typeof s['root'] !== 'object' || typeof s['deploymentSpec'] !== 'object') {
+      throw invalid('Invalid pipeline_spec: schema_version, root and deployment_spec are required.');
+    }
+    return s;
+  }
+
+  function validateCreate(id: string | null, body: Record<string, unknown>): { spec: Record<string, unknown> } {
+    if (id !== null && !JOB_ID.test(id)) {
+      throw invalid(`Invalid pipeline job id "${id}": it must match the regular expression "[a-z][-a-z0-9]{0,127}".`);
+    }
+    if (id !== null && fake.jobs.has(id)) throw new GoogleError(409, 'ALREADY_EXISTS', `PipelineJob ${jobName(id)} already exists.`);
+    const displayName = body['displayName'];
+    if (displayName !== undefined && (typeof displayName !== 'string' || displayName.length > 128)) throw invalid('display_name must be a string of at most 128 characters.');
+    const spec = specOf(body);
+    const runtime = (body['runtimeConfig'] ?? {}) as Record<string, unknown>;
+    const out = runtime['gcsOutputDirectory'];
+    if (out === undefined && typeof spec['defaultPipelineRoot'] !== 'string') {
+      throw invalid('runtime_config.gcs_output_directory must be set when the pipeline spec has no default pipeline root.');
+    }
+    if (out !== undefined && (typeof out !== 'string' || !/^gs:\/\/[a-z0-9][-a-z0-9_.]+[a-z0-9](\/.*)?$/.test(out))) {
+      throw invalid(`runtime_config.gcs_output_directory "${String(out)}" must be a Cloud Storage path starting with gs://.`);
+    }
+    if (runtime['parameters'] !== undefined && runtime['parameterValues'] !== undefined) throw invalid('Only one of runtime_config.parameters and runtime_config.parameter_values can be set.');
+    const declared = ((spec['root'] as { inputDefinitions?: { parameters?: Record<string, Record<string, unknown>> } }).inputDefinitions?.parameters ?? {}) as Record<string, Record<string, unknown>>;
+    const values = (runtime['parameterValues'] ?? {}) as Record<string, unknown>;
+    for (const [name, value] of Object.entries(values)) {
+      const def = declared[name];
+      if (def === undefined) throw invalid(`The pipeline parameter ${name} is not found in the pipeline job input definitions.`);
+      const type = String(def['parameterType']);
+      const ok =
+        (type === 'STRING' && typeof value === 'string') ||
+        (type === 'NUMBER_INTEGER' && typeof value === 'number' && Number.isInteger(value)) ||
+        (type === 'NUMBER_DOUBLE' && typeof value === 'number') ||
+        (type === 'BOOLEAN' && typeof value === 'boolean') ||
+        (type === 'LIST' && Array.isArray(value)) ||
+        (type === 'STRUCT' && typeof value === 'object' && value !== null && !Array.isArray(value));
+      if (!ok) throw invalid(`The value of pipeline parameter ${name} has type ${jsonType(value)}, which does not match its declared type ${type}.`);
+    }
+    for (const [name, def] of Object.entries(declared)) {
+      if (def['isOptional'] !== true && def['defaultValue'] === undefined && !(name in values)) {
+        throw invalid(`The pipeline parameter ${name} is required but no value was provided in runtime_config.parameter_values.`);
+      }
+    }
+    const sa = body['serviceAccount'];
+    if (sa !== undefined) {
+      if (typeof sa !== 'string' || !EMAIL.test(sa)) throw invalid(`Service account "${String(sa)}" is not a valid service account email.`);
+      if (options.actAs !== undefined && !options.actAs.includes(sa)) {
+        throw new GoogleError(403, 'PERMISSION_DENIED', `The caller does not have permission iam.serviceAccounts.actAs on service account ${sa}.`);
+      }
+    }
+    const network = body['network'];
+    if (network !== undefined) {
+      const m = typeof network === 'string' ? NETWORK.exec(network) : null;
+      if (m === null) throw invalid(`Invalid network "${String(network)}": the network must be of the form projects/{project_number}/global/networks/{network_name}.`);
+    }
+    const labels = body['labels'];
+    if (labels !== undefined) {
+      if (typeof labels !== 'object' || labels === null) throw invalid('labels must be a map.');
+      const entries = Object.entries(labels as Record<string, unknown>);
+      if (entries.length > 64) throw invalid(`At most 64 labels are allowed; got ${entries.length}.`);
+      for (const [k, v] of entries) {
+        if (!LABEL_KEY.test(k)) throw invalid(`Invalid label key "${k}": keys must start with a lowercase letter and contain only lowercase letters, digits, underscores and dashes, at most 63 characters.`);
+        if (typeof v !== 'string' || !LABEL_VALUE.test(v)) throw invalid(`Invalid label value "${String(v)}" for key "${k}": values contain only lowercase letters, digits, underscores and dashes, at most 63 characters.`);
+      }
+    }
+    return { spec };
+  }
+
+  /** Task names in dependency order, from the spec's root DAG. */
+  function taskPlan(spec: Record<string, unknown>): string[] {
+    const tasks = ((spec['root'] as { dag?: { tasks?: Record<string, { dependentTasks?: string[] }> } }).dag?.tasks ?? {}) as Record<string, { dependentTasks?: string[] }>;
+    const order: string[] = [];
+    const visit = (name: string, seen: Set<string>) => {
+      if (order.includes(name) || seen.has(name)) return;
+      seen.add(name);
+      for (const dep of tasks[name]?.dependentTasks ?? []) visit(dep, seen);
+      order.push(name);
+    };
+    for (const name of Object.keys(tasks)) visit(name, new Set());
+    return order;
+  }
+
+  /** One step: QUEUED → RUNNING → each task RUNNING then its outcome → the job's outcome. */
+  function advance(job: FakeJob): void {
+    if (['PIPELINE_STATE_SUCCEEDED', 'PIPELINE_STATE_FAILED', 'PIPELINE_STATE_CANCELLED'].includes(job.state)) return;
+    job.step++;
+    const now = iso(job, job.step);
+    const root = job.tasks[0];
+    if (job.state === 'PIPELINE_STATE_CANCELLING') {
+      for (const t of job.tasks) {
+        if (t.state === 'RUNNING' || t.state === 'PENDING') {
+          t.state = 'CANCELLED';
+          t.endTime = now;
+        }
+      }
+      job.state = 'PIPELINE_STATE_CANCELLED';
+      job.endTime = now;
+      job.error = { code: 1, message: 'CANCELLED' };
+      return;
+    }
+    if (job.state === 'PIPELINE_STATE_QUEUED') {
+      job.state = 'PIPELINE_STATE_RUNNING';
+      job.startTime = now;
+      const pipelineName = String(((job.body['pipelineSpec'] as { pipelineInfo?: { name?: string } } | undefined)?.pipelineInfo?.name) ?? 'pipeline');
+      job.tasks.push({ taskId: '1000', taskName: pipelineName, state: 'RUNNING', createTime: now, startTime: now });
+      return;
+    }
+    const current = job.tasks.slice(1).find((t) => t.state === 'RUNNING');
+    if (current !== undefined) {
+      if (job.outcome.stayRunning) {
+        job.step--;
+        return;
+      }
+      current.endTime = now;
+      if (job.outcome.failAt === current.taskName) {
+        current.state = 'FAILED';
+        current.error = { code: 9, message: job.outcome.error ?? `The replica workerpool0-0 exited with a non-zero status of 1.` };
+        job.state = 'PIPELINE_STATE_FAILED';
+        job.endTime = now;
+        root!.state = 'FAILED';
+        root!.endTime = now;
+        job.error = {
+          code: 9,
+          message: `The DAG failed because some tasks failed. The failed tasks are: [${current.taskName}].; Job (project_id = ${projectId}, job_id = ${job.id}) is failed due to the above error.; Failed to handle the job: {project_number = ${projectNumber}, job_id = ${job.id}}`,
+        };
+        return;
+      }
+      current.state = 'SUCCEEDED';
+      return;
+    }
+    const next = job.plan[job.tasks.length - 1];
+    if (next !== undefined) {
+      job.tasks.push({ taskId: String(1000 + job.tasks.length), parentTaskId: '1000', taskName: next, state: 'RUNNING', createTime: now, startTime: now });
+      return;
+    }
+    job.state = 'PIPELINE_STATE_SUCCEEDED';
+    job.endTime = now;
+    root!.state = 'SUCCEEDED';
+    root!.endTime = now;
+  }
+
+  function jobJson(job: FakeJob): Record<string, unknown> {
+    const out: Record<string, unknown> = {
+      name: jobName(job.id),
+      displayName: job.body['displayName'] ?? job.id,
+      createTime: job.createTime,
+      updateTime: iso(job, job.step),
+      state: job.state,
+      runtimeConfig: job.body['runtimeConfig'],
+      labels: { ...(job.body['labels'] as Record<string, string> | undefined), 'vertex-ai-pipelines-run-billing-id': '8437716493264371712' },
+    };
+    if (job.body['pipelineSpec'] !== undefined) out['pipelineSpec'] = job.body['pipelineSpec'];
+    if (job.body['templateUri'] !== undefined) out['templateUri'] = job.body['templateUri'];
+    if (job.body['serviceAccount'] !== undefined) out['serviceAccount'] = job.body['serviceAccount'];
+    if (job.body['network'] !== undefined) out['network'] = job.body['network'];
+    if (job.startTime) out['startTime'] = job.startTime;
+    if (job.endTime) out['endTime'] = job.endTime;
+    if (job.error) out['error'] = job.error;
+    if (job.tasks.length > 0) {
+      out['jobDetail'] = {
+        pipelineContext: { name: `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/pipeline` },
+        pipelineRunContext: { name: `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/${job.id}` },
+        taskDetails: job.tasks.map((t) => ({ ...t })),
+      };
+    }
+    return out;
+  }
+
+  async function handle(req: http.IncomingMessage, body: string): Promise<{ status: number; json?: unknown; text?: string }> {
+    const u = new URL(req.url ?? '/', 'http://vertex');
+    const method = req.method ?? 'GET';
+    const who = options.accessTokens.check(req.headers.authorization);
+    if ('reason' in who) {
+      throw new GoogleError(
+        401,
+        'UNAUTHENTICATED',
+        req.headers.authorization === undefined
+          ? 'Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential.'
+          : 'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.',
+      );
+    }
+    if (u.pathname.startsWith('/kfp/') && method === 'GET') {
+      const text = fake.templates.get(`${url}${u.pathname}`);
+      if (text === undefined) throw new GoogleError(404, 'NOT_FOUND', 'Requested entity was not found.');
+      return { status: 200, text };
+    }
+    const collection = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/pipelineJobs$/.exec(u.pathname);
+    if (collection !== null && method === 'POST') {
+      checkParent(collection[1]!, collection[2]!, 'aiplatform.pipelineJobs.create');
+      if (fake.failNextCreate !== undefined) {
+        const f = fake.failNextCreate;
+        fake.failNextCreate = undefined;
+        throw new GoogleError(f.code, f.status, f.message);
+      }
+      if ((req.headers['content-type'] ?? '').split(';')[0] !== 'application/json') throw invalid('Content-Type must be application/json.');
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(body);
+      } catch {
+        throw invalid('Invalid JSON payload received.');
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid('Invalid JSON payload received. Expected an object.');
+      const id = u.searchParams.get('pipelineJobId');
+      const { spec } = validateCreate(id, parsed as Record<string, unknown>);
+      const jobId = id ?? `pipeline-${Date.now()}`;
+      const job: FakeJob = {
+        id: jobId,
+        body: parsed as Record<string, unknown>,
+        state: 'PIPELINE_STATE_QUEUED',
+        outcome: fake.nextOutcome ?? {},
+        plan: taskPlan(spec),
+        step: 0,
+        tasks: [],
+        createTime: new Date().toISOString(),
+        cancelRequested: false,
+        gets: 0,
+      };
+      fake.nextOutcome = undefined;
+      fake.jobs.set(jobId, job);
+      return { status: 200, json: jobJson(job) };
+    }
+    const one = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/pipelineJobs\/([^/:]+)(:cancel)?$/.exec(u.pathname);
+    if (one !== null) {
+      const cancel = one[4] !== undefined;
+      checkParent(one[1]!, one[2]!, cancel ? 'aiplatform.pipelineJobs.cancel' : 'aiplatform.pipelineJobs.get');
+      const job = fake.jobs.get(one[3]!);
+      if (job === undefined) throw new GoogleError(404, 'NOT_FOUND', `The PipelineJob "${jobName(one[3]!)}" does not exist.`);
+      if (cancel && method === 'POST') {
+        if (['PIPELINE_STATE_SUCCEEDED', 'PIPELINE_STATE_FAILED', 'PIPELINE_STATE_CANCELLED'].includes(job.state)) {
+          throw new GoogleError(400, 'FAILED_PRECONDITION', `Cannot cancel pipeline job ${jobName(job.id)} because it is in ${job.state} state.`);
+        }
+        job.cancelRequested = true;
+        job.state = 'PIPELINE_STATE_CANCELLING';
+        return { status: 200, json: {} };
+      }
+      if (!cancel && method === 'GET') {
+        job.gets++;
+        advance(job);
+        return { status: 200, json: jobJson(job) };
+      }
+    }
+    throw new GoogleError(404, 'NOT_FOUND', `The requested URL ${u.pathname} was not found on this server.`);
+  }
+
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      void handle(req, Buffer.concat(chunks).toString('utf8')).then(
+        (r) => {
+          fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: r.status });
+          if (r.text !== undefined) res.writeHead(r.status, { 'content-type': 'application/octet-stream' }).end(r.text);
+          else res.writeHead(r.status, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify(r.json));
+        },
+        (err: unknown) => {
+          const e = err instanceof GoogleError ? err : new GoogleError(500, 'INTERNAL', `fake failure: ${(err as Error).message}`);
+          fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: e.code });
+          res.writeHead(e.code, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify({ error: { code: e.code, message: e.message, status: e.status } }));
+        },
+      );
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  fake.port = (server.address() as AddressInfo).port;
+  url = `http://127.0.0.1:${fake.port}`;
+  fake.url = url;
+  fake.close = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+  return fake;
+}
+
+function jsonType(v: unknown): string {
+  if (Array.isArray(v)) return 'list';
+  if (v === null) return 'null';
+  if (typeof v === 'object') return 'struct';
+  return typeof v;
+}
