@@ -11,6 +11,7 @@ import { Logger } from '../log/logger.js';
 import { startProxy } from '../proxy/server.js';
 import { VERSION } from '../version.js';
 import { registerExecCommand } from './exec.js';
+import { registerDoctorCommands } from './doctor.js';
 import { addConfigOptions, defaultIO, loadConfigFromOptions, reportError } from './options.js';
 import type { CliIO } from './options.js';
 
@@ -53,6 +54,7 @@ function buildProgram(io: CliIO): Command {
     io.stderr.write('kvx-proxy: configuration is valid\n');
   });
   registerExecCommand(program, io, setExit);
+  registerDoctorCommands(program, io, setExit);
   return program;
 }
 

@@ -1,0 +1,330 @@
+import { request } from 'undici';
+import type { Dispatcher } from 'undici';
+import { HeaderInjector } from '../auth/injector.js';
+import type { ActiveProvider } from '../auth/injector.js';
+import { planProviders } from '../auth/registry.js';
+import type { ProviderPlan } from '../auth/registry.js';
+import type { HeaderMap } from '../auth/provider.js';
+import { decodeJwtClaims, headerValue } from '../auth/token-cache.js';
+import type { IdTokenClaims } from '../auth/token-cache.js';
+import type { CredentialsInfo } from '../auth/google-credentials.js';
+import { oneLine } from '../auth/google-credentials.js';
+import type { LoadedConfig } from '../config/load.js';
+import { errorMessage } from '../errors.js';
+import { silentLogger } from '../log/logger.js';
+import type { Logger } from '../log/logger.js';
+import { mlflowDispatcher } from '../mlflow/client.js';
+
+/**
+ * `kvx-proxy doctor`: walks the path a request takes (config → provider → credentials → token → upstream)
+ * with the same config the proxy uses and says, step by step, what works and, when something does not,
+ * the likely cause in plain words. It shows audience, email and expiry of the token, never the token.
+ */
+
+export type StepState = 'ok' | 'fail' | 'warn' | 'skip';
+
+export interface DoctorStep {
+  name: string;
+  state: StepState;
+  detail: string;
+  /** Likely cause and fix, for steps that did not pass. */
+  cause?: string;
+}
+
+export interface DoctorReport {
+  ok: boolean;
+  steps: DoctorStep[];
+}
+
+export interface DoctorOptions {
+  env: NodeJS.ProcessEnv;
+  logger?: Logger;
+  /** Per upstream request. */
+  timeoutMs?: number;
+  /** The authenticated call; any cheap GET of the MLflow API. */
+  apiPath?: string;
+  now?: () => number;
+}
+
+export const DEFAULT_API_PATH = '/api/2.0/mlflow/experiments/search?max_results=1';
+const CLOCK_SKEW_MS = 60_000;
+
+export async function runDoctor(loaded: LoadedConfig, options: DoctorOptions): Promise<DoctorReport> {
+  const steps: DoctorStep[] = [];
+  const add = (step: DoctorStep) => steps.push(step);
+  const now = options.now ?? Date.now;
+  const { config } = loaded;
+
+  const { plans, problems } = planProviders(config, options.env);
+  if (problems.length > 0) {
+    for (const p of problems) add({ name: 'config', state: 'fail', detail: `${p.path}: ${p.message}` });
+    return finish(steps);
+  }
+  if (plans.length === 0) add({ name: 'provider', state: 'warn', detail: 'auth.provider is none: requests are forwarded without credentials' });
+  for (const plan of plans) {
+    add({ name: `provider ${plan.type}`, state: 'ok', detail: `selected because ${plan.reason}; sets ${plan.header}${plan.scheme ? ` (${plan.scheme} …)` : ''}` });
+  }
+
+  let injector: HeaderInjector | undefined;
+  try {
+    injector = await HeaderInjector.create(plans, { config, logger: options.logger ?? silentLogger, baseDir: loaded.baseDir, env: options.env });
+  } catch (err) {
+    add({ name: 'provider', state: 'fail', detail: errorMessage(err), ...hintOf(err) });
+    return finish(steps);
+  }
+
+  const claimsByHeader = new Map<string, IdTokenClaims>();
+  let headers: HeaderMap | undefined = {};
+  try {
+    for (const plan of plans) {
+      if (!injector.active.some((a) => a.plan === plan)) add({ name: `provider ${plan.type}`, state: 'skip', detail: 'inContext() returned false: this provider does not apply' });
+    }
+    for (const active of injector.active) {
+      const got = await checkProvider(active, add, now);
+      if (got === undefined) headers = undefined;
+      else if (headers !== undefined) {
+        Object.assign(headers, got.headers);
+        if (got.claims) claimsByHeader.set(active.plan.header.toLowerCase(), got.claims);
+      }
+    }
+    if (config.upstream.url === '') {
+      add({ name: 'upstream', state: 'skip', detail: 'upstream.url is not set (--upstream): upstream checks skipped' });
+    } else if (headers === undefined) {
+      add({ name: 'upstream', state: 'skip', detail: 'no credentials, so the upstream checks would only show the rejection' });
+    } else {
+      await checkUpstream(loaded, headers, claimsByHeader, plans, add, options);
+    }
+  } finally {
+    await injector.close();
+  }
+  return finish(steps);
+}
+
+function finish(steps: DoctorStep[]): DoctorReport {
+  return { ok: steps.every((s) => s.state !== 'fail'), steps };
+}
+
+function optional(cause: string | undefined): { cause?: string } {
+  return cause === undefined ? {} : { cause };
+}
+
+function hintOf(err: unknown): { cause?: string } {
+  const hint = (err as { hint?: unknown } | undefined)?.hint;
+  return typeof hint === 'string' && hint !== '' ? { cause: hint } : {};
+}
+
+interface ProviderResult {
+  headers: HeaderMap;
+  claims?: IdTokenClaims;
+}
+
+async function checkProvider(active: ActiveProvider, add: (s: DoctorStep) => void, now: () => number): Promise<ProviderResult | undefined> {
+  const { plan, provider } = active;
+  const describable = provider as { credentialsInfo?: () => Promise<CredentialsInfo> };
+  let info: CredentialsInfo | undefined;
+  if (typeof describable.credentialsInfo === 'function') {
+    try {
+      info = await describable.credentialsInfo();
+    } catch (err) {
+      add({ name: 'credentials', state: 'fail', detail: errorMessage(err), ...hintOf(err) });
+      return undefined;
+    }
+  }
+
+  let headers: HeaderMap;
+  try {
+    headers = await provider.requestHeaders();
+  } catch (err) {
+    if (info) add({ name: 'credentials', state: 'ok', detail: describeCredentials(info) });
+    add({ name: `token (${provider.name})`, state: 'fail', detail: errorMessage(err), ...optional(tokenCause(err)) });
+    return undefined;
+  }
+  // The identity of a gcloud login is known only once it has been used.
+  if (typeof describable.credentialsInfo === 'function') info = await describable.credentialsInfo().catch(() => info);
+  if (info) add({ name: 'credentials', state: 'ok', detail: describeCredentials(info) });
+
+  const value = headerValue(headers, plan.header);
+  const names = Object.keys(headers);
+  if (value === undefined) {
+    add({ name: `headers (${provider.name})`, state: names.length > 0 ? 'ok' : 'warn', detail: names.length > 0 ? `sets ${names.join(', ')}` : 'sets no header' });
+    return { headers };
+  }
+  const raw = plan.scheme && value.startsWith(`${plan.scheme} `) ? value.slice(plan.scheme.length + 1) : value;
+  const claims = decodeJwtClaims(raw);
+  if (claims === undefined) {
+    add({ name: `headers (${provider.name})`, state: 'ok', detail: `sets ${names.join(', ')} (not a JWT, so no audience or expiry to show)` });
+    return { headers };
+  }
+  checkClaims(claims, plan, provider.name, add, now());
+  return { headers, claims };
+}
+
+function describeCredentials(info: CredentialsInfo): string {
+  const whose = info.identity ? ` — ${info.kind === 'authorized_user' ? 'user' : 'service account'} ${info.identity}` : '';
+  return `${info.description}${whose}`;
+}
+
+function checkClaims(claims: IdTokenClaims, plan: ProviderPlan, name: string, add: (s: DoctorStep) => void, now: number): void {
+  const aud = Array.isArray(claims.aud) ? claims.aud.join(', ') : String(claims.aud ?? '(none)');
+  const exp = typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
+  const parts = [`audience ${aud}`, `email ${claims.email ?? '(none)'}`];
+  if (claims.iss) parts.push(`issuer ${claims.iss}`);
+  if (exp !== undefined) parts.push(`expires ${new Date(exp).toISOString()} (in ${Math.round((exp - now) / 60_000)} min)`);
+  const expected = typeof plan.params['client_id'] === 'string' ? plan.params['client_id'] : undefined;
+  if (expected !== undefined && !String(aud).split(', ').includes(expected)) {
+    add({
+      name: `token (${name})`,
+      state: 'fail',
+      detail: `minted, but ${parts.join('; ')}`,
+      cause: `wrong audience: the token is for "${aud}" but auth.params.client_id is "${expected}"`,
+    });
+    return;
+  }
+  if (exp !== undefined && exp <= now) {
+    add({ name: `token (${name})`, state: 'fail', detail: `minted, but already expired: ${parts.join('; ')}`, cause: clockCause() });
+    return;
+  }
+  add({ name: `token (${name})`, state: 'ok', detail: `minted: ${parts.join('; ')}` });
+  if (typeof claims.iat === 'number' && Math.abs(claims.iat * 1000 - now) > CLOCK_SKEW_MS) {
+    const skew = Math.round((now - claims.iat * 1000) / 1000);
+    add({
+      name: 'clock',
+      state: 'warn',
+      detail: `this machine's clock is ${Math.abs(skew)} s ${skew > 0 ? 'ahead of' : 'behind'} the token issuer's`,
+      cause: clockCause(),
+    });
+  }
+}
+
+function clockCause(): string {
+  return 'clock skew: this machine\'s clock is off; IAP checks expiry with no leeway, so sync the clock (NTP, `timedatectl set-ntp true`)';
+}
+
+function tokenCause(err: unknown): string | undefined {
+  return hintOf(err).cause;
+}
+
+async function checkUpstream(
+  loaded: LoadedConfig,
+  headers: HeaderMap,
+  claims: Map<string, IdTokenClaims>,
+  plans: readonly ProviderPlan[],
+  add: (s: DoctorStep) => void,
+  options: DoctorOptions,
+): Promise<void> {
+  const { config } = loaded;
+  const base = config.upstream.url.replace(/\/+$/, '');
+  let dispatcher: Dispatcher;
+  try {
+    dispatcher = mlflowDispatcher(config);
+  } catch (err) {
+    add({ name: 'upstream', state: 'fail', detail: `cannot set up TLS for upstream: ${errorMessage(err)}`, cause: 'check upstream.caFile, upstream.certFile and upstream.keyFile' });
+    return;
+  }
+  try {
+    const health = await get(`${base}/health`, headers, dispatcher, options.timeoutMs ?? 15_000);
+    if ('error' in health) {
+      add({ name: 'upstream /health', state: 'fail', detail: health.error, cause: `cannot reach ${base}: check upstream.url, DNS, firewall or VPN` });
+      return;
+    }
+    add({
+      name: 'upstream /health',
+      state: health.status === 200 ? 'ok' : 'fail',
+      detail: `${health.status} ${oneLine(health.body, 120)}`,
+      ...(health.status === 200 ? {} : { cause: upstreamCause(health, claims, plans, config.auth.header) }),
+    });
+    const apiPath = options.apiPath ?? DEFAULT_API_PATH;
+    const api = await get(`${base}${apiPath}`, headers, dispatcher, options.timeoutMs ?? 15_000);
+    if ('error' in api) {
+      add({ name: `upstream GET ${apiPath}`, state: 'fail', detail: api.error, cause: 'the upstream stopped answering between two requests' });
+      return;
+    }
+    if (api.status === 200) {
+      add({ name: `upstream GET ${apiPath}`, state: 'ok', detail: '200: authenticated MLflow API call works' });
+    } else if (api.status !== 401 && api.status !== 403 && mlflowErrorCode(api.body) !== undefined) {
+      // MLflow itself answered, so the credentials got through every auth layer in front of it.
+      add({ name: `upstream GET ${apiPath}`, state: 'ok', detail: `credentials accepted; MLflow answered ${api.status} ${mlflowErrorCode(api.body)}` });
+    } else {
+      add({ name: `upstream GET ${apiPath}`, state: 'fail', detail: `${api.status} ${oneLine(api.body, 160)}`, cause: upstreamCause(api, claims, plans, config.auth.header) });
+    }
+  } finally {
+    await dispatcher.close().catch(() => {});
+  }
+}
+
+function mlflowErrorCode(body: string): string | undefined {
+  try {
+    const json = JSON.parse(body) as { error_code?: unknown };
+    return typeof json.error_code === 'string' ? json.error_code : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+}
+
+async function get(url: string, headers: HeaderMap, dispatcher: Dispatcher, timeoutMs: number): Promise<Answer | { error: string }> {
+  try {
+    const res = await request(url, { method: 'GET', headers: { accept: 'application/json', ...headers }, dispatcher, signal: AbortSignal.timeout(timeoutMs) });
+    const body = await res.body.text();
+    return { status: res.statusCode, headers: res.headers, body: body.slice(0, 2000) };
+  } catch (err) {
+    const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
+    return { error: `no answer from ${new URL(url).origin}: ${code ?? errorMessage(err)}` };
+  }
+}
+
+/** Reads a rejection the way someone who has debugged IAP a few times would. */
+export function upstreamCause(answer: Answer, claims: Map<string, IdTokenClaims>, plans: readonly ProviderPlan[], authHeader: string): string {
+  const fromIap = answer.headers['x-goog-iap-generated-response'] !== undefined || /Invalid IAP credentials|IAP/.test(answer.body);
+  const challenge = String(answer.headers['www-authenticate'] ?? '');
+  const location = String(answer.headers['location'] ?? '');
+  const hasBasic = plans.some((p) => p.type === 'basic');
+  if (answer.status >= 300 && answer.status < 400 && /accounts\.google\.com/.test(location)) {
+    return 'IAP sent the request to the Google sign-in page: it found no token it accepts. The token must be in Authorization or Proxy-Authorization (auth.header) and be an ID token, not an access token';
+  }
+  if (fromIap && answer.status === 401) {
+    if (/audience/i.test(answer.body)) {
+      return 'wrong client id / audience: auth.params.client_id must be the OAuth client id of this IAP-protected resource (Security → Identity-Aware Proxy → the resource → Edit OAuth client), not another app\'s';
+    }
+    if (/expired|future|iat|exp/i.test(answer.body)) return clockCause();
+    return (
+      'IAP did not accept the token: either client_id is not this resource\'s IAP OAuth client id, or IAP programmatic access is not allowed ' +
+      'for that client (add it to the resource\'s programmatic clients allowlist: gcloud iap settings set with programmaticClients)'
+    );
+  }
+  if (fromIap && answer.status === 403) {
+    const email = [...claims.values()].map((c) => c.email).find(Boolean);
+    return `the token is valid but ${email ?? 'its identity'} is not allowed through IAP: grant it the IAP-secured Web App User role (roles/iap.httpsResourceAccessor) on the resource`;
+  }
+  if (answer.status === 401 && /^Basic/i.test(challenge)) {
+    return hasBasic
+      ? 'MLflow\'s basic-auth rejected the username or password of the basic provider'
+      : authHeader.toLowerCase() === 'authorization'
+        ? 'the request passed the auth layer but MLflow itself uses basic auth: put the IAP token in Proxy-Authorization (auth.header: Proxy-Authorization) and add a basic provider for Authorization'
+        : 'MLflow itself uses basic auth: add a basic provider (auth.providers) for the Authorization header';
+  }
+  if (answer.status === 401 || answer.status === 403) {
+    return 'the upstream rejected the credentials; for Cloud Run IAM behind IAP use auth.header: X-Serverless-Authorization, and check that the token audience is what the upstream expects';
+  }
+  if (answer.status === 404) return 'the upstream answered 404: check that upstream.url is the MLflow server, including its path prefix (https://host/mlflow)';
+  if (answer.status >= 500) return 'the upstream (or a load balancer in front of it) failed; check the MLflow server\'s logs';
+  return `unexpected answer ${answer.status}`;
+}
+
+const MARK: Record<StepState, string> = { ok: 'OK  ', fail: 'FAIL', warn: 'WARN', skip: 'SKIP' };
+
+export function formatReport(report: DoctorReport): string {
+  const lines: string[] = [];
+  for (const step of report.steps) {
+    lines.push(`[${MARK[step.state]}] ${step.name}: ${step.detail}`);
+    if (step.cause && step.state !== 'ok') lines.push(`       likely cause: ${step.cause}`);
+  }
+  const failed = report.steps.filter((s) => s.state === 'fail').length;
+  lines.push(failed === 0 ? 'All checks passed.' : `${failed} check${failed === 1 ? '' : 's'} failed.`);
+  return lines.join('\n') + '\n';
+}
