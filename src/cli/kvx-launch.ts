@@ -210,7 +210,7 @@ function vertexClient(loaded: LoadedConfig, logger: Logger, deps: LaunchCliDeps)
   if (!v.projectId) problems.push({ path: 'vertex.projectId', message: 'required: set project_id in vertexai.yml, vertex.projectId, or --project' });
   if (!v.region) problems.push({ path: 'vertex.region', message: 'required: set region in vertexai.yml, vertex.region, or --region' });
   if (problems.length > 0) throw new ConfigError(problems);
-  return new VertexClient({ projectId: v.projectId, region: v.region, endpoint: v.endpoint, auth: deps.googleAuth ?? applicationDefaultCredentials(), logger });
+  return new VertexClient({ projectId: v.projectId, region: v.region, endpoint: v.endpoint, auth: deps.googleAuth ?? applicationDefaultCredentials(v.projectId), logger });
 }
 
 function progressFor(io: CliIO, jobId: string): Progress {

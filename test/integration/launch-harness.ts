@@ -1,0 +1,128 @@
+/**
+ * Shared set-up for the kvx-launch end-to-end tests: the fake MLflow behind a bearer gate, the fake metadata
+ * server that Application Default Credentials reach through GCE_METADATA_HOST, and the fake Vertex AI API that
+ * accepts the access tokens that metadata server issues.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { main } from '../../src/cli/kvx-launch.js';
+import type { LaunchCliDeps } from '../../src/cli/kvx-launch.js';
+import { startFakeMetadata } from '../fakes/google-metadata.js';
+import type { FakeMetadata } from '../fakes/google-metadata.js';
+import { bearerGate, startFakeMlflow } from '../fakes/mlflow-server.js';
+import type { FakeMlflow, Run } from '../fakes/mlflow-server.js';
+import { startFakeVertex } from '../fakes/vertex-api.js';
+import type { FakeVertex } from '../fakes/vertex-api.js';
+
+export const MLFLOW_TOKEN = 'launch-test-mlflow-token';
+export const FIXTURE = fileURLToPath(new URL('../fixtures/kfp/spaceflights-pipeline.yaml', import.meta.url));
+export const PIPELINE_SA = 'pipelines@my-project.iam.gserviceaccount.com';
+
+export interface Harness {
+  mlflow: FakeMlflow;
+  vertex: FakeVertex;
+  metadata: FakeMetadata;
+  dir: string;
+  config: string;
+  env: NodeJS.ProcessEnv;
+  close(): Promise<void>;
+}
+
+const ADC_ENV = ['GCE_METADATA_HOST', 'METADATA_SERVER_DETECTION', 'GOOGLE_APPLICATION_CREDENTIALS', 'CLOUDSDK_CONFIG', 'GOOGLE_CLOUD_PROJECT'] as const;
+
+export async function startHarness(): Promise<Harness> {
+  const metadata = await startFakeMetadata();
+  const vertex = await startFakeVertex({ accessTokens: metadata.accessTokens, actAs: [PIPELINE_SA] });
+  const mlflow = await startFakeMlflow({ gate: bearerGate(MLFLOW_TOKEN) });
+  const dir = await mkdtemp(path.join(tmpdir(), 'kvx-launch-'));
+
+  // google-auth-library reads these from process.env; keep the previous values to restore them.
+  const saved = Object.fromEntries(ADC_ENV.map((k) => [k, process.env[k]]));
+  process.env['GCE_METADATA_HOST'] = metadata.host;
+  process.env['METADATA_SERVER_DETECTION'] = 'assume-present';
+  process.env['CLOUDSDK_CONFIG'] = dir;
+  delete process.env['GOOGLE_APPLICATION_CREDENTIALS'];
+  delete process.env['GOOGLE_CLOUD_PROJECT'];
+
+  const config = path.join(dir, 'vertexai.yml');
+  await writeFile(
+    config,
+    [
+      'project_id: my-project',
+      'region: europe-west4',
+      'run_config:',
+      '  image: europe-west4-docker.pkg.dev/my-project/kedro/spaceflights:1.4.2',
+      '  root: my-bucket/pipelines',
+      '  experiment_name: spaceflights',
+      `  service_account: ${PIPELINE_SA}`,
+      '  network:',
+      '    vpc: projects/123456789012/global/networks/ml-vpc',
+      '  grouping: {cls: kedro_vertexai.grouping.IdentityNodeGrouper}',
+      '  mlflow:',
+      '    request_header_provider_params: {}',
+      'kvx:',
+      '  upstream:',
+      `    url: ${mlflow.url}`,
+      '  auth:',
+      '    provider: static',
+      '    params: {token_env: TEST_MLFLOW_TOKEN}',
+      '  vertex:',
+      `    endpoint: ${vertex.url}`,
+      '    labels: {team: ml-platform}',
+      '',
+    ].join('\n'),
+  );
+  const env: NodeJS.ProcessEnv = {
+    TEST_MLFLOW_TOKEN: MLFLOW_TOKEN,
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES: '2',
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: '0.01',
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER: '0',
+  };
+  return {
+    mlflow,
+    vertex,
+    metadata,
+    dir,
+    config,
+    env,
+    async close() {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+      await Promise.all([mlflow.close(), vertex.close(), metadata.close()]);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export async function launchCli(h: Harness, argv: string[], options: { env?: NodeJS.ProcessEnv; deps?: LaunchCliDeps } = {}): Promise<CliResult> {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let out = '';
+  let err = '';
+  stdout.on('data', (c: Buffer) => (out += c.toString()));
+  stderr.on('data', (c: Buffer) => (err += c.toString()));
+  const code = await main(argv, { stdout, stderr, env: { ...h.env, ...options.env } }, options.deps);
+  process.exitCode = undefined;
+  return { code, stdout: out, stderr: err };
+}
+
+export function tags(run: Run): Record<string, string> {
+  return Object.fromEntries(run.tags);
+}
+
+export function onlyRun(h: Harness): Run {
+  const runs = [...h.mlflow.store.runs.values()];
+  if (runs.length !== 1) throw new Error(`expected exactly one MLflow run, found ${runs.length}`);
+  return runs[0]!;
+}
