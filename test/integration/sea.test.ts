@@ -49,6 +49,7 @@ describe('standalone executable (build-sea)', function () {
     mkdirSync(bin);
     copyFileSync(path.join(buildDir, 'kvx'), path.join(bin, 'kvx'));
     linkSync(path.join(bin, 'kvx'), path.join(bin, 'kvx-proxy'));
+    if (existsSync(path.join(buildDir, 'kvx-launch'))) linkSync(path.join(bin, 'kvx'), path.join(bin, 'kvx-launch'));
     for (const tool of ['true', 'sh']) {
       const found = ['/usr/bin', '/bin'].map((d) => path.join(d, tool)).find((f) => existsSync(f));
       if (!found) throw new Error(`no ${tool} in /usr/bin or /bin`);
@@ -90,6 +91,23 @@ describe('standalone executable (build-sea)', function () {
     const unknown = await run('kvx', ['no-such-program']);
     expect(unknown.code).to.equal(2);
     expect(unknown.stderr).to.include('Programs: kvx-proxy');
+  });
+
+  it('includes kvx-launch when its CLI exists', async function () {
+    if (!existsSync(path.join(ROOT, 'src/cli/kvx-launch.ts'))) this.skip();
+    const launch = await run('kvx-launch', ['--version']);
+    expect(launch.code, launch.stderr).to.equal(0);
+    expect(launch.stdout.trim()).to.match(/^\d+\.\d+\.\d+/);
+  });
+
+  it('loads custom provider modules (ESM and CommonJS) from disk', async () => {
+    writeFileSync(path.join(runDir, 'team-auth.mjs'), "export default class { name = 'team-esm'; inContext() { return true; } requestHeaders() { return { 'x-team': 'a' }; } }\n");
+    writeFileSync(path.join(runDir, 'team-auth.cjs'), "module.exports = class { name = 'team-cjs'; inContext() { return true; } requestHeaders() { return { 'x-team': 'b' }; } };\n");
+    for (const [file, name] of [['./team-auth.mjs', 'team-esm'], ['./team-auth.cjs', 'team-cjs']]) {
+      const result = await run('kvx-proxy', ['exec', '--upstream', 'https://mlflow.example.com', '--auth-provider', 'custom', '--auth-module', file!, '--', 'true']);
+      expect(result.code, result.stderr).to.equal(0);
+      expect(result.stderr).to.include(`"providers":["${name}"]`);
+    }
   });
 
   it('checks a config file', async () => {
