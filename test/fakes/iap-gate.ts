@@ -29,6 +29,10 @@ export interface IapGate {
   rejected: Record<string, number>;
   /** Identities of accepted requests, in order. */
   identities: string[];
+  /** Tokens accepted so far (to revoke one and see the proxy refresh). */
+  tokens: Set<string>;
+  /** Reject this token from now on, as if its key had been rotated out. */
+  revoke(token: string): void;
 }
 
 export function iapGate(options: IapGateOptions): IapGate {
@@ -48,6 +52,7 @@ export function iapGate(options: IapGateOptions): IapGate {
       }
     }
     if (token === undefined) return reject('missing', 401, 'Invalid IAP credentials: empty token');
+    if (revoked.has(token)) return reject('revoked', 401, 'Invalid IAP credentials: Unable to verify JWT (key no longer valid)');
     const result = verifyJwt(token, {
       keys: options.issuer.keys.map((k) => ({ kid: k.kid, publicKey: k.publicKey })),
       audience: options.audience,
@@ -66,11 +71,15 @@ export function iapGate(options: IapGateOptions): IapGate {
     }
     gate.accepted += 1;
     gate.identities.push(email);
+    gate.tokens.add(token);
     return null;
   }) as IapGate;
   gate.accepted = 0;
   gate.rejected = {};
   gate.identities = [];
+  gate.tokens = new Set();
+  const revoked = new Set<string>();
+  gate.revoke = (token: string) => revoked.add(token);
   return gate;
 }
 
