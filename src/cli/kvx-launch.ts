@@ -293,6 +293,9 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
     if (opts['displayName'] !== undefined) flags.displayName = String(opts['displayName']);
     if (isTemplate) flags.templateUri = source;
     const plan = planLaunch(loaded.config, spec, flags);
+    if (loaded.config.vertex.experiment) {
+      io.stderr.write(`kvx-launch: warning: vertex.experiment (${loaded.config.vertex.experiment}) is not applied: linking jobs to Vertex AI experiments is not supported yet\n`);
+    }
 
     await clients.injector!.start();
     const wait = opts['wait'] === true;

@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FIXTURE, MLFLOW_TOKEN, PIPELINE_SA, launchCli, onlyRun, startHarness, tags } from './launch-harness.js';
@@ -149,6 +149,21 @@ describe('kvx-launch run (end to end against the fakes)', () => {
     expect(res.stderr).to.include('iam.serviceAccounts.actAs');
     expect(res.stderr).to.include('Service Account User (roles/iam.serviceAccountUser)');
     expect(onlyRun(h).info.status).to.equal('FAILED');
+  });
+
+  it('submits an Artifact Registry template by URI after checking parameters against it', async () => {
+    const uri = `${h.vertex.url}/kfp/my-project/kfp-repo/spaceflights/v3`;
+    h.vertex.templates.set(uri, await readFile(FIXTURE, 'utf8'));
+    const bad = await launchCli(h, ['run', uri, '-c', h.config, '--param', 'epochs=1.5'], { deps: { now: NOW } });
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.include('parameter "epochs" must be integer');
+    expect(h.mlflow.store.runs.size).to.equal(0);
+    const res = await launchCli(h, ['run', uri, '-c', h.config, '--param', 'dataset=x', '--param', 'epochs=3'], { deps: { now: NOW } });
+    expect(res.code).to.equal(0);
+    const body = h.vertex.jobs.get(JOB_ID)!.body;
+    expect(body['templateUri']).to.equal(uri);
+    expect(body).not.to.have.property('pipelineSpec');
+    expect((body['runtimeConfig'] as { parameterValues: Record<string, unknown> }).parameterValues).to.include({ epochs: 3, mlflow_run_id: onlyRun(h).info.run_id });
   });
 
   it('restores a deleted experiment and reuses it', async () => {
