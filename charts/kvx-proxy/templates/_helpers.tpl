@@ -69,7 +69,7 @@ Fields shared by the Deployment's container and the sidecar: one definition, so 
 Called with (dict "ctx" <root context> "env" <extra EnvVar list>).
 */}}
 {{- define "kvx-proxy.containerCommon" -}}
-{{- $ctx := .ctx }}
+{{- $ctx := .ctx -}}
 image: {{ include "kvx-proxy.image" $ctx | quote }}
 imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
 args:
@@ -118,7 +118,7 @@ volumeMounts:
 {{- end }}
 
 {{- define "kvx-proxy.httpProbe" -}}
-{{- $probe := .probe }}
+{{- $probe := .probe -}}
 httpGet:
   path: {{ .path }}
   port: {{ .port }}

@@ -23,7 +23,7 @@ service account that carries the Workload Identity annotation.
 */}}
 
 {{- define "kvx-proxy.sidecarContainer" -}}
-{{- $env := list (dict "name" "KVX_LISTEN_HOST" "value" .Values.sidecar.listenHost) }}
+{{- $env := list (dict "name" "KVX_LISTEN_HOST" "value" .Values.sidecar.listenHost) -}}
 - name: kvx-proxy
   restartPolicy: Always
   {{- include "kvx-proxy.containerCommon" (dict "ctx" . "env" $env) | nindent 2 }}
