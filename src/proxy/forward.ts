@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import type { HeaderInjector } from '../auth/injector.js';
@@ -40,6 +41,8 @@ export class Forwarder {
   draining = false;
   /** Called after every request ends; the server uses it to finish a drain promptly. */
   onExchangeDone: (() => void) | undefined;
+  /** Client sockets whose request is complete and waits on upstream for its answer. */
+  private readonly awaiting = new WeakMap<Socket, Exchange>();
   private readonly headerPlan: RequestHeaderPlan;
   private readonly prefix: string;
   private readonly upstreamBase: string;
@@ -69,6 +72,19 @@ export class Forwarder {
     this.inFlight.add(exchange);
     exchange.start();
   };
+
+  /**
+   * Whether the client has sent its whole request and waits on upstream. Then the client is not idle by
+   * its own fault: upstream.headersTimeoutMs governs, and ends with a 504 rather than a dropped connection.
+   */
+  awaitingUpstream(socket: Socket): boolean {
+    return this.awaiting.get(socket)?.waitingForAnswer === true;
+  }
+
+  markAwaiting(socket: Socket, exchange: Exchange, waiting: boolean): void {
+    if (waiting) this.awaiting.set(socket, exchange);
+    else if (this.awaiting.get(socket) === exchange) this.awaiting.delete(socket);
+  }
 
   nextRequestId(incoming: string | string[] | undefined): string {
     if (typeof incoming === 'string' && REQUEST_ID.test(incoming)) return incoming;
@@ -123,12 +139,17 @@ class Exchange implements Dispatcher.DispatchHandler {
   private bytesIn = 0;
   private bytesOut = 0;
   private errorKind: string | undefined;
+  private dispatched = false;
 
   constructor(
     private readonly forwarder: Forwarder,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
   ) {}
+
+  get waitingForAnswer(): boolean {
+    return this.dispatched && !this.responseStarted && !this.finished && this.req.complete;
+  }
 
   start(): void {
     const { req, res, forwarder } = this;
@@ -228,6 +249,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     for (const name in injected) injectedLower.add(name.toLowerCase());
     const headers = upstreamRequestHeaders(req.rawHeaders, forwarder.headers, injected, injectedLower, this.requestId);
     this.responseStarted = false;
+    this.dispatched = true;
+    forwarder.markAwaiting(req.socket, this, true);
     forwarder.options.dispatcher.dispatch(
       {
         path: forwarder.upstreamPath(req.url!),
@@ -369,6 +392,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.finished = true;
     const { forwarder, req } = this;
     forwarder.inFlight.delete(this);
+    forwarder.markAwaiting(req.socket, this, false);
     const { metrics, logger } = forwarder.options;
     metrics.inFlight.dec();
     const seconds = (performance.now() - this.started) / 1000;
@@ -419,7 +443,8 @@ function classifyUpstreamError(err: Error, config: KvxConfig): { kind: UpstreamE
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
       return { kind: 'bad_response', message: `${upstream} sent a body that does not match its Content-Length` };
     default:
-      if (code.startsWith('HPE_') || code === 'UND_ERR_INFO') return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response` };
+      // undici's HTTPParserError usually carries no code (its llhttp error table is keyed by name), so match the name too.
+      if (code.startsWith('HPE_') || code === 'UND_ERR_INFO' || err.name === 'HTTPParserError') return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response` };
       if (code.startsWith('ERR_TLS') || code.startsWith('ERR_SSL') || code.includes('CERT') || code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE') {
         return { kind: 'tls', message: `TLS with ${upstream} failed (${code}); check upstream.caFile, or the server's certificate` };
       }

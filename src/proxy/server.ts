@@ -157,7 +157,10 @@ function createProxyServer(config: KvxConfig, forwarder: Forwarder, logger: Logg
   );
   // Socket inactivity in either direction; long transfers are fine as long as bytes keep moving.
   server.timeout = config.upstream.idleTimeoutMs;
-  server.on('timeout', (socket: Socket) => socket.destroy());
+  server.on('timeout', (socket: Socket) => {
+    // A client waiting for a slow upstream is not idle by its own fault: the upstream timeout answers it with a 504.
+    if (!forwarder.awaitingUpstream(socket)) socket.destroy();
+  });
 
   const refuseRaw = (socket: Socket, status: string, message: string) => {
     const body = errorBody('method_not_allowed', message);
