@@ -1,0 +1,191 @@
+/** Child processes for the benchmark and what /proc says about them (CPU time, peak RSS). Linux only; elsewhere figures are null. */
+import { execFileSync, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+
+let clockTicks: number | undefined;
+function ticksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+function statFields(pid: number): string[] | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // comm may contain spaces; fields after it start with the state (field 3).
+    return text.slice(text.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** The process and its descendants (nginx: master and worker). */
+export function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return [pid];
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = statFields(Number(entry));
+    if (!fields) continue;
+    const ppid = Number(fields[1]);
+    const list = children.get(ppid) ?? [];
+    list.push(Number(entry));
+    children.set(ppid, list);
+  }
+  const out: number[] = [];
+  const walk = (p: number): void => {
+    out.push(p);
+    for (const c of children.get(p) ?? []) walk(c);
+  };
+  walk(pid);
+  return out;
+}
+
+/** User + system CPU seconds used so far by the process tree; null where /proc is missing. */
+export function cpuSeconds(pids: readonly number[]): number | null {
+  let ticks = 0;
+  for (const pid of pids) {
+    const fields = statFields(pid);
+    if (!fields) return null;
+    ticks += Number(fields[11]) + Number(fields[12]);
+  }
+  return ticks / ticksPerSecond();
+}
+
+function statusKb(pid: number, key: string): number | null {
+  try {
+    const match = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Peak RSS over a phase. The kernel's high-water mark (VmHWM) is reset at the start where allowed
+ * (clear_refs 5, Linux ≥ 4.0); a 20 ms VmRSS sampler backs it up. Summed over the process tree.
+ */
+export class PeakRss {
+  private sampled = 0;
+  private readonly timer: NodeJS.Timeout;
+  private readonly hwmReset: boolean;
+
+  constructor(private readonly pids: readonly number[]) {
+    let reset = true;
+    for (const pid of pids) {
+      try {
+        writeFileSync(`/proc/${pid}/clear_refs`, '5');
+      } catch {
+        reset = false;
+      }
+    }
+    this.hwmReset = reset;
+    this.sample();
+    this.timer = setInterval(() => this.sample(), 20);
+  }
+
+  private sample(): void {
+    let total = 0;
+    for (const pid of this.pids) total += statusKb(pid, 'VmRSS') ?? 0;
+    this.sampled = Math.max(this.sampled, total);
+  }
+
+  /** Peak in MB (10^6 bytes), or null without /proc. */
+  stop(): number | null {
+    clearInterval(this.timer);
+    this.sample();
+    let hwm = 0;
+    for (const pid of this.pids) {
+      const kb = statusKb(pid, 'VmHWM');
+      if (kb === null) return this.sampled > 0 ? (this.sampled * 1024) / 1e6 : null;
+      hwm += kb;
+    }
+    const kb = this.hwmReset ? Math.max(hwm, this.sampled) : this.sampled;
+    return (kb * 1024) / 1e6;
+  }
+}
+
+export interface Child {
+  proc: ChildProcess;
+  pid: number;
+  /** Resolves with the first stdout line that parses as JSON and satisfies `accept`. */
+  waitFor<T>(accept: (value: Record<string, unknown>) => T | undefined, timeoutMs?: number): Promise<T>;
+  /** Stop parsing stdout and only drain it, as a log collector would. */
+  drainOnly(): void;
+  stop(): Promise<void>;
+  stderrTail(): string;
+}
+
+/** Spawns a child whose stdout carries JSON lines; stdout is drained for its whole life (like a log collector). */
+export function startChild(command: string, args: string[], env: NodeJS.ProcessEnv, cwd: string): Child {
+  const proc = spawn(command, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  proc.stderr!.setEncoding('utf8');
+  proc.stderr!.on('data', (s: string) => {
+    stderr = (stderr + s).slice(-4000);
+  });
+  const waiters = new Set<(value: Record<string, unknown>) => boolean>();
+  const lines = createInterface({ input: proc.stdout! });
+  lines.on('line', (line) => {
+    if (waiters.size === 0 || !line.startsWith('{')) return;
+    let value: Record<string, unknown>;
+    try {
+      value = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      return;
+    }
+    for (const w of [...waiters]) if (w(value)) waiters.delete(w);
+  });
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  return {
+    proc,
+    pid: proc.pid!,
+    waitFor<T>(accept: (value: Record<string, unknown>) => T | undefined, timeoutMs = 15_000) {
+      return new Promise<T>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          waiters.delete(waiter);
+          reject(new Error(`${command} ${args.join(' ')}: no ready line within ${timeoutMs} ms\n${stderr}`));
+        }, timeoutMs);
+        const onExit = () => {
+          clearTimeout(timer);
+          reject(new Error(`${command} ${args.join(' ')} exited (${proc.exitCode ?? proc.signalCode}) before it was ready\n${stderr}`));
+        };
+        proc.once('exit', onExit);
+        const waiter = (value: Record<string, unknown>) => {
+          const result = accept(value);
+          if (result === undefined) return false;
+          clearTimeout(timer);
+          proc.off('exit', onExit);
+          resolve(result);
+          return true;
+        };
+        waiters.add(waiter);
+      });
+    },
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    },
+    drainOnly() {
+      lines.close();
+      proc.stdout!.on('data', () => {});
+      proc.stdout!.resume();
+    },
+    stderrTail: () => stderr,
+  };
+}

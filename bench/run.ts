@@ -1,0 +1,606 @@
+/**
+ * `npm run bench`: kvx-proxy side by side with a direct connection, nginx and node http-proxy 1.x, in one
+ * run, as ratios. Every process (upstream, candidates, load generator, transfer client) is its own child
+ * process on 127.0.0.1; this process only orchestrates and reads /proc between runs.
+ *
+ *   node --import tsx bench/run.ts [--smoke] [--duration S] [--rounds N] [--transfer-mb N] [--only a,b]
+ *
+ * Not a test: it asserts no timing. It prints the table, a target check, and writes JSON to bench/results/.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import os from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { autocannonDriver, findWrk, wrkDriver } from './load.js';
+import type { LoadDriver, LoadResult } from './load.js';
+import { findNginx, nginxConfig } from './nginx.js';
+import { PeakRss, cpuSeconds, processTree, startChild } from './proc.js';
+import type { Child } from './proc.js';
+import { RUN_ID, logBatchBody, runGetBody } from './shapes.js';
+import type { TransferResult, TransferSpec } from './transfer.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const KVX_BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
+const TOKEN = 'bench-static-token-0123456789abcdef';
+
+interface Options {
+  smoke: boolean;
+  durationSec: number;
+  rounds: number;
+  transferBytes: number;
+  slowBytes: number;
+  slowBps: number;
+  startupRuns: number;
+  getConnections: number[];
+  postConnections: number[];
+  only: Set<string> | undefined;
+  out: string;
+}
+
+function parseOptions(argv: string[]): Options {
+  const smoke = argv.includes('--smoke');
+  const value = (flag: string): string | undefined => {
+    const at = argv.indexOf(flag);
+    return at === -1 ? undefined : argv[at + 1];
+  };
+  const mb = Number(value('--transfer-mb') ?? (smoke ? 16 : 1000));
+  const only = value('--only');
+  return {
+    smoke,
+    durationSec: Number(value('--duration') ?? (smoke ? 1 : 5)),
+    rounds: Number(value('--rounds') ?? (smoke ? 1 : 2)),
+    transferBytes: Math.round(mb * 1e6),
+    slowBytes: smoke ? 8e6 : 256e6,
+    slowBps: smoke ? 16e6 : 64e6,
+    startupRuns: smoke ? 2 : 7,
+    getConnections: smoke ? [1, 16] : [1, 16, 64],
+    postConnections: smoke ? [16] : [1, 16, 64],
+    only: only ? new Set(only.split(',')) : undefined,
+    out: value('--out') ?? join(ROOT, 'bench', 'results', `${smoke ? 'smoke' : 'full'}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
+  };
+}
+
+interface Candidate {
+  name: string;
+  description: string;
+  url: string;
+  /** Headers the client sends (only `direct` sends the token itself). */
+  clientHeaders: Record<string, string>;
+  /** Processes whose CPU and memory count as the candidate's; empty for direct. */
+  pids: number[];
+  /** Measured only at these connection counts (undefined: all). */
+  onlyConnections?: number[];
+  stop(): Promise<void>;
+}
+
+const median = (values: number[]): number => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+
+const medianOrNull = (values: (number | null)[]): number | null => {
+  const present = values.filter((v): v is number => v !== null);
+  return present.length === 0 ? null : median(present);
+};
+
+function log(line: string): void {
+  process.stderr.write(line + '\n');
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+function request(url: string, options: { method?: string; headers?: Record<string, string>; body?: Buffer } = {}): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: options.method ?? 'GET', headers: options.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+async function waitForPort(port: number, child: Child, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (child.proc.exitCode !== null) throw new Error(`exited before listening: ${child.stderrTail()}`);
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${port} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const tsxChild = (file: string, args: string[], env: NodeJS.ProcessEnv): Child =>
+  startChild(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', file), ...args], env, ROOT);
+
+const portLine = (v: Record<string, unknown>): number | undefined => (typeof v['port'] === 'number' ? v['port'] : undefined);
+
+async function startKvx(
+  name: string,
+  description: string,
+  upstreamUrl: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  onlyConnections?: number[],
+): Promise<Candidate> {
+  const child = startChild(
+    process.execPath,
+    [KVX_BIN, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
+    env,
+    ROOT,
+  );
+  const url = await child.waitFor((v) => (v['msg'] === 'kvx-proxy listening' && typeof v['url'] === 'string' ? v['url'] : undefined));
+  // From here stdout (one JSON line per request) is only drained, as a log collector would.
+  child.drainOnly();
+  return { name, description, url, clientHeaders: {}, pids: [child.pid], stop: () => child.stop(), ...(onlyConnections ? { onlyConnections } : {}) };
+}
+
+async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort: number, tmp: string, notes: string[]): Promise<Candidate[]> {
+  const want = (name: string) => !opts.only || opts.only.has(name);
+  const baseEnv = { ...process.env, BENCH_TOKEN: TOKEN };
+  const candidates: Candidate[] = [];
+  if (want('direct')) {
+    candidates.push({ name: 'direct', description: 'no proxy: the client sends the token itself (the limit)', url: upstreamUrl, clientHeaders: { authorization: `Bearer ${TOKEN}` }, pids: [], stop: async () => {} });
+  }
+  if (want('nginx')) {
+    const nginx = findNginx();
+    if (!nginx) {
+      notes.push('nginx not installed: its column is skipped (apt-get install nginx)');
+    } else {
+      const port = await freePort();
+      const dir = join(tmp, 'nginx');
+      mkdirSync(dir, { recursive: true });
+      const child = startChild(nginx, nginxConfig(dir, port, upstreamPort, TOKEN), process.env, dir);
+      await waitForPort(port, child);
+      const version = execFileSync(nginx, ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim() || 'nginx';
+      candidates.push({
+        name: 'nginx',
+        description: 'nginx reverse proxy, 1 worker, upstream keep-alive, proxy_set_header Authorization, no request buffering',
+        url: `http://127.0.0.1:${port}`,
+        clientHeaders: {},
+        pids: processTree(child.pid),
+        stop: () => child.stop(),
+      });
+      notes.push(`nginx: ${nginxVersion(nginx) ?? version}, foreground child process, generated config in ${dir}, 127.0.0.1 only`);
+    }
+  }
+  if (want('http-proxy')) {
+    const child = tsxChild('http-proxy-baseline.ts', [], { ...baseEnv, BENCH_UPSTREAM: upstreamUrl });
+    const port = await child.waitFor(portLine);
+    child.drainOnly();
+    candidates.push({
+      name: 'http-proxy',
+      description: 'node http-proxy 1.18, keep-alive agent, token set in the proxyReq hook',
+      url: `http://127.0.0.1:${port}`,
+      clientHeaders: {},
+      pids: [child.pid],
+      stop: () => child.stop(),
+    });
+  }
+  if (want('kvx')) {
+    candidates.push(await startKvx('kvx', 'kvx-proxy, static token (auth.provider static), request log on', upstreamUrl, ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'], baseEnv));
+  }
+  if (want('kvx-google')) {
+    if (!existsSync(join(ROOT, 'src', 'auth', 'google-iam.ts')) || !existsSync(join(ROOT, 'test', 'fakes', 'google-iam-credentials.ts'))) {
+      notes.push('kvx-google skipped: the google-iam provider or its fakes are missing');
+    } else {
+      const fakes = tsxChild('google-fakes.ts', [], process.env);
+      const g = await fakes.waitFor((v) => (typeof v['metadataHost'] === 'string' ? (v as { metadataHost: string; iamUrl: string; serviceAccount: string; audience: string }) : undefined));
+      const home = join(tmp, 'google-home');
+      mkdirSync(home, { recursive: true });
+      const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, GCE_METADATA_HOST: g.metadataHost, KVX_AUTH_ENDPOINTS_IAM_CREDENTIALS: g.iamUrl };
+      delete env['GOOGLE_APPLICATION_CREDENTIALS'];
+      delete env['CLOUDSDK_CONFIG'];
+      const kvx = await startKvx(
+        'kvx-google',
+        'kvx-proxy, google-iam ID token (metadata server + IAM Credentials fakes), cached',
+        upstreamUrl,
+        ['--auth-provider', 'google-iam', '--client-id', g.audience, '--service-account', g.serviceAccount],
+        env,
+      );
+      candidates.push({ ...kvx, stop: async () => void (await Promise.all([kvx.stop(), fakes.stop()])) });
+    }
+  }
+  if (want('kvx-nolog') && !opts.smoke) {
+    candidates.push(
+      await startKvx(
+        'kvx-nolog',
+        'kvx-proxy, static token, log.requests false (KVX_LOG_REQUESTS=false)',
+        upstreamUrl,
+        ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'],
+        { ...baseEnv, KVX_LOG_REQUESTS: 'false' },
+        [16],
+      ),
+    );
+  }
+  return candidates;
+}
+
+function nginxVersion(bin: string): string | undefined {
+  try {
+    execFileSync(bin, ['-v'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch {
+    return undefined;
+  }
+  try {
+    const out = execFileSync('sh', ['-c', `"${bin}" -v 2>&1`], { encoding: 'utf8' });
+    return out.trim().replace(/^nginx version: /, '');
+  } catch {
+    return undefined;
+  }
+}
+
+/** A candidate answers both workloads correctly (and the upstream saw the token) before it is measured. */
+async function check(c: Candidate, runGetLength: number, batch: Buffer): Promise<void> {
+  const get = await request(`${c.url}/api/2.0/mlflow/runs/get?run_id=${RUN_ID}`, { headers: c.clientHeaders });
+  if (get.status !== 200 || get.body.length !== runGetLength) throw new Error(`${c.name}: runs/get answered ${get.status} with ${get.body.length} bytes: ${get.body.toString().slice(0, 200)}`);
+  const post = await request(`${c.url}/api/2.0/mlflow/runs/log-batch`, {
+    method: 'POST',
+    headers: { ...c.clientHeaders, 'content-type': 'application/json', 'content-length': String(batch.length) },
+    body: batch,
+  });
+  if (post.status !== 200) throw new Error(`${c.name}: runs/log-batch answered ${post.status}: ${post.body.toString().slice(0, 200)}`);
+}
+
+interface LoadRun extends LoadResult {
+  workload: 'get' | 'post';
+  connections: number;
+  candidate: string;
+  round: number;
+  /** Proxy CPU (user + system) per request over the run; null for direct or without /proc. */
+  cpuUsPerRequest: number | null;
+}
+
+interface TransferRun extends TransferResult {
+  kind: string;
+  candidate: string;
+  round: number;
+  peakRssMb: number | null;
+}
+
+async function measureLoad(driver: LoadDriver, c: Candidate, workload: 'get' | 'post', connections: number, durationSec: number, batch: Buffer): Promise<Omit<LoadRun, 'round'>> {
+  const pids = c.pids;
+  const cpuBefore = pids.length ? cpuSeconds(pids) : null;
+  const result = await driver.run({
+    url: workload === 'get' ? `${c.url}/api/2.0/mlflow/runs/get?run_id=${RUN_ID}` : `${c.url}/api/2.0/mlflow/runs/log-batch`,
+    connections,
+    durationSec,
+    method: workload === 'get' ? 'GET' : 'POST',
+    ...(workload === 'post' ? { body: batch } : {}),
+    headers: c.clientHeaders,
+  });
+  const cpuAfter = pids.length ? cpuSeconds(pids) : null;
+  const cpuUsPerRequest = cpuBefore !== null && cpuAfter !== null && result.requests > 0 ? ((cpuAfter - cpuBefore) * 1e6) / result.requests : null;
+  return { workload, connections, candidate: c.name, cpuUsPerRequest, ...result };
+}
+
+async function transfer(c: Candidate, spec: Omit<TransferSpec, 'url' | 'headers'>): Promise<TransferResult & { peakRssMb: number | null }> {
+  const rss = c.pids.length ? new PeakRss(c.pids) : undefined;
+  const child = tsxChild('transfer.ts', [JSON.stringify({ ...spec, url: c.url, headers: c.clientHeaders })], process.env);
+  const result = await child.waitFor((v) => (typeof v['mbPerSec'] === 'number' ? (v as unknown as TransferResult) : undefined), 600_000);
+  await child.stop();
+  return { ...result, peakRssMb: rss ? rss.stop() : null };
+}
+
+/** Spawn to a 200 from /readyz, polled every millisecond or so. */
+async function timeToReady(command: string, args: string[], env: NodeJS.ProcessEnv, readyUrl: string): Promise<number> {
+  const started = process.hrtime.bigint();
+  const child = startChild(command, args, env, ROOT);
+  try {
+    for (;;) {
+      const ok = await request(readyUrl).then(
+        (r) => r.status === 200,
+        () => false,
+      );
+      if (ok) return Number(process.hrtime.bigint() - started) / 1e6;
+      if (child.proc.exitCode !== null) throw new Error(`exited before ready: ${child.stderrTail()}`);
+      if (Number(process.hrtime.bigint() - started) > 20e9) throw new Error('not ready within 20 s');
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  } finally {
+    await child.stop();
+  }
+}
+
+async function measureStartup(opts: Options, upstreamUrl: string): Promise<{ kvxMs: number[]; nodeFloorMs: number[] }> {
+  const kvxMs: number[] = [];
+  const nodeFloorMs: number[] = [];
+  for (let i = 0; i < opts.startupRuns; i++) {
+    const adminPort = await freePort();
+    kvxMs.push(
+      await timeToReady(
+        process.execPath,
+        [KVX_BIN, '--upstream', upstreamUrl, '--auth-provider', 'static', '--token-env', 'BENCH_TOKEN', '--port', '0', '--admin-port', String(adminPort), '--log-level', 'warn'],
+        { ...process.env, BENCH_TOKEN: TOKEN },
+        `http://127.0.0.1:${adminPort}/readyz`,
+      ),
+    );
+    const port = await freePort();
+    nodeFloorMs.push(
+      await timeToReady(
+        process.execPath,
+        ['-e', `require('node:http').createServer((q, s) => s.end('ok')).listen(${port}, '127.0.0.1')`],
+        process.env,
+        `http://127.0.0.1:${port}/`,
+      ),
+    );
+  }
+  return { kvxMs, nodeFloorMs };
+}
+
+const rotate = <T>(list: T[], by: number): T[] => list.map((_, i) => list[(i + by) % list.length]!);
+
+interface Row {
+  label: string;
+  unit: string;
+  better: 'higher' | 'lower';
+  values: Record<string, number | null>;
+  /** Some run behind a value saw errors or non-2xx answers. */
+  errors: Record<string, number>;
+}
+
+function fmt(v: number | null | undefined, unit: string): string {
+  if (v === null || v === undefined || Number.isNaN(v)) return '-';
+  if (unit === 'ms') return v < 10 ? v.toFixed(2) : v.toFixed(0);
+  if (unit === 'µs/req') return v.toFixed(1);
+  if (unit === 'MB') return v.toFixed(0);
+  return v >= 100 ? Math.round(v).toString() : v.toFixed(1);
+}
+
+function table(rows: Row[], names: string[]): string {
+  const ratioCols = [
+    ['kvx/direct', 'direct'],
+    ['kvx/nginx', 'nginx'],
+    ['kvx/http-proxy', 'http-proxy'],
+  ] as const;
+  const header = ['workload', 'unit', ...names, ...ratioCols.map(([l]) => l)];
+  const lines = rows.map((r) => [
+    r.label,
+    r.unit,
+    ...names.map((n) => fmt(r.values[n], r.unit) + (r.errors[n] ? '!' : '')),
+    ...ratioCols.map(([, peer]) => {
+      const kvx = r.values['kvx'];
+      const p = r.values[peer];
+      return kvx != null && p != null && p !== 0 ? (kvx / p).toFixed(2) : '-';
+    }),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const render = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  return [render(header), widths.map((w) => '-'.repeat(w)).join('  '), ...lines.map(render)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2));
+  if (!existsSync(KVX_BIN)) throw new Error(`${KVX_BIN} is missing: run \`npm run build\` first (npm run bench does)`);
+  const tmp = mkdtempSync(join(os.tmpdir(), 'kvx-bench-'));
+  const notes: string[] = [];
+  const children: { stop(): Promise<void> }[] = [];
+  const stopAll = async () => {
+    await Promise.allSettled(children.map((c) => c.stop()));
+    rmSync(tmp, { recursive: true, force: true });
+  };
+  process.once('SIGINT', () => void stopAll().then(() => process.exit(130)));
+
+  try {
+    const wrk = findWrk();
+    const driver = wrk ? wrkDriver(tmp) : autocannonDriver(tmp);
+    if (!wrk) notes.push('wrk not installed: load from autocannon (a Node process, heavier on the shared cores; apt-get install wrk)');
+
+    const upstream = tsxChild('upstream.ts', [], { ...process.env, BENCH_TOKEN: TOKEN, BENCH_ACCEPT_JWT: '1' });
+    children.push(upstream);
+    const upstreamPort = await upstream.waitFor(portLine);
+    upstream.drainOnly();
+    const upstreamUrl = `http://127.0.0.1:${upstreamPort}`;
+    const candidates = await startCandidates(opts, upstreamUrl, upstreamPort, tmp, notes);
+    children.push(...candidates);
+    const names = candidates.map((c) => c.name);
+    const batch = logBatchBody();
+    const runGetLength = runGetBody().length;
+    for (const c of candidates) await check(c, runGetLength, batch);
+    for (const n of notes) log(`note: ${n}`);
+    log(`candidates: ${names.join(', ')}; load: ${driver.name}; ${opts.durationSec} s per run, ${opts.rounds} round(s), alternated`);
+
+    // Warm-up: JIT and connection pools, not recorded.
+    for (const c of candidates) await measureLoad(driver, c, 'get', 16, 1, batch);
+
+    const loadRuns: LoadRun[] = [];
+    const configs: ['get' | 'post', number][] = [
+      ...opts.getConnections.map((n) => ['get', n] as ['get', number]),
+      ...opts.postConnections.map((n) => ['post', n] as ['post', number]),
+    ];
+    for (const [ci, [workload, connections]] of configs.entries()) {
+      for (let round = 0; round < opts.rounds; round++) {
+        for (const c of rotate(candidates, round + ci)) {
+          if (c.onlyConnections && !c.onlyConnections.includes(connections)) continue;
+          const r = await measureLoad(driver, c, workload, connections, opts.durationSec, batch);
+          loadRuns.push({ ...r, round });
+          log(
+            `${workload} c=${connections} ${c.name.padEnd(10)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms` +
+              (r.cpuUsPerRequest !== null ? `  cpu ${r.cpuUsPerRequest.toFixed(1)} µs/req` : '') +
+              (r.errors ? `  ERRORS ${r.errors}` : ''),
+          );
+        }
+      }
+    }
+
+    const transferRuns: TransferRun[] = [];
+    const movers = candidates.filter((c) => c.name !== 'kvx-nolog');
+    const transferKinds: { kind: string; spec: Omit<TransferSpec, 'url' | 'headers'>; rounds: number; who: Candidate[] }[] = [
+      { kind: 'put', spec: { mode: 'put', bytes: opts.transferBytes, parallel: 1 }, rounds: opts.rounds, who: movers },
+      { kind: 'get', spec: { mode: 'get', bytes: opts.transferBytes, parallel: 1 }, rounds: opts.rounds, who: movers },
+      { kind: 'put x4', spec: { mode: 'put', bytes: Math.round(opts.transferBytes / 4), parallel: 4 }, rounds: 1, who: movers },
+      { kind: 'get x4', spec: { mode: 'get', bytes: Math.round(opts.transferBytes / 4), parallel: 4 }, rounds: 1, who: movers },
+      { kind: 'get slow client', spec: { mode: 'get', bytes: opts.slowBytes, parallel: 1, clientReadBps: opts.slowBps }, rounds: 1, who: movers.filter((c) => c.name === 'kvx') },
+      { kind: 'put slow upstream', spec: { mode: 'put', bytes: opts.slowBytes, parallel: 1, upstreamReadBps: opts.slowBps }, rounds: 1, who: movers.filter((c) => c.name === 'kvx') },
+    ];
+    for (const [ki, t] of transferKinds.entries()) {
+      for (let round = 0; round < t.rounds; round++) {
+        for (const c of rotate(t.who, round + ki)) {
+          const r = await transfer(c, t.spec);
+          transferRuns.push({ ...r, kind: t.kind, candidate: c.name, round });
+          log(`${t.kind} ${c.name.padEnd(10)} ${r.mbPerSec.toFixed(0).padStart(5)} MB/s  peak RSS ${r.peakRssMb === null ? '-' : r.peakRssMb.toFixed(0) + ' MB'}`);
+        }
+      }
+    }
+
+    const startup = await measureStartup(opts, upstreamUrl);
+    log(`start-up to ready: kvx ${startup.kvxMs.map((v) => v.toFixed(0)).join(', ')} ms; bare node http server ${startup.nodeFloorMs.map((v) => v.toFixed(0)).join(', ')} ms`);
+
+    // Summaries: medians per configuration.
+    const rows: Row[] = [];
+    const loadRow = (label: string, unit: string, better: Row['better'], workload: string, connections: number, pick: (r: LoadRun) => number | null) => {
+      const values: Record<string, number | null> = {};
+      const errors: Record<string, number> = {};
+      for (const n of names) {
+        const runs = loadRuns.filter((r) => r.candidate === n && r.workload === workload && r.connections === connections);
+        values[n] = runs.length ? medianOrNull(runs.map(pick)) : null;
+        errors[n] = runs.reduce((a, r) => a + r.errors, 0);
+      }
+      rows.push({ label, unit, better, values, errors });
+    };
+    for (const [workload, connections] of configs) {
+      const what = workload === 'get' ? 'GET runs/get 1 KB' : 'POST log-batch 25 KB';
+      loadRow(`${what} c=${connections}`, 'req/s', 'higher', workload, connections, (r) => r.rps);
+      if (connections === 1) {
+        loadRow(`${what} c=1 p50`, 'ms', 'lower', workload, connections, (r) => r.p50Ms);
+        loadRow(`${what} c=1 p99`, 'ms', 'lower', workload, connections, (r) => r.p99Ms);
+      }
+      if (connections === 16) loadRow(`${what} c=16 proxy CPU`, 'µs/req', 'lower', workload, connections, (r) => r.cpuUsPerRequest);
+    }
+    const mb = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(bytes % 1e9 ? 1 : 0)} GB` : `${Math.round(bytes / 1e6)} MB`);
+    for (const t of transferKinds) {
+      const label = `${t.kind.startsWith('put') ? 'PUT' : 'GET'} artifact ${t.spec.parallel > 1 ? `${t.spec.parallel}x${mb(t.spec.bytes)}` : mb(t.spec.bytes)}${t.kind.includes('slow') ? t.kind.replace(/^(put|get)/, '') + ` @${mb(opts.slowBps)}/s` : ''}`;
+      for (const [unit, pick, better] of [
+        ['MB/s', (r: TransferRun) => r.mbPerSec, 'higher'],
+        ['MB', (r: TransferRun) => r.peakRssMb, 'lower'],
+      ] as const) {
+        if (t.kind.includes('slow') && unit === 'MB/s') continue;
+        const values: Record<string, number | null> = {};
+        for (const n of names) {
+          const runs = transferRuns.filter((r) => r.candidate === n && r.kind === t.kind);
+          values[n] = runs.length ? (unit === 'MB' ? Math.max(...runs.map((r) => r.peakRssMb ?? 0)) || null : medianOrNull(runs.map(pick))) : null;
+        }
+        rows.push({ label: unit === 'MB' ? `${label} peak RSS` : label, unit, better, values, errors: {} });
+      }
+    }
+    rows.push({ label: 'start-up to ready (static token)', unit: 'ms', better: 'lower', values: { kvx: median(startup.kvxMs) }, errors: {} });
+    rows.push({ label: 'start-up, bare node http server (floor)', unit: 'ms', better: 'lower', values: { kvx: median(startup.nodeFloorMs) }, errors: {} });
+
+    const targets = evaluateTargets(rows, names, startup.kvxMs);
+    const result = {
+      date: new Date().toISOString(),
+      mode: opts.smoke ? 'smoke' : 'full',
+      machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGb: Math.round(os.totalmem() / 1e9), kernel: os.release(), node: process.version },
+      driver: driver.name,
+      options: { durationSec: opts.durationSec, rounds: opts.rounds, transferBytes: opts.transferBytes, slowBytes: opts.slowBytes, slowBps: opts.slowBps },
+      candidates: candidates.map((c) => ({ name: c.name, description: c.description })),
+      notes,
+      rows,
+      targets,
+      startup,
+      loadRuns,
+      transferRuns,
+    };
+    mkdirSync(dirname(opts.out), { recursive: true });
+    writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n');
+
+    const out: string[] = [];
+    out.push('');
+    out.push(`kvx benchmark (${result.mode}): ${result.machine.cpus} CPUs ${result.machine.cpuModel ?? ''}, node ${process.version}, load by ${driver.name}, ${opts.durationSec} s x ${opts.rounds} round(s) per configuration, medians`);
+    for (const c of candidates) out.push(`  ${c.name.padEnd(11)} ${c.description}`);
+    for (const n of notes) out.push(`  note: ${n}`);
+    out.push('');
+    out.push(table(rows, names));
+    if (rows.some((r) => Object.values(r.errors).some((e) => e > 0))) out.push('  ! some runs behind this value saw errors or non-2xx answers');
+    out.push('');
+    out.push('targets (issue 6):');
+    for (const t of targets) out.push(`  ${t.met === null ? 'n/a ' : t.met ? 'met ' : 'MISS'}  ${t.target}: ${t.measured}`);
+    out.push('');
+    out.push(`JSON: ${opts.out}`);
+    process.stdout.write(out.join('\n') + '\n');
+  } finally {
+    await stopAll();
+  }
+}
+
+interface TargetCheck {
+  target: string;
+  measured: string;
+  met: boolean | null;
+}
+
+function evaluateTargets(rows: Row[], names: string[], startupMs: number[]): TargetCheck[] {
+  const row = (label: string) => rows.find((r) => r.label === label);
+  const v = (label: string, name: string) => row(label)?.values[name] ?? null;
+  const checks: TargetCheck[] = [];
+  const ratio = (target: string, label: string, peer: string, min: number) => {
+    const k = v(label, 'kvx');
+    const p = v(label, peer);
+    if (!names.includes(peer) || k === null || p === null) return checks.push({ target, measured: `${peer} not measured`, met: null });
+    checks.push({ target, measured: `${fmt(k, 'req/s')} vs ${fmt(p, 'req/s')} = ${(k / p).toFixed(2)}x`, met: k / p >= min });
+  };
+  ratio('1 KB GET c=16: kvx >= 2x http-proxy', 'GET runs/get 1 KB c=16', 'http-proxy', 2);
+  ratio('1 KB GET c=16: kvx >= 40% of nginx', 'GET runs/get 1 KB c=16', 'nginx', 0.4);
+  const cpu = v('GET runs/get 1 KB c=16 proxy CPU', 'kvx');
+  checks.push({ target: '1 KB GET c=16: <= 60 µs proxy CPU per request', measured: cpu === null ? 'not measured' : `${cpu.toFixed(1)} µs`, met: cpu === null ? null : cpu <= 60 });
+  ratio('25 KB POST c=16: kvx >= 90% of nginx', 'POST log-batch 25 KB c=16', 'nginx', 0.9);
+  for (const [p, limit] of [
+    ['p50', 0.3],
+    ['p99', 1],
+  ] as const) {
+    const label = `GET runs/get 1 KB c=1 ${p}`;
+    const k = v(label, 'kvx');
+    const n = v(label, 'nginx');
+    checks.push({
+      target: `1 conn ${p} within ${limit} ms of nginx`,
+      measured: k === null || n === null ? 'nginx not measured' : `${k.toFixed(2)} vs ${n.toFixed(2)} ms (+${(k - n).toFixed(2)})`,
+      met: k === null || n === null ? null : k - n <= limit,
+    });
+  }
+  for (const dir of ['PUT', 'GET']) {
+    const r = rows.find((x) => x.label.startsWith(`${dir} artifact`) && x.unit === 'MB/s' && !x.label.includes('x'));
+    if (r) ratio(`${dir} artifact: kvx >= 60% of nginx MB/s`, r.label, 'nginx', 0.6);
+  }
+  const rss = rows.filter((r) => r.unit === 'MB').map((r) => r.values['kvx']).filter((x): x is number => x != null);
+  checks.push({ target: 'kvx peak RSS < 150 MB in every transfer', measured: rss.length ? `max ${Math.max(...rss).toFixed(0)} MB` : 'not measured', met: rss.length ? Math.max(...rss) < 150 : null });
+  const rel: number[] = [];
+  for (const r of rows.filter((x) => x.unit === 'req/s')) {
+    const s = r.values['kvx'];
+    const g = r.values['kvx-google'];
+    if (s != null && g != null) rel.push(g / s);
+  }
+  checks.push({
+    target: 'cached Google token within 3% of static',
+    measured: rel.length ? `google/static ${rel.map((x) => x.toFixed(3)).join(', ')} (median ${median(rel).toFixed(3)})` : 'kvx-google not measured',
+    met: rel.length ? median(rel) >= 0.97 : null,
+  });
+  const ready = median(startupMs);
+  checks.push({ target: 'ready < 300 ms from process start', measured: `${ready.toFixed(0)} ms (median)`, met: ready < 300 });
+  return checks;
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});
