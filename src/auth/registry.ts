@@ -94,7 +94,11 @@ export function planProviders(config: KvxConfig, env: NodeJS.ProcessEnv = proces
   for (const plan of plans) {
     const type = types.get(plan.type);
     if (type === undefined) {
-      problems.push({ path: `${plan.path}.type`, message: `unknown provider type "${plan.type}"; known: ${registeredProviderTypes().join(', ')}` });
+      const known = plan.path === 'auth' ? ['auto', 'none', ...registeredProviderTypes()] : registeredProviderTypes();
+      problems.push({
+        path: plan.path === 'auth' ? 'auth.provider' : `${plan.path}.type`,
+        message: `unknown provider type "${plan.type}"; known: ${known.join(', ')}`,
+      });
       continue;
     }
     problems.push(...type.validate(plan, env));

@@ -257,7 +257,7 @@ function coerce(value: unknown, spec: FieldSpec, where: string, problems: Config
     case 'string': {
       if (typeof value === 'number' || typeof value === 'boolean') value = String(value);
       if (typeof value !== 'string') return fail(`must be a string, got ${describe(value)}`);
-      if (spec.choices && !spec.choices.includes(value)) return fail(`must be one of ${spec.choices.join(', ')}; got "${value}"`);
+      if (spec.choices && !spec.openChoices && !spec.choices.includes(value)) return fail(`must be one of ${spec.choices.join(', ')}; got "${value}"`);
       return value;
     }
     case 'int': {

@@ -4,7 +4,16 @@
  */
 
 export type FieldSpec =
-  | { kind: 'string'; default?: string; secret?: boolean; doc: string; env?: string | false; choices?: readonly string[] }
+  | {
+      kind: 'string';
+      default?: string;
+      secret?: boolean;
+      doc: string;
+      env?: string | false;
+      choices?: readonly string[];
+      /** Choices are the documented set (and the chart's enum) but another module validates the value. */
+      openChoices?: boolean;
+    }
   | { kind: 'int'; default?: number; min?: number; max?: number; doc: string; env?: string | false }
   | { kind: 'bool'; default?: boolean; doc: string; env?: string | false }
   | { kind: 'stringList'; default?: readonly string[]; doc: string; env?: string | false }
@@ -84,6 +93,10 @@ export interface KvxConfig {
   };
 }
 
+/**
+ * Built-in provider types. The registry (src/auth/registry.ts) validates a type, so embedders and tests
+ * can register more; the schema lists these for documentation and the Helm chart's enum.
+ */
 export const AUTH_PROVIDER_TYPES = ['auto', 'none', 'static', 'basic', 'google-iam', 'google-oauth', 'custom'] as const;
 
 export const SCHEMA: Record<string, FieldSpec> = {
@@ -161,6 +174,7 @@ export const SCHEMA: Record<string, FieldSpec> = {
         kind: 'string',
         default: 'auto',
         choices: AUTH_PROVIDER_TYPES,
+        openChoices: true,
         doc: 'Provider type; auto selects from auth.params as kedro-vertexai does (client_id + service_account: google-iam; client_id: google-oauth).',
       },
       header: { kind: 'string', default: 'Authorization', doc: 'Header the token goes in (Proxy-Authorization, X-Serverless-Authorization).' },
@@ -176,7 +190,12 @@ export const SCHEMA: Record<string, FieldSpec> = {
         kind: 'list',
         doc: 'Several providers, applied in order; each takes type, params, header, scheme, module, export.',
         item: {
-          type: { kind: 'string', choices: AUTH_PROVIDER_TYPES.filter((t) => t !== 'auto' && t !== 'none'), doc: 'Provider type.' },
+          type: {
+            kind: 'string',
+            choices: AUTH_PROVIDER_TYPES.filter((t) => t !== 'auto' && t !== 'none'),
+            openChoices: true,
+            doc: 'Provider type.',
+          },
           params: { kind: 'map', doc: 'Params, merged over auth.params.', secretKeys: /token|secret|password|key/i },
           header: { kind: 'string', doc: 'Header name; defaults to auth.header.' },
           scheme: { kind: 'string', doc: 'Scheme; defaults to auth.scheme.' },

@@ -29,7 +29,7 @@ describe('proxy: forwarding to a protected MLflow', () => {
     const client = new MlflowClientEmulator(proxy.url);
     try {
       await runTrackingWorkflow(client);
-      expect(client.statuses.filter((s) => s === 401)).to.be.empty;
+      expect(client.statuses.filter((s) => s === 401)).to.have.length(0);
     } finally {
       client.close();
     }
