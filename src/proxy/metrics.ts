@@ -1,42 +1,158 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type * as PromClientModule from 'prom-client';
+import type { Registry } from 'prom-client';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
-const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'];
+type PromClient = typeof PromClientModule;
+
+const KNOWN_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'OTHER'];
+const METHOD_INDEX = new Map(KNOWN_METHODS.map((m, i) => [m, i]));
+const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'other'];
+const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+/** Default process metrics start this long after the proxy is created, off the start-up path. */
+const PROCESS_METRICS_DELAY_MS = 1000;
 
 /**
- * One registry per proxy instance (tests run several in one process). Label children are resolved once
- * and cached: a prom-client label lookup per request is measurable at tens of thousands of requests a second.
+ * One instance per proxy (tests run several in one process). The request path only bumps plain numbers;
+ * prom-client (about 30-60 ms to load, paid by every exec-wrapped pipeline step) is loaded when /metrics
+ * is first scraped or shortly after start, and its metrics read those numbers at collection time.
  */
 export class ProxyMetrics implements AuthMetrics {
-  readonly registry = new Registry();
-  private readonly requests: Counter<'method' | 'status_class'>;
-  private readonly requestChildren = new Map<string, Counter.Internal>();
-  private readonly duration: Histogram;
-  readonly inFlight: Gauge;
-  private readonly upstreamErrors: Counter<'kind'>;
-  private readonly bytesIn: Counter;
-  private readonly bytesOut: Counter;
-  private readonly tokenFetches: Counter<'provider' | 'result'>;
+  /** Requests by method × status class, indexed method * STATUS_CLASSES.length + class. */
+  private readonly requestCounts = new Float64Array(KNOWN_METHODS.length * STATUS_CLASSES.length);
+  /** Non-cumulative bucket counts; the last slot is +Inf. */
+  private readonly durationBuckets = new Float64Array(BUCKETS.length + 1);
+  private durationSum = 0;
+  private durationCount = 0;
+  private inFlightCount = 0;
+  private bytesInTotal = 0;
+  private bytesOutTotal = 0;
+  private readonly upstreamErrorCounts = new Map<string, number>();
+  private readonly tokenFetchCounts = new Map<string, { provider: string; result: string; count: number }>();
   private readonly tokenExpiries = new Map<string, number | undefined>();
-  private readonly replays: Counter<'result'>;
+  private readonly replayCounts = new Map<string, number>();
+  private promRegistry: Registry | undefined;
+  private readonly processMetrics: boolean;
+
+  /** The in-flight gauge: inc/dec for the forwarder, get() in prom-client's shape for callers that read it. */
+  readonly inFlight = {
+    inc: (): void => {
+      this.inFlightCount++;
+    },
+    dec: (): void => {
+      this.inFlightCount--;
+    },
+    get: async (): Promise<{ values: { value: number; labels: Record<string, string> }[] }> => ({ values: [{ value: this.inFlightCount, labels: {} }] }),
+  };
 
   constructor(options: { processMetrics?: boolean } = {}) {
-    const registers = [this.registry];
-    this.requests = new Counter({ name: 'kvx_requests_total', help: 'Proxied requests by method and response status class.', labelNames: ['method', 'status_class'], registers });
-    this.duration = new Histogram({
-      name: 'kvx_request_duration_seconds',
-      help: 'Time from request arrival to the end of the response.',
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
-      registers,
-    });
-    this.inFlight = new Gauge({ name: 'kvx_requests_in_flight', help: 'Requests being proxied now.', registers });
-    this.upstreamErrors = new Counter({ name: 'kvx_upstream_errors_total', help: 'Requests that failed between proxy and upstream, by kind.', labelNames: ['kind'], registers });
-    this.bytesIn = new Counter({ name: 'kvx_request_body_bytes_total', help: 'Request body bytes forwarded to upstream.', registers });
-    this.bytesOut = new Counter({ name: 'kvx_response_body_bytes_total', help: 'Response body bytes sent to clients.', registers });
-    this.tokenFetches = new Counter({ name: 'kvx_token_fetches_total', help: 'Credential fetches by provider and result.', labelNames: ['provider', 'result'], registers });
+    this.processMetrics = options.processMetrics !== false;
+    if (this.processMetrics) setTimeout(() => this.registry, PROCESS_METRICS_DELAY_MS).unref();
+  }
+
+  /** The prom-client registry with every kvx metric (and process metrics unless turned off); built on first use. */
+  get registry(): Registry {
+    return (this.promRegistry ??= this.buildRegistry(createRequire(import.meta.url)('prom-client') as PromClient));
+  }
+
+  requestDone(method: string, status: number, seconds: number, bytesIn: number, bytesOut: number): void {
+    const m = METHOD_INDEX.get(method) ?? 7;
+    const cls = status >= 100 && status < 600 ? ((status / 100) | 0) - 1 : 5;
+    this.requestCounts[m * STATUS_CLASSES.length + cls]!++;
+    let b = 0;
+    while (b < BUCKETS.length && seconds > BUCKETS[b]!) b++;
+    this.durationBuckets[b]!++;
+    this.durationSum += seconds;
+    this.durationCount++;
+    this.bytesInTotal += bytesIn;
+    this.bytesOutTotal += bytesOut;
+  }
+
+  upstreamError(kind: string): void {
+    this.upstreamErrorCounts.set(kind, (this.upstreamErrorCounts.get(kind) ?? 0) + 1);
+  }
+
+  replay(result: 'success' | 'rejected_again' | 'refresh_failed'): void {
+    this.replayCounts.set(result, (this.replayCounts.get(result) ?? 0) + 1);
+  }
+
+  tokenFetch(provider: string, ok: boolean): void {
+    const result = ok ? 'success' : 'failure';
+    const key = `${provider}\n${result}`;
+    const entry = this.tokenFetchCounts.get(key);
+    if (entry) entry.count++;
+    else this.tokenFetchCounts.set(key, { provider, result, count: 1 });
+  }
+
+  tokenExpiry(provider: string, expiresAtMs: number | undefined): void {
+    this.tokenExpiries.set(provider, expiresAtMs);
+  }
+
+  private buildRegistry(prom: PromClient): Registry {
+    const registry = new prom.Registry();
+    const registers = [registry];
+    const requestCounts = this.requestCounts;
+    const inFlightNow = () => this.inFlightCount;
+    const tokenFetches = this.tokenFetchCounts;
     const expiries = this.tokenExpiries;
-    new Gauge({
+    new prom.Counter({
+      name: 'kvx_requests_total',
+      help: 'Proxied requests by method and response status class.',
+      labelNames: ['method', 'status_class'],
+      registers,
+      collect() {
+        this.reset();
+        requestCounts.forEach((count, i) => {
+          if (count > 0) this.inc({ method: KNOWN_METHODS[(i / STATUS_CLASSES.length) | 0]!, status_class: STATUS_CLASSES[i % STATUS_CLASSES.length]! }, count);
+        });
+      },
+    });
+    registry.registerMetric(durationHistogram(this) as unknown as Parameters<Registry['registerMetric']>[0]);
+    new prom.Gauge({
+      name: 'kvx_requests_in_flight',
+      help: 'Requests being proxied now.',
+      registers,
+      collect() {
+        this.set(inFlightNow());
+      },
+    });
+    const labelledCounter = (name: string, help: string, label: string, counts: Map<string, number>) =>
+      new prom.Counter({
+        name,
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          this.reset();
+          for (const [value, count] of counts) this.inc({ [label]: value }, count);
+        },
+      });
+    labelledCounter('kvx_upstream_errors_total', 'Requests that failed between proxy and upstream, by kind.', 'kind', this.upstreamErrorCounts);
+    for (const [name, help, read] of [
+      ['kvx_request_body_bytes_total', 'Request body bytes forwarded to upstream.', () => this.bytesInTotal],
+      ['kvx_response_body_bytes_total', 'Response body bytes sent to clients.', () => this.bytesOutTotal],
+    ] as const) {
+      new prom.Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    }
+    new prom.Counter({
+      name: 'kvx_token_fetches_total',
+      help: 'Credential fetches by provider and result.',
+      labelNames: ['provider', 'result'],
+      registers,
+      collect() {
+        this.reset();
+        for (const { provider, result, count } of tokenFetches.values()) this.inc({ provider, result }, count);
+      },
+    });
+    new prom.Gauge({
       name: 'kvx_token_expiry_seconds',
       help: 'Seconds until the held credential expires, by provider (negative: expired).',
       labelNames: ['provider'],
@@ -47,38 +163,42 @@ export class ProxyMetrics implements AuthMetrics {
         for (const [provider, at] of expiries) if (at !== undefined) this.set({ provider }, (at - now) / 1000);
       },
     });
-    this.replays = new Counter({ name: 'kvx_auth_replays_total', help: 'Requests replayed after an upstream authentication rejection, by result.', labelNames: ['result'], registers });
-    if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'kvx_' });
+    labelledCounter('kvx_auth_replays_total', 'Requests replayed after an upstream authentication rejection, by result.', 'result', this.replayCounts);
+    if (this.processMetrics) prom.collectDefaultMetrics({ register: registry, prefix: 'kvx_' });
+    return registry;
   }
 
-  requestDone(method: string, status: number, seconds: number, bytesIn: number, bytesOut: number): void {
-    const m = KNOWN_METHODS.has(method) ? method : 'OTHER';
-    const cls = STATUS_CLASSES[Math.floor(status / 100) - 1] ?? 'other';
-    const key = m + cls;
-    let child = this.requestChildren.get(key);
-    if (child === undefined) {
-      child = this.requests.labels(m, cls);
-      this.requestChildren.set(key, child);
-    }
-    child.inc();
-    this.duration.observe(seconds);
-    if (bytesIn > 0) this.bytesIn.inc(bytesIn);
-    if (bytesOut > 0) this.bytesOut.inc(bytesOut);
+  /** Histogram state for the registry's collector. */
+  durationSnapshot(): { buckets: Float64Array; sum: number; count: number } {
+    return { buckets: this.durationBuckets, sum: this.durationSum, count: this.durationCount };
   }
+}
 
-  upstreamError(kind: string): void {
-    this.upstreamErrors.labels(kind).inc();
-  }
-
-  replay(result: 'success' | 'rejected_again' | 'refresh_failed'): void {
-    this.replays.labels(result).inc();
-  }
-
-  tokenFetch(provider: string, ok: boolean): void {
-    this.tokenFetches.labels(provider, ok ? 'success' : 'failure').inc();
-  }
-
-  tokenExpiry(provider: string, expiresAtMs: number | undefined): void {
-    this.tokenExpiries.set(provider, expiresAtMs);
-  }
+/**
+ * kvx_request_duration_seconds as a registry collector reading the forwarder's plain bucket counts
+ * (prom-client's Histogram can only be fed one observation at a time).
+ */
+function durationHistogram(metrics: ProxyMetrics) {
+  const name = 'kvx_request_duration_seconds';
+  const help = 'Time from request arrival to the end of the response.';
+  return {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    reset(): void {},
+    async get() {
+      const { buckets, sum, count } = metrics.durationSnapshot();
+      const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+      let cumulative = 0;
+      BUCKETS.forEach((le, i) => {
+        cumulative += buckets[i]!;
+        values.push({ labels: { le }, value: cumulative, metricName: `${name}_bucket` });
+      });
+      values.push({ labels: { le: '+Inf' }, value: count, metricName: `${name}_bucket` });
+      values.push({ labels: {}, value: sum, metricName: `${name}_sum` });
+      values.push({ labels: {}, value: count, metricName: `${name}_count` });
+      return { name, help, type: 'histogram', aggregator: 'sum', values };
+    },
+  };
 }
