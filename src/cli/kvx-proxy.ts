@@ -22,8 +22,6 @@ import type { CliIO } from './options.js';
 export async function main(argv: readonly string[], io: CliIO = defaultIO()): Promise<number> {
   const program = buildProgram(io);
   let code: number;
-  program.exitOverride();
-  program.configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
   try {
     await program.parseAsync(['node', 'kvx-proxy', ...argv]);
     code = (program as unknown as { kvxExitCode?: number }).kvxExitCode ?? 0;
@@ -39,7 +37,10 @@ function buildProgram(io: CliIO): Command {
   const program = new Command('kvx-proxy')
     .description('Authenticating reverse proxy for MLflow behind Google IAP, Cloud Run IAM or any auth layer')
     .version(VERSION, '-V, --version')
-    .showHelpAfterError('(run kvx-proxy --help for usage)');
+    .showHelpAfterError('(run kvx-proxy --help for usage)')
+    // Set before any subcommand is added: commander copies these settings into subcommands at creation.
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
   const setExit = (code: number) => ((program as unknown as { kvxExitCode?: number }).kvxExitCode = code);
 
   addConfigOptions(program.command('serve', { isDefault: true }).description('run the proxy until SIGTERM/SIGINT')).action(async (opts: Record<string, unknown>) => {
