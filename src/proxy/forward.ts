@@ -27,8 +27,11 @@ export interface ForwarderOptions {
 class ReplayRequested extends Error {}
 class ClientGone extends Error {}
 
-/** Dot segments, raw or percent-encoded: an upstream that normalises them could be walked out of its prefix. */
-const DOT_SEGMENT = /(?:^|\/)(?:\.|%2e){1,2}(?:\/|\?|$)/i;
+/**
+ * Dot segments, raw or percent-encoded, also between encoded slashes or backslashes (`..%2f`, `%5c..`): an
+ * upstream that decodes and normalises them could be walked out of its prefix.
+ */
+const DOT_SEGMENT = /(?:^|\/|\\|%2f|%5c)(?:\.|%2e){1,2}(?:\/|\\|%2f|%5c|\?|$)/i;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const BODYLESS_RETRY_CODES = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
 
@@ -166,6 +169,11 @@ class Exchange implements Dispatcher.DispatchHandler {
           ? 'request target must be a path'
           : 'absolute-form request targets are refused: kvx-proxy is a reverse proxy for one MLflow server, not a forward proxy; use it as the tracking URI',
       );
+      return;
+    }
+    if (req.method === 'TRACE') {
+      // An upstream that implements TRACE echoes the request, injected credentials included, back to the client.
+      this.fail('method_not_allowed', 'TRACE is refused: it would echo the injected credentials back to the client');
       return;
     }
     const queryAt = target.indexOf('?');
@@ -382,7 +390,11 @@ class Exchange implements Dispatcher.DispatchHandler {
   };
 
   private fail(kind: ProxyErrorKind, message: string, extra: Record<string, string | number> = {}): void {
-    const bodyUnread = !this.req.complete;
+    // node:http calls the handler before it marks a bodyless request complete; only an unread body forces a close
+    // (closing needlessly would also drop the answers to requests pipelined behind this one).
+    const { headers } = this.req;
+    const hasBody = headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
+    const bodyUnread = hasBody && !this.req.complete;
     const status = sendProxyError(this.res, kind, message, bodyUnread ? { ...extra, connection: 'close' } : extra);
     this.finish(status);
   }

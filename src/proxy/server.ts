@@ -150,6 +150,9 @@ function createProxyServer(config: KvxConfig, forwarder: Forwarder, logger: Logg
       headersTimeout: config.server.headersTimeoutMs,
       requestTimeout: config.server.requestTimeoutMs,
       keepAliveTimeout: config.server.keepAliveTimeoutMs,
+      // node:http checks the headers/request timeouts only this often (30 s by default), so a slowloris client
+      // would otherwise hold its connection for up to 30 s past server.headersTimeoutMs.
+      connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(config.server.headersTimeoutMs / 10))),
       // Nagle's algorithm delays small MLflow answers by up to 40 ms on some stacks.
       noDelay: true,
     },
@@ -172,11 +175,37 @@ function createProxyServer(config: KvxConfig, forwarder: Forwarder, logger: Logg
   server.on('upgrade', (_req, socket: Socket) => {
     refuseRaw(socket, '501 Not Implemented', 'protocol upgrades are not supported; MLflow does not use them');
   });
+  // Requests on each connection still owed an answer. Bytes after a complete request that fail to parse (a body
+  // longer than its Content-Length) are answered with 400 after those answers, not instead of them: the
+  // earlier request was forwarded, and its answer must not be lost.
+  const owed = new WeakMap<Socket, Set<http.IncomingMessage>>();
+  const afterAnswers = new WeakMap<Socket, () => void>();
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const socket = req.socket;
+    let pending = owed.get(socket);
+    if (pending === undefined) owed.set(socket, (pending = new Set()));
+    pending.add(req);
+    res.once('close', () => {
+      pending.delete(req);
+      if (pending.size === 0) afterAnswers.get(socket)?.();
+    });
+  });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
       return;
     }
+    const pending = owed.get(socket);
+    if (pending !== undefined && pending.size > 0 && [...pending].every((r) => r.complete) && !afterAnswers.has(socket)) {
+      afterAnswers.set(socket, () => {
+        if (socket.writable) answerClientError(err, socket);
+        else socket.destroy();
+      });
+      return;
+    }
+    answerClientError(err, socket);
+  });
+  const answerClientError = (err: NodeJS.ErrnoException, socket: Socket) => {
     const [status, message] =
       err.code === 'HPE_HEADER_OVERFLOW'
         ? ['431 Request Header Fields Too Large', `request headers exceed server.maxHeaderSize (${config.server.maxHeaderSize} bytes)`]
@@ -186,7 +215,7 @@ function createProxyServer(config: KvxConfig, forwarder: Forwarder, logger: Logg
     logger.debug('client error', { code: err.code });
     const body = JSON.stringify({ error_code: 'BAD_REQUEST', message: `kvx-proxy: ${message}` });
     socket.end(`HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-  });
+  };
   return server;
 }
 
