@@ -7,6 +7,7 @@ import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
 import { redactConfig } from '../config/redact.js';
 import { ConfigError } from '../errors.js';
+import { BatchedSink } from '../log/batched-sink.js';
 import { Logger } from '../log/logger.js';
 import { startProxy } from '../proxy/server.js';
 import { VERSION } from '../version.js';
@@ -61,7 +62,7 @@ function buildProgram(io: CliIO): Command {
 
 async function serve(opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const loaded = loadConfigFromOptions(opts, io);
-  const logger = new Logger(loaded.config.log.level, io.stdout);
+  const logger = new Logger(loaded.config.log.level, new BatchedSink(io.stdout));
   const proxy = await startProxy(loaded, { logger, env: io.env });
   return new Promise<number>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
