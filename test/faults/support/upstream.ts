@@ -35,7 +35,7 @@ export class ScriptedUpstream {
   private readonly busy = new Set<Socket>();
   private readonly server: http.Server;
 
-  private constructor(private readonly token: string) {
+  private constructor(public token: string) {
     this.server = http.createServer({ maxHeaderSize: 64 * 1024 }, (req, res) => this.handle(req, res));
     // No keep-alive timeout and no Keep-Alive hint: connections stay open until a case drops them.
     this.server.keepAliveTimeout = 0;
