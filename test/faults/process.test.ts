@@ -188,4 +188,5 @@ describe('faults: process', function () {
     upstream.dropIdle();
     const after = await pollUntil(() => proxy.fds(), (f) => f.total <= base.total && f.tcp.every((t) => t.state === 'LISTEN'), 3000);
     expect(after.total, 'the polled secret file leaks no descriptor').to.be.at.most(base.total);
+  });
 });
