@@ -11,8 +11,9 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { sign } from 'node:crypto';
-import { GoogleAuth, UserRefreshClient } from 'google-auth-library';
-import type { AuthClient } from 'google-auth-library';
+import { createRequire } from 'node:module';
+import type * as GoogleAuthLibrary from 'google-auth-library';
+import type { AuthClient, UserRefreshClient } from 'google-auth-library';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { TokenCache, TokenFetchError, accessToken, decodeJwtClaims, idToken } from './token-cache.js';
@@ -250,7 +251,7 @@ async function jwtBearerGrant(
 function userCredentials(json: Json, file: string, options: FindOptions): SourceCredentials {
   let client: UserRefreshClient;
   try {
-    client = new UserRefreshClient({ endpoints: { oauth2TokenUrl: options.endpoints.oauthToken } });
+    client = new (googleAuthLibrary().UserRefreshClient)({ endpoints: { oauth2TokenUrl: options.endpoints.oauthToken } });
     client.fromJSON(json as Parameters<UserRefreshClient['fromJSON']>[0]);
   } catch (err) {
     throw new TokenFetchError(`${file} is not a usable gcloud login (${errorMessage(err)})`, { hint: 'rerun `gcloud auth application-default login`' });
@@ -292,7 +293,7 @@ function libraryCredentials(json: Json, file: string, options: FindOptions): Sou
   let client: AuthClient | undefined;
   const cache = accessTokenCache(kind, async () => {
     try {
-      client ??= await new GoogleAuth({ credentials: json as never, scopes: [CLOUD_PLATFORM_SCOPE] }).getClient();
+      client ??= await new (googleAuthLibrary().GoogleAuth)({ credentials: json as never, scopes: [CLOUD_PLATFORM_SCOPE] }).getClient();
       const { token } = await client.getAccessToken();
       const expiry = client.credentials.expiry_date;
       if (!token || typeof expiry !== 'number') throw new TokenFetchError(`the ${kind} credentials gave no access token with an expiry`);
@@ -468,4 +469,9 @@ export function audienceOf(token: Token, expected: string, what: string): Token 
     });
   }
   return token;
+}
+
+/** google-auth-library takes about 50 ms to load; only credential files it parses need it, so it loads on first use. */
+function googleAuthLibrary(): typeof GoogleAuthLibrary {
+  return createRequire(import.meta.url)('google-auth-library') as typeof GoogleAuthLibrary;
 }

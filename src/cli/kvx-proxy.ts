@@ -2,7 +2,6 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
-import YAML from 'yaml';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
 import { redactConfig } from '../config/redact.js';
@@ -48,10 +47,11 @@ function buildProgram(io: CliIO): Command {
     setExit(await serve(opts, io));
   });
 
-  addConfigOptions(program.command('check-config').description('validate the configuration and print it with secrets redacted')).action((opts: Record<string, unknown>) => {
+  addConfigOptions(program.command('check-config').description('validate the configuration and print it with secrets redacted')).action(async (opts: Record<string, unknown>) => {
     const loaded = loadConfigFromOptions(opts, io);
     const { plans, problems } = planProviders(loaded.config, io.env);
     if (problems.length > 0) throw new ConfigError(problems);
+    const { default: YAML } = await import('yaml');
     io.stdout.write(YAML.stringify({ config: redactConfig(loaded.config), providers: plans.map((p) => ({ type: p.type, header: p.header, reason: p.reason })) }));
     io.stderr.write('kvx-proxy: configuration is valid\n');
   });

@@ -1,4 +1,3 @@
-import { request } from 'undici';
 import type { Dispatcher } from 'undici';
 import { HeaderInjector } from '../auth/injector.js';
 import type { ActiveProvider } from '../auth/injector.js';
@@ -13,7 +12,7 @@ import type { LoadedConfig } from '../config/load.js';
 import { errorMessage } from '../errors.js';
 import { silentLogger } from '../log/logger.js';
 import type { Logger } from '../log/logger.js';
-import { mlflowDispatcher } from '../mlflow/client.js';
+import { mlflowDispatcher, undiciRequest } from '../mlflow/client.js';
 
 /**
  * `kvx-proxy doctor`: walks the path a request takes (config → provider → credentials → token → upstream)
@@ -269,7 +268,7 @@ interface Answer {
 
 async function get(url: string, headers: HeaderMap, dispatcher: Dispatcher, timeoutMs: number): Promise<Answer | { error: string }> {
   try {
-    const res = await request(url, { method: 'GET', headers: { accept: 'application/json', ...headers }, dispatcher, signal: AbortSignal.timeout(timeoutMs) });
+    const res = await undiciRequest()(url, { method: 'GET', headers: { accept: 'application/json', ...headers }, dispatcher, signal: AbortSignal.timeout(timeoutMs) });
     const body = await res.body.text();
     return { status: res.statusCode, headers: res.headers, body: body.slice(0, 2000) };
   } catch (err) {

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import type { AddressInfo, Socket } from 'node:net';
-import { Pool } from 'undici';
+import type { Pool as UndiciPool } from 'undici';
 import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
@@ -14,6 +15,20 @@ import { createAdminHandler } from './admin.js';
 import { errorBody } from './errors.js';
 import { Forwarder } from './forward.js';
 import { ProxyMetrics } from './metrics.js';
+
+/**
+ * undici's entry point also loads fetch, WebSocket, caches and mocks: about 80 ms of every start, which an
+ * exec-wrapped pipeline step pays each time. The proxy needs only Pool.
+ */
+function loadPool(): typeof UndiciPool {
+  const require = createRequire(import.meta.url);
+  try {
+    return require('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+  } catch {
+    return (require('undici') as { Pool: typeof UndiciPool }).Pool;
+  }
+}
+const Pool = loadPool();
 
 export interface StartOptions {
   logger?: Logger;
@@ -123,7 +138,7 @@ async function startCredentials(injector: HeaderInjector, config: KvxConfig, log
   }
 }
 
-function poolOptions(config: KvxConfig): Pool.Options {
+function poolOptions(config: KvxConfig): UndiciPool.Options {
   const { upstream } = config;
   const tls: Record<string, unknown> = {};
   if (upstream.caFile) tls['ca'] = readFileSync(upstream.caFile);
@@ -223,7 +238,7 @@ async function drain(
   server: http.Server,
   admin: http.Server | undefined,
   forwarder: Forwarder,
-  dispatcher: Pool,
+  dispatcher: UndiciPool,
   injector: HeaderInjector,
   deadlineMs: number,
   logger: Logger,
