@@ -1,6 +1,7 @@
 /**
  * nginx as the operator's alternative: one worker (kvx is one process too), keep-alive to upstream, the
- * same Authorization header set, bodies streamed both ways (no request buffering, no temp files).
+ * same Authorization header set, bodies streamed both ways (no request buffering, no temp files), and an
+ * access log line per request like kvx's request log.
  * Runs as a foreground child with a generated config in a temp dir, listening on 127.0.0.1 only.
  */
 import { execFileSync } from 'node:child_process';
@@ -38,7 +39,8 @@ pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'error.log')} warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  # One line per request, as kvx-proxy logs each request by default (nginx's default: unbuffered, to a file).
+  access_log ${join(dir, 'access.log')} combined;
   client_body_temp_path ${join(dir, 'client_body')};
   proxy_temp_path ${join(dir, 'proxy')};
   fastcgi_temp_path ${join(dir, 'fastcgi')};

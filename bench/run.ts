@@ -56,7 +56,7 @@ function parseOptions(argv: string[]): Options {
     transferBytes: Math.round(mb * 1e6),
     slowBytes: smoke ? 8e6 : 256e6,
     slowBps: smoke ? 16e6 : 64e6,
-    startupRuns: smoke ? 2 : 7,
+    startupRuns: smoke ? 1 : 7,
     getConnections: smoke ? [1, 16] : [1, 16, 64],
     postConnections: smoke ? [16] : [1, 16, 64],
     only: only ? new Set(only.split(',')) : undefined,
@@ -173,10 +173,11 @@ async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort:
       mkdirSync(dir, { recursive: true });
       const child = startChild(nginx, nginxConfig(dir, port, upstreamPort, TOKEN), process.env, dir);
       await waitForPort(port, child);
+      child.drainOnly();
       const version = execFileSync(nginx, ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim() || 'nginx';
       candidates.push({
         name: 'nginx',
-        description: 'nginx reverse proxy, 1 worker, upstream keep-alive, proxy_set_header Authorization, no request buffering',
+        description: 'nginx reverse proxy, 1 worker, upstream keep-alive, proxy_set_header Authorization, no request buffering, access log to a file',
         url: `http://127.0.0.1:${port}`,
         clientHeaders: {},
         pids: processTree(child.pid),
@@ -446,13 +447,14 @@ async function main(): Promise<void> {
 
     const transferRuns: TransferRun[] = [];
     const movers = candidates.filter((c) => c.name !== 'kvx-nolog');
+    const kvxOnly = movers.filter((c) => c.name === 'kvx');
     const transferKinds: { kind: string; spec: Omit<TransferSpec, 'url' | 'headers'>; rounds: number; who: Candidate[] }[] = [
       { kind: 'put', spec: { mode: 'put', bytes: opts.transferBytes, parallel: 1 }, rounds: opts.rounds, who: movers },
       { kind: 'get', spec: { mode: 'get', bytes: opts.transferBytes, parallel: 1 }, rounds: opts.rounds, who: movers },
-      { kind: 'put x4', spec: { mode: 'put', bytes: Math.round(opts.transferBytes / 4), parallel: 4 }, rounds: 1, who: movers },
-      { kind: 'get x4', spec: { mode: 'get', bytes: Math.round(opts.transferBytes / 4), parallel: 4 }, rounds: 1, who: movers },
-      { kind: 'get slow client', spec: { mode: 'get', bytes: opts.slowBytes, parallel: 1, clientReadBps: opts.slowBps }, rounds: 1, who: movers.filter((c) => c.name === 'kvx') },
-      { kind: 'put slow upstream', spec: { mode: 'put', bytes: opts.slowBytes, parallel: 1, upstreamReadBps: opts.slowBps }, rounds: 1, who: movers.filter((c) => c.name === 'kvx') },
+      { kind: 'put x4', spec: { mode: 'put', bytes: Math.round(opts.transferBytes / 4), parallel: 4 }, rounds: 1, who: opts.smoke ? kvxOnly : movers },
+      { kind: 'get x4', spec: { mode: 'get', bytes: Math.round(opts.transferBytes / 4), parallel: 4 }, rounds: 1, who: opts.smoke ? kvxOnly : movers },
+      { kind: 'get slow client', spec: { mode: 'get', bytes: opts.slowBytes, parallel: 1, clientReadBps: opts.slowBps }, rounds: 1, who: kvxOnly },
+      { kind: 'put slow upstream', spec: { mode: 'put', bytes: opts.slowBytes, parallel: 1, upstreamReadBps: opts.slowBps }, rounds: 1, who: kvxOnly },
     ];
     for (const [ki, t] of transferKinds.entries()) {
       for (let round = 0; round < t.rounds; round++) {
