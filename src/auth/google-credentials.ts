@@ -435,9 +435,16 @@ function libraryError(err: unknown): string {
   return errorMessage(err);
 }
 
-/** Error text is shown to users: one line, bounded, never a whole HTML page. */
+/**
+ * Credentials inside an unexpected answer (a token under a field name we do not read, a JWT, a ya29 access
+ * token, a refresh token): these answers are echoed into errors, which reach logs and 503 bodies.
+ */
+const CREDENTIAL_FIELD = /("[^"]*(?:token|secret|key|assertion|password|credential)[^"]*"\s*:\s*)"[^"]*"/gi;
+const CREDENTIAL_VALUE = /\beyJ[\w-]*\.[\w-]*(?:\.[\w-]*)?|\bya29\.[\w.-]+|\b1\/\/[\w-]{10,}/g;
+
+/** Error text is shown to users: one line, bounded, never a whole HTML page, never a credential. */
 export function oneLine(text: string, max = 200): string {
-  const flat = text.replace(/\s+/g, ' ').trim();
+  const flat = text.replace(/\s+/g, ' ').trim().replace(CREDENTIAL_FIELD, '$1"[REDACTED]"').replace(CREDENTIAL_VALUE, '[REDACTED]');
   return flat.length > max ? `${flat.slice(0, max)}…` : flat;
 }
 
