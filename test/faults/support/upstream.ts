@@ -29,6 +29,8 @@ export type Behaviour = (req: http.IncomingMessage, res: http.ServerResponse, re
 export class ScriptedUpstream {
   readonly requests: UpstreamRequest[] = [];
   behaviour: Behaviour | undefined;
+  /** Replaces the bearer check (an IAP-like gate); returns the rejection to send, or null to let the request through. */
+  gate: ((req: http.IncomingMessage) => { status: number; body: string; headers?: Record<string, string> } | null) | undefined;
   url = '';
   port = 0;
   private readonly sockets = new Set<Socket>();
@@ -124,7 +126,15 @@ export class ScriptedUpstream {
 
   private normal(req: http.IncomingMessage, res: http.ServerResponse, record: UpstreamRequest): void {
     const url = new URL(req.url ?? '/', 'http://upstream');
-    if (req.headers.authorization !== `Bearer ${this.token}`) {
+    if (this.gate) {
+      const rejection = this.gate(req);
+      if (rejection) {
+        req.resume();
+        res.writeHead(rejection.status, { 'content-type': 'text/plain', ...rejection.headers });
+        res.end(rejection.body);
+        return;
+      }
+    } else if (req.headers.authorization !== `Bearer ${this.token}`) {
       req.resume();
       return json(res, 401, { error_code: 'UNAUTHENTICATED', message: 'missing or invalid credentials' });
     }

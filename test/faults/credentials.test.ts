@@ -1,0 +1,222 @@
+/**
+ * Google credential faults against a real kvx-proxy process: token endpoints refusing, timing out, failing,
+ * answering garbage, expired tokens or tokens for another audience; a metadata server impostor; clock jumps.
+ */
+import { expect } from 'chai';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mlflowError, request } from './support/client.js';
+import { FAST_ENV, Harness } from './support/harness.js';
+import { pollUntil, spawnProxy } from './support/proxy-process.js';
+import { CLIENT_ID, startCredWorld } from './support/google.js';
+import type { CredWorld } from './support/google.js';
+import { makeSecret, registerSecret } from './support/transcript.js';
+
+/** Short lifetimes need a short refresh lead and no jitter, or every token would be "due" at once. */
+const TOKEN_ENV = {
+  KVX_AUTH_REFRESH_BEFORE_EXPIRY_SEC: '1',
+  KVX_AUTH_REFRESH_JITTER_SEC: '0',
+  KVX_AUTH_TOKEN_FETCH_TIMEOUT_MS: '500',
+  KVX_AUTH_STARTUP_TIMEOUT_MS: '4000',
+};
+
+type Failure = 'down' | 'error500' | 'garbage' | 'expired' | 'wrong-audience' | 'slow';
+
+const EXPECTED: Record<Failure, RegExp> = {
+  down: /cannot reach IAM Credentials/,
+  slow: /timed out after 500 ms/,
+  error500: /IAM Credentials answered 500 INTERNAL/,
+  garbage: /answered without a token/,
+  expired: /already expired on arrival/,
+  'wrong-audience': /returned a token for audience "some-other-audience" instead of/,
+};
+
+describe('faults: Google credentials', function () {
+  this.timeout(60_000);
+  let world: CredWorld;
+  const cleanups: (() => Promise<unknown>)[] = [];
+
+  before(async () => {
+    world = await startCredWorld(3600);
+  });
+  after(async () => {
+    await world?.close();
+  });
+  afterEach(async () => {
+    world.iam.failure = undefined;
+    world.issuer.offsetSeconds = 0;
+    world.iam.lifetimeSeconds = 3600;
+    while (cleanups.length) await cleanups.pop()!().catch(() => {});
+  });
+
+  async function startFailing(failure: Failure | undefined, env: Record<string, string> = {}): Promise<{ code: number | null; stderr: string; started: boolean }> {
+    world.iam.failure = failure;
+    world.iam.slowMs = 10_000;
+    const { env: googleEnv, authArgs } = world.iamSetup();
+    try {
+      const proxy = await spawnProxy({
+        label: `faults-cred-start-${failure}`,
+        args: ['--upstream', 'http://127.0.0.1:9', ...authArgs, '--port', '0', '--admin-port', '0'],
+        env: { ...FAST_ENV, ...TOKEN_ENV, ...googleEnv, ...env },
+      });
+      await proxy.stop();
+      return { code: 0, stderr: proxy.stderr, started: true };
+    } catch (err) {
+      const text = (err as Error).message;
+      return { code: Number(/"code":(\d+)/.exec(text)?.[1] ?? NaN), stderr: text.split('stderr:\n')[1] ?? '', started: false };
+    }
+  }
+
+  for (const failure of Object.keys(EXPECTED) as Failure[]) {
+    it(`token endpoint ${failure} at start: exit 1 with the provider and the cause, never listening`, async () => {
+      const result = await startFailing(failure);
+      expect(result.started, 'a proxy without credentials must not start (auth.requireTokenAtStart)').to.equal(false);
+      expect(result.code).to.equal(1);
+      expect(result.stderr).to.match(/^kvx-proxy: google-iam: /);
+      expect(result.stderr).to.match(EXPECTED[failure]);
+    });
+  }
+
+  it('metadata server answering without Metadata-Flavor: not trusted, exit 1 saying so', async () => {
+    const impostor = http.createServer((_req, res) => res.end('{"access_token":"from-an-impostor-1234567890","expires_in":3600}'));
+    await new Promise<void>((r) => impostor.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => impostor.close(r)));
+    const { env, authArgs } = world.metadataSetup(`127.0.0.1:${(impostor.address() as AddressInfo).port}`);
+    const failed = await spawnProxy({
+      label: 'faults-cred-no-flavor',
+      args: ['--upstream', 'http://127.0.0.1:9', ...authArgs, '--port', '0', '--admin-port', '0'],
+      env: { ...FAST_ENV, ...TOKEN_ENV, ...env },
+    }).then(
+      async (p) => {
+        await p.stop();
+        return '';
+      },
+      (err: Error) => err.message,
+    );
+    expect(failed).to.include('"code":1');
+    expect(failed).to.include('answered without Metadata-Flavor: Google, so it is not a metadata server');
+  });
+
+  for (const kind of ['an ID token', 'an access token'] as const) {
+    it(`a token endpoint answering garbage that holds ${kind} under another name: exit 1, the credential not echoed`, async () => {
+      // A plausible garbage answer: a credential under a field name the provider does not expect.
+      const stray =
+        kind === 'an ID token'
+          ? world.issuer.idToken({ audience: CLIENT_ID, email: 'stray@faults-project.iam.gserviceaccount.com', lifetimeSeconds: 3600 })
+          : makeSecret('stray-access-token').replace('kvxS3cret', 'ya29.a0Af');
+      registerSecret('stray credential', stray);
+      const garbage = http.createServer((req, res) => {
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(kind === 'an ID token' ? { idToken: stray } : { accessToken: stray, expireTime: '2099-01-01T00:00:00Z' }));
+      });
+      await new Promise<void>((r) => garbage.listen(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise((r) => garbage.close(r)));
+      const result = await startFailing(undefined, { KVX_AUTH_ENDPOINTS_IAM_CREDENTIALS: `http://127.0.0.1:${(garbage.address() as AddressInfo).port}` });
+      expect(result.started).to.equal(false);
+      expect(result.stderr).to.match(/answered without a token/);
+      const signature = stray.split('.').at(-1)!;
+      expect(result.stderr, 'the credential was echoed in the error').to.not.include(signature);
+    });
+  }
+
+  it('proxy clock 2 h ahead of Google at start: exit 1, the hint names the clock', async () => {
+    world.issuer.offsetSeconds = -7200;
+    const result = await startFailing(undefined);
+    expect(result.started).to.equal(false);
+    expect(result.stderr).to.include('already expired on arrival');
+    expect(result.stderr).to.match(/clock.*NTP/);
+  });
+
+  describe('while serving', () => {
+    let h: Harness;
+    beforeEach(async () => {
+      world.iam.lifetimeSeconds = 3;
+      const { env, authArgs } = world.iamSetup();
+      h = await Harness.start({
+        label: 'faults-cred-serving',
+        authArgs,
+        env: { ...TOKEN_ENV, ...env },
+        gate: world.gate,
+        backgroundPorts: [world.iam.port, world.metadata.port],
+      });
+    });
+    afterEach(async () => {
+      await h?.stop();
+    });
+
+    async function answerFor(path = '/api/2.0/mlflow/experiments/get?experiment_id=0') {
+      return request(h.url, path);
+    }
+
+    for (const failure of Object.keys(EXPECTED) as Failure[]) {
+      it(`token endpoint ${failure}: 503 in MLflow shape with Retry-After once the held token expired, never a bad token upstream; recovers`, async () => {
+        const rejectedBefore = { ...world.rejected };
+        world.iam.slowMs = 10_000;
+        world.iam.failure = failure;
+        // Until the held token expires, traffic is unaffected.
+        const during = await answerFor();
+        expect(during.status).to.equal(200);
+        const refused = await pollUntil(() => answerFor(), (a) => a.status !== 200, 8000, 100);
+        expect(refused.status, refused.text).to.equal(503);
+        expect(Number(refused.headers['retry-after'])).to.be.at.least(1);
+        expect(refused.headers['x-kvx-error']).to.equal('credentials_unavailable');
+        const body = mlflowError(refused);
+        expect(body.error_code).to.equal('TEMPORARILY_UNAVAILABLE');
+        expect(body.message).to.include('google-iam').and.match(EXPECTED[failure]);
+        const readyz = await request(h.proxy.adminUrl, '/readyz');
+        expect(readyz.status).to.equal(503);
+        // The proxy never forwarded a token the gate would reject (expired, wrong audience) or nothing at all.
+        expect(world.rejected).to.deep.equal(rejectedBefore);
+
+        world.iam.failure = undefined;
+        const recovered = await pollUntil(() => answerFor(), (a) => a.status === 200, 10_000, 100);
+        expect(recovered.status).to.equal(200);
+        await h.assertHealthy(`after token endpoint ${failure}`);
+      });
+    }
+
+    it('Google clock 2 h ahead (the proxy clock jumped back): upstream rejects the held token as expired, one refresh and replay, no 401 reaches clients', async () => {
+      const replaysBefore = await h.metric('kvx_auth_replays_total', { result: 'success' });
+      world.issuer.offsetSeconds = 7200;
+      const statuses: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        statuses.push((await request(h.url, '/api/2.0/mlflow/runs/search', { method: 'POST', body: '{"max_results":1}', headers: { 'content-type': 'application/json' } })).status);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(statuses.filter((s) => s !== 200)).to.deep.equal([]);
+      expect(world.rejected['expired'] ?? 0, 'the held token was rejected upstream at least once').to.be.at.least(1);
+      expect(await h.metric('kvx_auth_replays_total', { result: 'success' })).to.be.above(replaysBefore);
+      await h.assertHealthy('after the clock jumped back');
+    });
+
+    it('Google clock 2 h behind (the proxy clock jumped ahead): the upstream\'s 401 after one refresh attempt, then 503 naming the clock; recovers when clocks agree', async () => {
+      // Documented limit: expiry is read from the token's exp on the local clock. Fresh tokens look expired
+      // on arrival, so the held one keeps being used (and rejected upstream) until it expires locally.
+      world.issuer.offsetSeconds = -7200;
+      const seen: { status: number; kvx: unknown; text: string }[] = [];
+      const final = await pollUntil(
+        async () => {
+          const a = await answerFor();
+          seen.push({ status: a.status, kvx: a.headers['x-kvx-error'], text: a.text });
+          return a;
+        },
+        (a) => a.status === 503,
+        8000,
+        100,
+      );
+      expect(final.status, final.text).to.equal(503);
+      expect(mlflowError(final).message).to.match(/already expired on arrival.*clock/);
+      for (const a of seen.slice(0, -1)) {
+        // The upstream's own rejection, passed through after the proxy tried to refresh, or a 200 before the held token was rejected.
+        expect([200, 401], a.text).to.include(a.status);
+        expect(a.kvx).to.equal(undefined);
+      }
+      expect(h.proxy.logs.some((l) => JSON.stringify(l).includes('expired on arrival')), 'the log says why').to.equal(true);
+      world.issuer.offsetSeconds = 0;
+      const recovered = await pollUntil(() => answerFor(), (a) => a.status === 200, 10_000, 100);
+      expect(recovered.status).to.equal(200);
+      await h.assertHealthy('after the clock jumped ahead and back');
+    });
+  });
+});
