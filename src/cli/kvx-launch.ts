@@ -15,10 +15,12 @@ import type { LogLevel } from '../log/logger.js';
 import { endRunByLauncher, followJob, mirrorFinalState } from '../launch/follow.js';
 import { LineProgress, TtyProgress, silentProgress } from '../launch/progress.js';
 import type { Progress } from '../launch/progress.js';
-import { launch, planLaunch } from '../launch/run.js';
+import { finishExperimentLink, launch, planLaunch } from '../launch/run.js';
+import type { ExperimentResult } from '../launch/run.js';
 import { startRun } from '../launch/start-run.js';
 import { RUN_ID_LABEL, TAG } from '../launch/tags.js';
 import { MlflowClient, mlflowDispatcher, retryPolicyFromEnv } from '../mlflow/client.js';
+import type { MlflowRun } from '../mlflow/client.js';
 import { VERSION } from '../version.js';
 import { VertexClient, applicationDefaultCredentials } from '../vertex/client.js';
 import type { GoogleHeaderSource } from '../vertex/client.js';
@@ -33,6 +35,8 @@ export interface LaunchCliDeps {
   googleAuth?: GoogleHeaderSource;
   interrupt?: AbortSignal;
   now?: () => Date;
+  /** First wait between looks for a job's pipeline run context when adding it to a Vertex AI experiment. */
+  experimentLinkIntervalMs?: number;
 }
 
 /** Exit code when following was interrupted (128 + SIGINT). */
@@ -69,6 +73,8 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
       .option('--project-number <number>', 'project number, for a bare --network name (vertex.projectNumber)')
       .option('-l, --label <key=value>', 'job label; repeatable (vertex.labels)', collect)
       .option('--enable-caching', 'let Vertex reuse cached task results (vertex.enableCaching)')
+      .option('--experiment <name>', 'Vertex AI experiment to add the job to, created if missing; "" for none (vertex.experiment)')
+      .option('--experiment-link-timeout <seconds>', 'how long to wait for the job to start so it can join the experiment', '300')
       .option('-w, --wait', 'follow the job until it ends and mirror its final state into the run')
       .option('--cancel-on-interrupt', 'with --wait: cancel the job when interrupted')
       .option('--poll-interval <seconds>', 'first poll interval while following', '5')
@@ -85,6 +91,7 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
       .option('--run-id <id>', `MLflow run to mirror into; default the job's ${RUN_ID_LABEL} label`)
       .option('--cancel-on-interrupt', 'cancel the job when interrupted')
       .option('--poll-interval <seconds>', 'first poll interval', '5')
+      .option('--experiment-link-timeout <seconds>', 'how long to wait for the job to start when its run still has to join its Vertex AI experiment', '300')
       .option('--json', 'print the result as JSON'),
   ).action(async (job: string, opts: Record<string, unknown>) => {
     code = await followCommand(job, opts, io, deps);
@@ -141,6 +148,7 @@ const FLAG_KEYS: Record<string, { key: string; flag: string }> = {
   network: { key: 'vertex.network', flag: '--network' },
   projectNumber: { key: 'vertex.projectNumber', flag: '--project-number' },
   enableCaching: { key: 'vertex.enableCaching', flag: '--enable-caching' },
+  experiment: { key: 'vertex.experiment', flag: '--experiment' },
 };
 
 function loadLaunchConfig(opts: Record<string, unknown>, io: CliIO, needMlflow: boolean): LoadedConfig {
@@ -242,10 +250,21 @@ function interruptSignal(deps: LaunchCliDeps): { signal: AbortSignal; dispose():
 }
 
 function pollMs(opts: Record<string, unknown>): number {
-  const raw = String(opts['pollInterval'] ?? '5');
+  return secondsFlag(opts, 'pollInterval', '--poll-interval', '5');
+}
+
+function secondsFlag(opts: Record<string, unknown>, name: string, flag: string, fallback: string): number {
+  const raw = String(opts[name] ?? fallback);
   const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0) throw new KvxError('KVX_USAGE', `--poll-interval must be a positive number of seconds, got "${raw}"`);
+  if (!Number.isFinite(n) || n <= 0) throw new KvxError('KVX_USAGE', `${flag} must be a positive number of seconds, got "${raw}"`);
   return n * 1000;
+}
+
+/** The experiment link did not happen: said on stderr, since the exit code stays that of the launch itself. */
+function experimentWarning(experiment: ExperimentResult | undefined, jobId: string): string {
+  if (experiment === undefined || experiment.link === 'linked') return '';
+  const retry = experiment.link === 'pending' ? `; \`kvx-launch follow ${jobId}\` adds it once the job runs` : '';
+  return `kvx-launch: warning: job ${jobId} was not added to Vertex AI experiment ${experiment.name} (${experiment.link}): ${experiment.reason ?? 'no reason given'}${retry}\n`;
 }
 
 function keyValues(pairs: readonly string[], flag: string): Record<string, string> {
@@ -271,6 +290,7 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
   const params = parseParamFlags((opts['param'] as string[] | undefined) ?? []);
   const labels = keyValues((opts['label'] as string[] | undefined) ?? [], '--label');
   const pollIntervalMs = pollMs(opts);
+  const experimentLinkTimeoutMs = secondsFlag(opts, 'experimentLinkTimeout', '--experiment-link-timeout', '300');
 
   const loaded = loadLaunchConfig(opts, io, true);
   const clients = await mlflowClient(loaded, io);
@@ -293,9 +313,6 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
     if (opts['displayName'] !== undefined) flags.displayName = String(opts['displayName']);
     if (isTemplate) flags.templateUri = source;
     const plan = planLaunch(loaded.config, spec, flags);
-    if (loaded.config.vertex.experiment) {
-      io.stderr.write(`kvx-launch: warning: vertex.experiment (${loaded.config.vertex.experiment}) is not applied: linking jobs to Vertex AI experiments is not supported yet\n`);
-    }
 
     await clients.injector!.start();
     const wait = opts['wait'] === true;
@@ -304,8 +321,9 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
     const result = await launch(
       { mlflow: clients.mlflow!, vertex, logger: clients.logger, progress },
       plan,
-      { wait, cancelOnInterrupt: opts['cancelOnInterrupt'] === true, signal, pollIntervalMs },
+      { wait, cancelOnInterrupt: opts['cancelOnInterrupt'] === true, signal, pollIntervalMs, experimentLinkTimeoutMs, ...(deps.experimentLinkIntervalMs === undefined ? {} : { experimentLinkIntervalMs: deps.experimentLinkIntervalMs }) },
     );
+    io.stderr.write(experimentWarning(result.vertexExperiment, result.jobId));
     if (opts['json']) {
       io.stdout.write(`${JSON.stringify(result)}\n`);
     } else {
@@ -315,6 +333,7 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
           `  console:    ${result.consoleUrl}\n` +
           `  MLflow run: ${result.runId}\n` +
           `  run page:   ${result.runUrl}\n` +
+          (result.vertexExperiment !== undefined ? `  experiment: ${result.vertexExperiment.name} (${result.vertexExperiment.link}) ${result.vertexExperiment.consoleUrl}\n` : '') +
           (result.state !== undefined ? `  job state:  ${result.state}${result.runStatus ? ` (MLflow run ${result.runStatus})` : ''}\n` : ''),
       );
     }
@@ -329,6 +348,7 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
 
 async function followCommand(job: string, opts: Record<string, unknown>, io: CliIO, deps: LaunchCliDeps): Promise<number> {
   const pollIntervalMs = pollMs(opts);
+  const experimentLinkTimeoutMs = secondsFlag(opts, 'experimentLinkTimeout', '--experiment-link-timeout', '300');
   const loaded = loadLaunchConfig(opts, io, opts['runId'] !== undefined);
   const clients = await mlflowClient(loaded, io);
   const { signal, dispose } = interruptSignal(deps);
@@ -340,24 +360,44 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
     if (runId !== undefined && mlflow === undefined) {
       throw new ConfigError([{ path: 'upstream.url', message: `job carries MLflow run ${runId}; set the tracking server to mirror its state (--tracking-uri, MLFLOW_TRACKING_URI)` }]);
     }
+    let run: MlflowRun | undefined;
     if (mlflow !== undefined) {
       await clients.injector!.start();
-      await mlflow.getRun(runId!);
+      run = await mlflow.getRun(runId!);
     }
     const jobId = first.name.split('/').pop()!;
+    // A job that had not started when it was launched joins its Vertex AI experiment now, while it is followed.
+    const followEnded = new AbortController();
+    const linking =
+      run === undefined
+        ? undefined
+        : finishExperimentLink({ mlflow: mlflow!, vertex, logger: clients.logger }, run, first.name, loaded.config.vertex, {
+            timeoutMs: experimentLinkTimeoutMs,
+            signal,
+            wake: followEnded.signal,
+            ...(deps.experimentLinkIntervalMs === undefined ? {} : { intervalMs: deps.experimentLinkIntervalMs }),
+          }).catch((err: unknown) => {
+            clients.logger.warn('could not record the Vertex AI experiment link on the run', { runId, error: err instanceof Error ? err.message : String(err) });
+            return undefined;
+          });
     const progress = progressFor(io, jobId);
     if (runId === undefined) progress.note(`job ${jobId} has no ${RUN_ID_LABEL} label and no --run-id was given: following without MLflow`);
     let followed;
     try {
       followed = await followJob({ vertex, job: first.name, progress, logger: clients.logger, signal, cancelOnInterrupt: opts['cancelOnInterrupt'] === true, pollIntervalMs });
     } catch (err) {
+      followEnded.abort();
+      await linking;
       if (mlflow !== undefined) {
         const reason = `kvx-launch follow lost track of job ${jobId}: ${err instanceof Error ? err.message : String(err)}. The job was not cancelled; run \`kvx-launch follow ${jobId}\` again to mirror its final state.`;
         await endRunByLauncher(mlflow, runId!, 'FAILED', reason, [], clients.logger);
       }
       throw err;
     }
+    followEnded.abort();
+    const experiment = await linking;
     progress.done();
+    io.stderr.write(experimentWarning(experiment, jobId));
     let runStatus: string | undefined;
     if (followed.terminal && mlflow !== undefined) {
       runStatus = await mirrorFinalState(mlflow, runId!, followed.job);
@@ -365,7 +405,15 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
       // On purpose: the job still runs, so its run stays RUNNING; following again later finishes the mirror.
       await mlflow.setTags(runId!, [{ key: TAG.jobState, value: followed.state }]);
     }
-    const result = { jobId, jobName: followed.job.name, state: followed.state, runId: runId ?? null, runStatus: runStatus ?? null, interrupted: followed.interrupted };
+    const result = {
+      jobId,
+      jobName: followed.job.name,
+      state: followed.state,
+      runId: runId ?? null,
+      runStatus: runStatus ?? null,
+      interrupted: followed.interrupted,
+      ...(experiment === undefined ? {} : { vertexExperiment: experiment }),
+    };
     if (opts['json']) io.stdout.write(`${JSON.stringify(result)}\n`);
     else io.stdout.write(`job ${jobId} ${followed.state}${runStatus ? `; MLflow run ${runId} ${runStatus}` : ''}${followed.interrupted && !followed.terminal ? ' (still running; not mirrored)' : ''}\n`);
     if (followed.interrupted && !followed.terminal) return EXIT_INTERRUPTED;

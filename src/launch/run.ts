@@ -1,16 +1,18 @@
 import type { KvxConfig } from '../config/schema.js';
 import { KvxError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { KeyValue, MlflowClient, MlflowRunStatus } from '../mlflow/client.js';
+import type { KeyValue, MlflowClient, MlflowRun, MlflowRunStatus } from '../mlflow/client.js';
 import { shortState } from '../vertex/client.js';
 import type { PipelineJob, VertexClient } from '../vertex/client.js';
-import { checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
+import { getOrCreateExperiment, linkJobToExperiment } from '../vertex/experiment.js';
+import type { ExperimentLink, VertexExperiment } from '../vertex/experiment.js';
+import { checkExperimentName, checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
 import { convertParameters } from '../vertex/params.js';
 import type { LoadedSpec, PipelineSpec } from '../vertex/spec.js';
 import { resolveExperiment } from './experiment.js';
 import { endRunByLauncher, followJob, mirrorFinalState } from './follow.js';
 import type { Progress } from './progress.js';
-import { EXPERIMENT_ID_LABEL, RUN_ID_LABEL, TAG } from './tags.js';
+import { EXPERIMENT_ID_LABEL, RUN_ID_LABEL, TAG, tagValue } from './tags.js';
 
 /** Everything a submission needs, checked before any MLflow or Vertex state is created. */
 export interface LaunchPlan {
@@ -28,6 +30,8 @@ export interface LaunchPlan {
   labels: Record<string, string>;
   enableCaching: boolean;
   userId?: string;
+  /** Vertex AI experiment to add the job to (vertex.experiment); checked against Vertex's naming rule. */
+  vertexExperiment?: string;
 }
 
 export interface PlanFlags {
@@ -80,6 +84,14 @@ export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags
   };
   if (flags.templateUri !== undefined) plan.templateUri = flags.templateUri;
   if (flags.userId !== undefined) plan.userId = flags.userId;
+  if (v.experiment) {
+    plan.vertexExperiment = checkExperimentName(v.experiment);
+    if (plan.vertexExperiment === jobId) {
+      throw new KvxError('KVX_LAUNCH_INPUT', `vertex.experiment "${v.experiment}" equals the job id: the job's pipeline run context takes that id in the same metadata store`, {
+        hint: 'use another --experiment or --job-id',
+      });
+    }
+  }
   // Checked now, with a stand-in run id, so a bad --param fails before any run or job exists.
   convertParameters(spec.parameters, flags.params, { mlflowRunId: '0'.repeat(32), source: spec.source });
   return plan;
@@ -98,6 +110,18 @@ export interface LaunchOptions {
   signal?: AbortSignal;
   pollIntervalMs?: number;
   maxPollIntervalMs?: number;
+  /** How long to wait for the job's pipeline run context before leaving the experiment link pending. */
+  experimentLinkTimeoutMs?: number;
+  /** First wait between looks for the run context (tests shorten it). */
+  experimentLinkIntervalMs?: number;
+}
+
+export interface ExperimentResult {
+  name: string;
+  consoleUrl: string;
+  created: boolean;
+  link: ExperimentLink['state'];
+  reason?: string;
 }
 
 export interface LaunchResult {
@@ -111,7 +135,11 @@ export interface LaunchResult {
   state?: string;
   runStatus?: MlflowRunStatus;
   interrupted?: boolean;
+  /** With vertex.experiment: the experiment and whether the job made it in. */
+  vertexExperiment?: ExperimentResult;
 }
+
+export const DEFAULT_EXPERIMENT_LINK_TIMEOUT_MS = 300_000;
 
 /** The request body of projects.locations.pipelineJobs.create. */
 export function pipelineJobBody(plan: LaunchPlan, parameterValues: Record<string, unknown>, runLabels: Record<string, string>): Record<string, unknown> {
@@ -147,6 +175,10 @@ function withCachingDisabled(spec: PipelineSpec): PipelineSpec {
  */
 export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: LaunchOptions): Promise<LaunchResult> {
   const { mlflow, vertex, logger } = deps;
+  // Before any MLflow run or job exists, so a missing permission or a name taken by another kind of context
+  // stops the launch with nothing to clean up (as the SDK validates the experiment before creating the job).
+  const vertexExperiment =
+    plan.vertexExperiment === undefined ? undefined : await getOrCreateExperiment(vertex, plan.vertexExperiment, plan.projectId, plan.region, { logger });
   const experiment = await resolveExperiment(mlflow, plan.experimentName, logger);
   const consoleUrl = vertex.consoleUrl(plan.jobId);
   const jobName = vertex.jobName(plan.jobId);
@@ -161,6 +193,13 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
     { key: TAG.sourceType, value: 'JOB' },
   ];
   if (plan.userId) startTags.push({ key: TAG.user, value: plan.userId });
+  if (vertexExperiment !== undefined) {
+    startTags.push(
+      { key: TAG.vertexExperiment, value: vertexExperiment.name },
+      { key: TAG.vertexExperimentUrl, value: vertexExperiment.consoleUrl },
+      { key: TAG.vertexExperimentLink, value: 'pending' },
+    );
+  }
   const run = await mlflow.createRun({
     experimentId: experiment.experimentId,
     runName: plan.jobId,
@@ -193,7 +232,20 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
       { key: TAG.jobState, value: shortState(job.state) },
     ]);
     result.jobName = job.name;
-    if (!options.wait) return result;
+    const linkOptions = (signal: AbortSignal | undefined, wake?: AbortSignal): Parameters<typeof linkJobToExperiment>[3] => ({
+      logger,
+      timeoutMs: options.experimentLinkTimeoutMs ?? DEFAULT_EXPERIMENT_LINK_TIMEOUT_MS,
+      ...(options.experimentLinkIntervalMs === undefined ? {} : { intervalMs: options.experimentLinkIntervalMs }),
+      ...(signal === undefined ? {} : { signal }),
+      ...(wake === undefined ? {} : { wake }),
+    });
+    if (!options.wait) {
+      if (vertexExperiment !== undefined) {
+        const link = await linkJobToExperiment(vertex, vertexExperiment, job.name, linkOptions(options.signal));
+        result.vertexExperiment = await recordExperimentLink(mlflow, runId, vertexExperiment, link);
+      }
+      return result;
+    }
 
     const followOptions: Parameters<typeof followJob>[0] = {
       vertex,
@@ -205,7 +257,24 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
     if (options.signal !== undefined) followOptions.signal = options.signal;
     if (options.pollIntervalMs !== undefined) followOptions.pollIntervalMs = options.pollIntervalMs;
     if (options.maxPollIntervalMs !== undefined) followOptions.maxPollIntervalMs = options.maxPollIntervalMs;
-    const followed = await followJob(followOptions);
+    // The link is made while the job is followed: its run context appears once the job starts running.
+    // Recorded on the run as soon as it is known, so the run shows `linked` while the job still runs.
+    const followEnded = new AbortController();
+    const linking =
+      vertexExperiment === undefined
+        ? undefined
+        : linkJobToExperiment(vertex, vertexExperiment, job.name, linkOptions(options.signal, followEnded.signal)).then((link) => recordExperimentLink(mlflow, runId, vertexExperiment, link));
+    linking?.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
+    let followed: Awaited<ReturnType<typeof followJob>>;
+    try {
+      followed = await followJob(followOptions);
+    } catch (err) {
+      followEnded.abort();
+      await linking?.catch(() => undefined);
+      throw err;
+    }
+    followEnded.abort();
+    if (linking !== undefined) result.vertexExperiment = await linking;
     deps.progress.done();
     result.state = followed.state;
     result.interrupted = followed.interrupted;
@@ -229,6 +298,53 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
     const endProblem = await endRunByLauncher(mlflow, runId, 'FAILED', reason, [{ key: TAG.runId, value: jobName }, { key: TAG.resourceName, value: jobName }], logger);
     throw withRunNote(err, runId, 'FAILED', endProblem);
   }
+}
+
+/** Puts the link's outcome on the run; the launch goes on whatever it is (re-running would submit a second job). */
+export async function recordExperimentLink(mlflow: MlflowClient, runId: string, experiment: Pick<VertexExperiment, 'name' | 'consoleUrl'> & { created?: boolean }, link: ExperimentLink): Promise<ExperimentResult> {
+  await mlflow.setTags(runId, [
+    { key: TAG.vertexExperimentLink, value: link.state },
+    { key: TAG.vertexExperimentLinkError, value: link.state === 'linked' ? '' : tagValue(link.reason ?? '') },
+  ]);
+  return {
+    name: experiment.name,
+    consoleUrl: experiment.consoleUrl,
+    created: experiment.created ?? false,
+    link: link.state,
+    ...(link.reason === undefined ? {} : { reason: link.reason }),
+  };
+}
+
+/**
+ * For `follow`: a run whose job did not make it into its Vertex AI experiment at launch (the job had not started)
+ * gets another chance. The experiment comes from the run's tags, so no config is needed. Never throws for the
+ * link itself; MLflow errors while recording propagate.
+ */
+export async function finishExperimentLink(
+  deps: { mlflow: MlflowClient; vertex: VertexClient; logger: Logger },
+  run: MlflowRun,
+  job: string,
+  where: { projectId: string; region: string },
+  options: { timeoutMs: number; intervalMs?: number; signal?: AbortSignal; wake?: AbortSignal },
+): Promise<ExperimentResult | undefined> {
+  const tags = new Map((run.data.tags ?? []).map((t) => [t.key, t.value]));
+  const name = tags.get(TAG.vertexExperiment);
+  if (!name || tags.get(TAG.vertexExperimentLink) === 'linked') return undefined;
+  let experiment: VertexExperiment;
+  try {
+    experiment = await getOrCreateExperiment(deps.vertex, name, where.projectId, where.region, { logger: deps.logger });
+  } catch (err) {
+    const reason = `${errorMessage(err)}${err instanceof KvxError && err.hint ? ` (hint: ${err.hint})` : ''}`;
+    return recordExperimentLink(deps.mlflow, run.info.run_id, { name, consoleUrl: tags.get(TAG.vertexExperimentUrl) ?? '' }, { state: 'failed', reason });
+  }
+  const link = await linkJobToExperiment(deps.vertex, experiment, job, {
+    logger: deps.logger,
+    timeoutMs: options.timeoutMs,
+    ...(options.intervalMs === undefined ? {} : { intervalMs: options.intervalMs }),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+    ...(options.wake === undefined ? {} : { wake: options.wake }),
+  });
+  return recordExperimentLink(deps.mlflow, run.info.run_id, experiment, link);
 }
 
 function withRunNote(err: unknown, runId: string, status: string, endProblem: string | undefined): KvxError {

@@ -18,6 +18,13 @@ export const TAG = {
   lastTask: 'vertexai_last_task',
   failedTask: 'vertexai_failed_task',
   failedTaskError: 'vertexai_failed_task_error',
+  /** The Vertex AI experiment the job was added to (vertex.experiment), and a console link to it. */
+  vertexExperiment: 'vertexai_experiment',
+  vertexExperimentUrl: 'vertexai_experiment_console_url',
+  /** `pending` until the job's run context is in the experiment, then `linked`; `failed` when it cannot be. */
+  vertexExperimentLink: 'vertexai_experiment_link',
+  /** Why the link is pending or failed; empty once linked. */
+  vertexExperimentLinkError: 'vertexai_experiment_link_error',
   /** Why kvx-launch ended the run itself (submission failed, interrupted, lost track of the job). */
   launchError: 'kvx_launch_error',
   note: 'mlflow.note.content',

@@ -58,6 +58,26 @@ export interface PipelineJob {
   [key: string]: unknown;
 }
 
+/** A Vertex ML Metadata context (an experiment, a pipeline run, ...). */
+export interface MetadataContext {
+  name: string;
+  displayName?: string;
+  description?: string;
+  schemaTitle?: string;
+  schemaVersion?: string;
+  metadata?: Record<string, unknown>;
+  parentContexts?: string[];
+  [key: string]: unknown;
+}
+
+/** A google.longrunning.Operation, as Vertex returns for slow creates. */
+export interface LongRunningOperation {
+  name: string;
+  done?: boolean;
+  error?: { code?: number; message?: string };
+  [key: string]: unknown;
+}
+
 export const TERMINAL_STATES: ReadonlySet<string> = new Set(['PIPELINE_STATE_SUCCEEDED', 'PIPELINE_STATE_FAILED', 'PIPELINE_STATE_CANCELLED']);
 
 /** `PIPELINE_STATE_RUNNING` → `RUNNING`, as people and kedro-vertexai say it. */
@@ -143,6 +163,36 @@ export class VertexClient {
 
   async cancelPipelineJob(job: string): Promise<void> {
     await this.call('POST', `/v1/${this.jobName(job)}:cancel`, 'pipelineJobs.cancel', {});
+  }
+
+  /** The project's default ML Metadata store, where experiments and pipeline run contexts live. */
+  get metadataStore(): string {
+    return `${this.parent}/metadataStores/default`;
+  }
+
+  async getMetadataStore(): Promise<Record<string, unknown>> {
+    return this.call('GET', `/v1/${this.metadataStore}`, 'metadataStores.get');
+  }
+
+  async createDefaultMetadataStore(): Promise<LongRunningOperation> {
+    return this.call('POST', `/v1/${this.parent}/metadataStores?metadataStoreId=default`, 'metadataStores.create', {});
+  }
+
+  async getOperation(name: string): Promise<LongRunningOperation> {
+    return this.call('GET', `/v1/${name}`, 'operations.get');
+  }
+
+  async getContext(contextId: string): Promise<MetadataContext> {
+    return this.call('GET', `/v1/${this.metadataStore}/contexts/${encodeURIComponent(contextId)}`, 'metadataStores.contexts.get');
+  }
+
+  async createContext(contextId: string, body: Record<string, unknown>): Promise<MetadataContext> {
+    return this.call('POST', `/v1/${this.metadataStore}/contexts?contextId=${encodeURIComponent(contextId)}`, 'metadataStores.contexts.create', body);
+  }
+
+  /** Makes `children` (full context resource names) children of `context`; adding an existing child is a no-op. */
+  async addContextChildren(context: string, children: string[]): Promise<void> {
+    await this.call('POST', `/v1/${context}:addContextChildren`, 'metadataStores.contexts.addContextChildren', { childContexts: children });
   }
 
   /** Downloads a pipeline template (Artifact Registry `https://<region>-kfp.pkg.dev/...`) with the same credentials. */

@@ -36,6 +36,28 @@ export function checkJobId(id: string, flag = '--job-id'): string {
   return id;
 }
 
+/**
+ * What Vertex ML Metadata accepts as a context id, which is what an experiment name is: 4 to 128 lower-case
+ * letters, digits and dashes (CreateContextRequest.context_id). A leading dash is refused as well, so a name can
+ * never be mistaken for a flag.
+ */
+export const EXPERIMENT_ID_PATTERN = /^[a-z0-9][-a-z0-9]{3,127}$/;
+
+/** Checks a Vertex AI experiment name before anything is created; `where` names the config key and flag. */
+export function checkExperimentName(name: string, where = 'vertex.experiment (run_config.experiment, --experiment)'): string {
+  if (EXPERIMENT_ID_PATTERN.test(name)) return name;
+  const suggestion = name
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 128);
+  throw new KvxError(
+    'KVX_LAUNCH_INPUT',
+    `${where} "${name}" is not a valid Vertex AI experiment name: it must hold 4 to 128 lower-case letters, digits and dashes, and start with a letter or digit`,
+    { hint: EXPERIMENT_ID_PATTERN.test(suggestion) ? `use "${suggestion}", or leave vertex.experiment empty to skip the Vertex AI experiment` : 'choose another name, or leave vertex.experiment empty to skip the Vertex AI experiment' },
+  );
+}
+
 const LABEL_KEY = /^[a-z][a-z0-9_-]{0,62}$/;
 const LABEL_VALUE = /^[a-z0-9_-]{0,63}$/;
 

@@ -3,6 +3,11 @@
  * AccessTokenStore (the one the fake metadata server issues from), validates create requests the way the real
  * API rejects them (Google error JSON `{"error":{"code","message","status"}}`), stores jobs, and advances each
  * job one step per GET through scripted states, so tests are deterministic without timers.
+ *
+ * It also serves the ML Metadata calls behind Vertex AI experiments (the default metadata store, its contexts,
+ * and addContextChildren), with the real API's id rules and errors. Like Vertex, it creates a job's pipeline run
+ * context (`system.PipelineRun`, id = job id) only when the job starts running, and only then reports it in
+ * `jobDetail.pipelineRunContext`.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -21,6 +26,20 @@ export interface JobOutcome {
   error?: string;
   /** Stop advancing once the job is RUNNING with its first task running (for interrupt tests). */
   stayRunning?: boolean;
+  /** Never leave QUEUED (no capacity): the job never starts, so it never gets a pipeline run context. */
+  stayQueued?: boolean;
+}
+
+export interface FakeContext {
+  id: string;
+  displayName: string;
+  description?: string;
+  schemaTitle: string;
+  schemaVersion: string;
+  metadata: Record<string, unknown>;
+  /** Context ids (in the default store) of the parents. */
+  parents: string[];
+  createTime: string;
 }
 
 export interface FakeTask {
@@ -74,6 +93,14 @@ export interface FakeVertex {
   failNextCreate: GoogleErrorSpec | undefined;
   /** Pipeline templates served at `${url}/kfp/...`, by full URI. */
   templates: Map<string, string>;
+  /** Contexts of the default metadata store, by id. */
+  contexts: Map<string, FakeContext>;
+  /** Whether the project's default metadata store exists (a project that never used Vertex metadata has none). */
+  metadataStoreExists: boolean;
+  /** IAM permissions the caller lacks, e.g. `aiplatform.contexts.create`: those calls get PERMISSION_DENIED. */
+  denied: Set<string>;
+  /** Full resource name of a context in the default store. */
+  contextName(id: string): string;
   close(): Promise<void>;
 }
 
@@ -95,6 +122,12 @@ class GoogleError extends Error {
 
 const invalid = (message: string) => new GoogleError(400, 'INVALID_ARGUMENT', message);
 
+/** CreateContextRequest.context_id: 4-128 characters of [a-z0-9-]. */
+const CONTEXT_ID = /^[a-z0-9-]{4,128}$/;
+/** System schemas registered in every metadata store. */
+const SYSTEM_SCHEMAS = new Set(['system.Experiment', 'system.ExperimentRun', 'system.PipelineRun', 'system.Pipeline', 'system.Run']);
+const MAX_PARENT_CONTEXTS = 10;
+
 export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeVertex> {
   const region = options.region ?? 'europe-west4';
   const projectId = options.projectId ?? 'my-project';
@@ -112,8 +145,14 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     nextOutcome: undefined,
     failNextCreate: undefined,
     templates: new Map(),
+    contexts: new Map(),
+    metadataStoreExists: true,
+    denied: new Set(),
+    contextName: (id: string) => `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/${id}`,
     close: async () => {},
   };
+  let operationSeq = 0;
+  const operations = new Map<string, { polls: number }>();
 
   const jobName = (id: string) => `projects/${projectNumber}/locations/${region}/pipelineJobs/${id}`;
   const iso = (job: FakeJob, step: number) => new Date(Date.parse(job.createTime) + step * 1000).toISOString();
@@ -243,6 +282,13 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       return;
     }
     if (job.state === 'PIPELINE_STATE_QUEUED') {
+      if (job.outcome.stayQueued) {
+        job.step--;
+        return;
+      }
+      if (fake.metadataStoreExists && !fake.contexts.has(job.id)) {
+        fake.contexts.set(job.id, { id: job.id, displayName: job.id, schemaTitle: 'system.PipelineRun', schemaVersion: '0.0.1', metadata: {}, parents: [], createTime: now });
+      }
       job.state = 'PIPELINE_STATE_RUNNING';
       job.startTime = now;
       const pipelineName = String(((job.body['pipelineSpec'] as { pipelineInfo?: { name?: string } } | undefined)?.pipelineInfo?.name) ?? 'pipeline');
@@ -303,11 +349,144 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     if (job.tasks.length > 0) {
       out['jobDetail'] = {
         pipelineContext: { name: `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/pipeline` },
-        pipelineRunContext: { name: `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/${job.id}` },
+        ...(fake.contexts.get(job.id)?.schemaTitle === 'system.PipelineRun' ? { pipelineRunContext: contextJson(fake.contexts.get(job.id)!) } : {}),
         taskDetails: job.tasks.map((t) => ({ ...t })),
       };
     }
     return out;
+  }
+
+  function contextJson(c: FakeContext): Record<string, unknown> {
+    const out: Record<string, unknown> = {
+      name: fake.contextName(c.id),
+      displayName: c.displayName,
+      etag: String(c.parents.length + 1),
+      createTime: c.createTime,
+      updateTime: c.createTime,
+      schemaTitle: c.schemaTitle,
+      schemaVersion: c.schemaVersion,
+      metadata: c.metadata,
+    };
+    if (c.description !== undefined) out['description'] = c.description;
+    if (c.parents.length > 0) out['parentContexts'] = c.parents.map((p) => fake.contextName(p));
+    return out;
+  }
+
+  function allow(permission: string, resource: string): void {
+    if (fake.denied.has(permission)) {
+      throw new GoogleError(403, 'PERMISSION_DENIED', `Permission '${permission}' denied on resource '//aiplatform.googleapis.com/${resource}' (or it may not exist).`);
+    }
+  }
+
+  function jsonBody(req: http.IncomingMessage, body: string): Record<string, unknown> {
+    if ((req.headers['content-type'] ?? '').split(';')[0] !== 'application/json') throw invalid('Content-Type must be application/json.');
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(body);
+    } catch {
+      throw invalid('Invalid JSON payload received.');
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid('Invalid JSON payload received. Expected an object.');
+    return parsed as Record<string, unknown>;
+  }
+
+  /** The default store, or NOT_FOUND as Vertex answers for a store that does not exist. */
+  function store(project: string, location: string, id: string, permission: string): string {
+    checkParent(project, location, permission);
+    const name = `projects/${projectNumber}/locations/${region}/metadataStores/${id}`;
+    allow(permission, name);
+    if (id !== 'default' || !fake.metadataStoreExists) throw new GoogleError(404, 'NOT_FOUND', `MetadataStore ${name} is not found.`);
+    return name;
+  }
+
+  /** A context resource name in a request → its id in the default store, or INVALID_ARGUMENT. */
+  function contextIdOf(name: unknown): string {
+    const m = typeof name === 'string' ? /^projects\/([^/]+)\/locations\/([^/]+)\/metadataStores\/([^/]+)\/contexts\/([^/]+)$/.exec(name) : null;
+    if (m === null || (m[1] !== projectId && m[1] !== projectNumber) || m[2] !== region || m[3] !== 'default') {
+      throw invalid(`Invalid child context name "${String(name)}": expected projects/{project}/locations/${region}/metadataStores/default/contexts/{context}.`);
+    }
+    return m[4]!;
+  }
+
+  function handleMetadata(req: http.IncomingMessage, u: URL, method: string, body: string): { status: number; json: unknown } | undefined {
+    const base = '^/v1/projects/([^/]+)/locations/([^/]+)';
+    let m = new RegExp(`${base}/metadataStores$`).exec(u.pathname);
+    if (m !== null && method === 'POST') {
+      checkParent(m[1]!, m[2]!, 'aiplatform.metadataStores.create');
+      allow('aiplatform.metadataStores.create', `projects/${m[1]}/locations/${m[2]}`);
+      jsonBody(req, body);
+      const id = u.searchParams.get('metadataStoreId') ?? 'default';
+      if (id !== 'default') throw invalid('The fake only knows the default metadata store.');
+      if (fake.metadataStoreExists) throw new GoogleError(409, 'ALREADY_EXISTS', `MetadataStore projects/${projectNumber}/locations/${region}/metadataStores/default already exists.`);
+      const op = `projects/${projectNumber}/locations/${region}/operations/${++operationSeq}`;
+      operations.set(op, { polls: 0 });
+      return { status: 200, json: { name: op, metadata: { '@type': 'type.googleapis.com/google.cloud.aiplatform.v1.CreateMetadataStoreOperationMetadata' } } };
+    }
+    m = new RegExp(`${base}/operations/([^/]+)$`).exec(u.pathname);
+    if (m !== null && method === 'GET') {
+      checkParent(m[1]!, m[2]!, 'aiplatform.operations.get');
+      const name = `projects/${projectNumber}/locations/${region}/operations/${m[3]}`;
+      const op = operations.get(name);
+      if (op === undefined) throw new GoogleError(404, 'NOT_FOUND', `Operation ${name} is not found.`);
+      // The create answered not-done; the store exists from the first look at the operation on.
+      op.polls++;
+      fake.metadataStoreExists = true;
+      return { status: 200, json: { name, done: true, response: { '@type': 'type.googleapis.com/google.cloud.aiplatform.v1.MetadataStore', name: `projects/${projectNumber}/locations/${region}/metadataStores/default` } } };
+    }
+    m = new RegExp(`${base}/metadataStores/([^/]+)$`).exec(u.pathname);
+    if (m !== null && method === 'GET') {
+      const name = store(m[1]!, m[2]!, m[3]!, 'aiplatform.metadataStores.get');
+      return { status: 200, json: { name, createTime: '2024-01-01T00:00:00Z', state: {} } };
+    }
+    m = new RegExp(`${base}/metadataStores/([^/]+)/contexts$`).exec(u.pathname);
+    if (m !== null && method === 'POST') {
+      store(m[1]!, m[2]!, m[3]!, 'aiplatform.contexts.create');
+      const parsed = jsonBody(req, body);
+      const id = u.searchParams.get('contextId') ?? `ctx-${++operationSeq}`;
+      if (!CONTEXT_ID.test(id)) throw invalid(`Invalid context id "${id}": it must be 4-128 characters of [a-z0-9-].`);
+      const title = parsed['schemaTitle'];
+      const version = parsed['schemaVersion'];
+      if (typeof title !== 'string' || title === '') throw invalid('context.schema_title is required.');
+      if (!SYSTEM_SCHEMAS.has(title)) throw invalid(`Schema ${title} is not registered in MetadataStore default.`);
+      if (typeof version !== 'string' || !/^\d+\.\d+\.\d+$/.test(version)) throw invalid(`context.schema_version "${String(version)}" must be a version like 0.0.1.`);
+      const displayName = parsed['displayName'];
+      if (displayName !== undefined && (typeof displayName !== 'string' || displayName.length > 128)) throw invalid('context.display_name must be a string of at most 128 characters.');
+      const metadata = parsed['metadata'] ?? {};
+      if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw invalid('context.metadata must be a struct.');
+      if (parsed['parentContexts'] !== undefined) throw invalid('context.parent_contexts is output only; use AddContextChildren.');
+      if (fake.contexts.has(id)) throw new GoogleError(409, 'ALREADY_EXISTS', `Context ${fake.contextName(id)} already exists.`);
+      const c: FakeContext = { id, displayName: typeof displayName === 'string' ? displayName : id, schemaTitle: title, schemaVersion: version, metadata: metadata as Record<string, unknown>, parents: [], createTime: new Date().toISOString() };
+      if (typeof parsed['description'] === 'string') c.description = parsed['description'];
+      fake.contexts.set(id, c);
+      return { status: 200, json: contextJson(c) };
+    }
+    m = new RegExp(`${base}/metadataStores/([^/]+)/contexts/([^/:]+)(:addContextChildren)?$`).exec(u.pathname);
+    if (m !== null) {
+      const add = m[5] !== undefined;
+      if ((add && method !== 'POST') || (!add && method !== 'GET')) return undefined;
+      store(m[1]!, m[2]!, m[3]!, add ? 'aiplatform.contexts.addContextChildren' : 'aiplatform.contexts.get');
+      const id = decodeURIComponent(m[4]!);
+      const parent = fake.contexts.get(id);
+      if (parent === undefined) throw new GoogleError(404, 'NOT_FOUND', `Context ${fake.contextName(id)} is not found.`);
+      if (!add) return { status: 200, json: contextJson(parent) };
+      const parsed = jsonBody(req, body);
+      const children = parsed['childContexts'] ?? [];
+      if (!Array.isArray(children)) throw invalid('child_contexts must be a list of context names.');
+      const childIds = children.map(contextIdOf);
+      for (const childId of childIds) {
+        const child = fake.contexts.get(childId);
+        if (child === undefined) throw new GoogleError(404, 'NOT_FOUND', `Context ${fake.contextName(childId)} is not found.`);
+        if (childId === id) throw invalid(`Context ${fake.contextName(id)} cannot be its own child.`);
+        if (parent.parents.includes(childId)) throw invalid(`Adding ${fake.contextName(childId)} as a child of ${fake.contextName(id)} would create a cycle.`);
+        if (!child.parents.includes(id) && child.parents.length >= MAX_PARENT_CONTEXTS) throw invalid(`Context ${fake.contextName(childId)} already has ${MAX_PARENT_CONTEXTS} parent contexts.`);
+      }
+      for (const childId of childIds) {
+        const child = fake.contexts.get(childId)!;
+        if (!child.parents.includes(id)) child.parents.push(id);
+      }
+      return { status: 200, json: {} };
+    }
+    return undefined;
   }
 
   async function handle(req: http.IncomingMessage, body: string): Promise<{ status: number; json?: unknown; text?: string }> {
@@ -327,6 +506,10 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       const text = fake.templates.get(`${url}${u.pathname}`);
       if (text === undefined) throw new GoogleError(404, 'NOT_FOUND', 'Requested entity was not found.');
       return { status: 200, text };
+    }
+    if (u.pathname.includes('/metadataStores') || u.pathname.includes('/operations/')) {
+      const answer = handleMetadata(req, u, method, body);
+      if (answer !== undefined) return answer;
     }
     const collection = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/pipelineJobs$/.exec(u.pathname);
     if (collection !== null && method === 'POST') {
