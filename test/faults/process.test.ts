@@ -30,7 +30,10 @@ describe('faults: process', function () {
   });
 
   it('SIGTERM with requests in flight: they finish, new connections are refused, exit 0 within server.shutdownTimeoutMs', async () => {
-    const h = await Harness.start({ label: 'faults-sigterm', env: { KVX_SERVER_SHUTDOWN_TIMEOUT_MS: '8000' } });
+    const h = await Harness.start({
+      label: 'faults-sigterm',
+      env: { KVX_SERVER_SHUTDOWN_TIMEOUT_MS: '8000', KVX_UPSTREAM_HEADERS_TIMEOUT_MS: '20000', KVX_UPSTREAM_IDLE_TIMEOUT_MS: '20000' },
+    });
     cleanups.push(() => h.stop());
     const release: (() => void)[] = [];
     h.upstream.behaviour = (req, res) => {
@@ -39,27 +42,44 @@ describe('faults: process', function () {
       release.push(() => res.end(JSON.stringify({ path: req.url })));
       return true;
     };
+    const t0 = Date.now();
+    const events: string[] = [];
     const inFlight = Array.from({ length: 10 }, (_, i) =>
-      request(h.url, `/slow/${i}`, i % 2 ? { method: 'POST', body: Buffer.alloc(200_000, i), headers: { 'content-type': 'application/octet-stream' } } : {}),
+      request(h.url, `/slow/${i}`, i % 2 ? { method: 'POST', body: Buffer.alloc(200_000, i), headers: { 'content-type': 'application/octet-stream' } } : {}).catch((err: Error) => {
+        events.push(`#${i} ${err.message} at ${Date.now() - t0}`);
+        throw err;
+      }),
     );
     await pollUntil(() => release.length, (n) => n === 10, 5000);
-    // An idle keep-alive client too: it must be let go, not wait out the deadline.
+    // An idle keep-alive client too (one answered request, connection kept): it is let go at once.
     const idle = net.connect(h.proxy.port, '127.0.0.1');
-    const idleClosed = new Promise<void>((r) => idle.on('close', () => r()));
     idle.on('error', () => {});
-    await new Promise<void>((r) => idle.on('connect', () => r()));
+    const idleClosed = new Promise<void>((r) => idle.on('close', () => r()));
+    const firstAnswer = new Promise<void>((r) => idle.once('data', () => r()));
+    idle.write('GET /bytes/10 HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    await firstAnswer;
+    await new Promise((r) => setTimeout(r, 50)); // let the server finish the answer and mark the connection idle
 
+    events.push(`SIGTERM at ${Date.now() - t0}`);
     h.proxy.signal('SIGTERM');
     await h.proxy.waitForLog((l) => l.msg === 'shutting down: no new connections; waiting for in-flight requests');
+    events.push(`drain logged at ${Date.now() - t0}`);
     expect(await connectOutcome(h.proxy.port), 'a new connection during the drain').to.equal('ECONNREFUSED');
+    events.push(`refused at ${Date.now() - t0}`);
     const readyz = await request(h.proxy.adminUrl, '/readyz');
     expect(readyz.status).to.equal(503);
     expect(JSON.parse(readyz.text)).to.include({ status: 'draining' });
+    events.push(`readyz at ${Date.now() - t0}`);
     await idleClosed;
+    events.push(`idle closed at ${Date.now() - t0}`);
     expect(h.proxy.alive, 'exited while requests were in flight').to.equal(true);
 
+    const releasedAt = Date.now();
     for (const r of release) r();
-    const answers = await Promise.all(inFlight);
+    const settled = await Promise.allSettled(inFlight);
+    const broken = settled.flatMap((s, i) => (s.status === 'rejected' ? [`#${i}: ${String(s.reason)} after ${Date.now() - releasedAt} ms, exit ${JSON.stringify(h.proxy.exit)}`] : []));
+    expect(broken, `${events.join('; ')} in-flight requests broken by the drain; proxy log:\n${h.proxy.stdout}`).to.deep.equal([]);
+    const answers = settled.map((s) => (s as PromiseFulfilledResult<Awaited<(typeof inFlight)[number]>>).value);
     answers.forEach((a, i) => {
       expect(a.status).to.equal(200);
       expect(JSON.parse(a.text)).to.deep.equal({ path: `/slow/${i}` });

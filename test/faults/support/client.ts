@@ -41,7 +41,7 @@ export function request(base: string, path: string, options: RequestOptions = {}
         res.on('end', () => {
           const body = Buffer.concat(chunks);
           const answer = { status: res.statusCode ?? 0, headers: res.headers, body, text: body.length < 1_000_000 ? body.toString('utf8') : '' };
-          if (answer.status >= 300 || res.headers['x-kvx-error']) record('body', `${options.method ?? 'GET'} ${path}`, answer.text);
+          if (body.length < 256 * 1024) record('body', `${options.method ?? 'GET'} ${path}`, answer.text);
           resolve(answer);
         });
         res.on('error', reject);
