@@ -105,6 +105,23 @@ function writeEntry(workDir, programs) {
   return file;
 }
 
+/**
+ * The sources load heavy modules on first use with `createRequire(import.meta.url)('x')`, which esbuild cannot
+ * follow (and which would look for node_modules beside the executable at run time). In the bundle that becomes a
+ * plain `require('x')`: esbuild then bundles the module and still runs it only on first use.
+ */
+const bundleLazyRequires = {
+  name: 'bundle-lazy-requires',
+  setup(build) {
+    build.onLoad({ filter: /[\\/]src[\\/].*\.ts$/ }, async (args) => {
+      const { readFile } = await import('node:fs/promises');
+      const source = await readFile(args.path, 'utf8');
+      if (!source.includes('createRequire(import.meta.url)')) return undefined;
+      return { contents: source.replaceAll('createRequire(import.meta.url)', 'require'), loader: 'ts' };
+    });
+  },
+};
+
 async function bundle(entry, outfile) {
   const esbuild = await import('esbuild');
   const result = await esbuild.build({
@@ -122,6 +139,7 @@ async function bundle(entry, outfile) {
     // false (the dispatcher calls main), which an empty import.meta gives.
     logOverride: { 'empty-import-meta': 'silent' },
     metafile: true,
+    plugins: [bundleLazyRequires],
   });
   if (result.errors.length > 0) throw new Error('esbuild failed');
   return result;

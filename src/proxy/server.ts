@@ -21,11 +21,11 @@ import { ProxyMetrics } from './metrics.js';
  * exec-wrapped pipeline step pays each time. The proxy needs only Pool.
  */
 function loadPool(): typeof UndiciPool {
-  const require = createRequire(import.meta.url);
+  // Written as `createRequire(import.meta.url)(...)` each time: the standalone build rewrites exactly that form.
   try {
-    return require('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+    return createRequire(import.meta.url)('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
   } catch {
-    return (require('undici') as { Pool: typeof UndiciPool }).Pool;
+    return (createRequire(import.meta.url)('undici') as { Pool: typeof UndiciPool }).Pool;
   }
 }
 const Pool = loadPool();
