@@ -10,12 +10,14 @@
  *   npm run soak -- --duration 60 --requests 50000 --concurrency 32
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { startFakeMlflow } from '../fakes/mlflow-server.js';
 import type { FakeMlflow } from '../fakes/mlflow-server.js';
 import { startCredWorld } from '../faults/support/google.js';
-import { spawnProxy } from '../faults/support/proxy-process.js';
+import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
 import { findLeaks, record, transcriptStats } from '../faults/support/transcript.js';
 
@@ -70,6 +72,7 @@ interface Sample {
   lagP99: number;
   lagMax: number;
   inFlight: number;
+  heapUsed: number;
 }
 
 /** Artifact slots: fixed path, size and content, so any GET can be checked and disk use stays bounded. */
@@ -182,11 +185,13 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
       lagP99: metricValue(text, 'kvx_nodejs_eventloop_lag_p99_seconds'),
       lagMax: metricValue(text, 'kvx_nodejs_eventloop_lag_max_seconds'),
       inFlight: metricValue(text, 'kvx_requests_in_flight'),
+      heapUsed: metricValue(text, 'kvx_nodejs_heap_size_used_bytes'),
     });
   };
   await sampleOnce();
   const sampler = setInterval(() => void sampleOnce().then(fold), opts.sampleMs);
 
+  const loadBefore = readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
   const outcomes: Outcome[] = [];
   const mintedBefore = world.issuer.minted;
   const started = performance.now();
@@ -236,9 +241,16 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
   };
   await Promise.all(Array.from({ length: opts.concurrency }, (_, w) => worker(w)));
   const elapsedS = (performance.now() - started) / 1000;
+  const loadAfter = readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
   clearInterval(sampler);
   await sampleOnce();
   agent.destroy();
+  // With the clients gone, every client connection must be released.
+  const clientsLeft = await pollUntil(
+    () => proxy.connections().clients.length,
+    (n) => n === 0,
+    5000,
+  );
   // Upstream records land when the fake finishes each answer; give the last ones a moment.
   await new Promise((r) => setTimeout(r, 200));
   fold();
@@ -278,6 +290,9 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
   const fdEarly = median(steady.slice(0, quarter).map((s) => s.fds));
   const fdLate = median(steady.slice(-quarter).map((s) => s.fds));
   if (fdLate > fdEarly + opts.concurrency) problems.push(`open fds grew from ${fdEarly} to ${fdLate}`);
+  if (clientsLeft > 0) problems.push(`${clientsLeft} client connections still open after the clients left`);
+  const heapEarly = median(steady.slice(0, quarter).map((s) => s.heapUsed));
+  const heapLate = median(steady.slice(-quarter).map((s) => s.heapUsed));
   const leaks = findLeaks();
   if (leaks.length > 0) problems.push(`secrets in output: ${JSON.stringify(leaks.slice(0, 3))}`);
   const logged = proxy.requestLogs().filter((l) => String(l['id']).startsWith('soak-')).length;
@@ -289,6 +304,7 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
   const failed = outcomes.filter((o) => o.status < 200 || o.status >= 300).length;
   const rows: [string, string][] = [
     ['run', `${opts.label}: ${elapsedS.toFixed(0)} s, ${opts.concurrency} keep-alive connections, limit ${opts.requests} requests / ${opts.durationS} s`],
+    ['machine', `${cpus().length} CPUs, load average ${loadBefore} → ${loadAfter} (load generator, fakes and proxy share it)`],
     ['requests', `${outcomes.length} (${(outcomes.length / elapsedS).toFixed(0)}/s): ${ops}`],
     ['succeeded / failed', `${outcomes.length - failed} / ${failed}${failed ? ` (${[...byStatus].filter(([s]) => s < 200 || s >= 300).map(([s, c]) => `${s}×${c}`).join(', ')})` : ''}`],
     ['processed exactly once (succeeded)', `${outcomes.filter((o) => o.status >= 200 && o.status < 300 && processed.get(o.id)?.count === 1).length} of ${outcomes.length - failed}`],
@@ -296,8 +312,10 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
     ['tokens', `${tokensMinted} ID tokens minted (lifetime ${opts.tokenLifetimeS} s, refreshed ${opts.refreshBeforeS} s early); 401s to clients: ${unauthorized}; gate rejections: ${gateRejections}`],
     ['latency (client)', `p50 ${pct(lat, 0.5).toFixed(1)} ms, p99 ${pct(lat, 0.99).toFixed(1)} ms, max ${lat.at(-1)?.toFixed(0) ?? 0} ms`],
     ['proxy RSS', `start ${mb(samples[0]!.rss)} MB, steady early ${mb(rssEarly)} MB, late ${mb(rssLate)} MB, max ${mb(Math.max(...samples.map((s) => s.rss)))} MB`],
+    ['proxy RSS over the run', trend(steady.map((s) => s.rss)).map((v) => mb(v)).join(' → ') + ' MB'],
+    ['proxy V8 heap used', `steady early ${mb(heapEarly)} MB, late ${mb(heapLate)} MB`],
     ['proxy open fds', `start ${samples[0]!.fds}, steady early ${fdEarly}, late ${fdLate}, max ${Math.max(...samples.map((s) => s.fds))}, end ${samples.at(-1)!.fds}`],
-    ['proxy TCP connections', `max ${tcpMax} (clients + upstream pool + token endpoints)`],
+    ['proxy TCP connections', `max ${tcpMax} (clients + upstream pool + token endpoints); client connections after the clients left: ${clientsLeft}`],
     ['event-loop delay (proxy)', `p99 median ${ms(median(steady.map((s) => s.lagP99)))} ms, p99 max ${ms(Math.max(...steady.map((s) => s.lagP99)))} ms, max ${ms(Math.max(...steady.map((s) => s.lagMax)))} ms`],
     ['secrets in logs, bodies, metrics', `${leaks.length} (${logged} request log lines, ${transcriptStats().metrics} metrics pages searched)`],
     ['verdict', problems.length === 0 ? 'PASS' : `FAIL (${problems.length} problems)`],
@@ -310,6 +328,14 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
     return 1;
   }
   return 0;
+}
+
+/** Ten evenly spaced medians: the shape of a series. */
+function trend(values: number[]): number[] {
+  const out: number[] = [];
+  const step = Math.max(1, Math.ceil(values.length / 10));
+  for (let i = 0; i + step <= values.length; i += step) out.push(median(values.slice(i, i + step)));
+  return out;
 }
 
 function fetchText(url: string): Promise<string> {
