@@ -73,6 +73,7 @@ interface Sample {
   lagMax: number;
   inFlight: number;
   heapUsed: number;
+  external: number;
 }
 
 /** Artifact slots: fixed path, size and content, so any GET can be checked and disk use stays bounded. */
@@ -186,6 +187,7 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
       lagMax: metricValue(text, 'kvx_nodejs_eventloop_lag_max_seconds'),
       inFlight: metricValue(text, 'kvx_requests_in_flight'),
       heapUsed: metricValue(text, 'kvx_nodejs_heap_size_used_bytes'),
+      external: metricValue(text, 'kvx_nodejs_external_memory_bytes'),
     });
   };
   await sampleOnce();
@@ -313,7 +315,7 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
     ['latency (client)', `p50 ${pct(lat, 0.5).toFixed(1)} ms, p99 ${pct(lat, 0.99).toFixed(1)} ms, max ${lat.at(-1)?.toFixed(0) ?? 0} ms`],
     ['proxy RSS', `start ${mb(samples[0]!.rss)} MB, steady early ${mb(rssEarly)} MB, late ${mb(rssLate)} MB, max ${mb(Math.max(...samples.map((s) => s.rss)))} MB`],
     ['proxy RSS over the run', trend(steady.map((s) => s.rss)).map((v) => mb(v)).join(' → ') + ' MB'],
-    ['proxy V8 heap used', `steady early ${mb(heapEarly)} MB, late ${mb(heapLate)} MB`],
+    ['proxy V8 heap used / external', `steady early ${mb(heapEarly)} / ${mb(median(steady.slice(0, quarter).map((s) => s.external)))} MB, late ${mb(heapLate)} / ${mb(median(steady.slice(-quarter).map((s) => s.external)))} MB`],
     ['proxy open fds', `start ${samples[0]!.fds}, steady early ${fdEarly}, late ${fdLate}, max ${Math.max(...samples.map((s) => s.fds))}, end ${samples.at(-1)!.fds}`],
     ['proxy TCP connections', `max ${tcpMax} (clients + upstream pool + token endpoints); client connections after the clients left: ${clientsLeft}`],
     ['event-loop delay (proxy)', `p99 median ${ms(median(steady.map((s) => s.lagP99)))} ms, p99 max ${ms(Math.max(...steady.map((s) => s.lagP99)))} ms, max ${ms(Math.max(...steady.map((s) => s.lagMax)))} ms`],
