@@ -176,6 +176,30 @@ describe('faults: Google credentials', function () {
       });
     }
 
+    it('upstream answers 401 on every call: one refresh and one replay for a small request, none for a streamed upload; the 401 then reaches the client unchanged', async () => {
+      h.upstream.behaviour = (req, res) => {
+        req.resume();
+        req.on('end', () => {
+          res.writeHead(401, { 'content-type': 'text/plain', 'x-goog-iap-generated-response': 'true' });
+          res.end('Invalid IAP credentials: JWT audience doesn\'t match this application');
+        });
+        return true;
+      };
+      const replaysBefore = await h.metric('kvx_auth_replays_total');
+      for (let i = 0; i < 5; i++) {
+        const a = await request(h.url, '/api/2.0/mlflow/runs/log-batch', { method: 'POST', body: '{"run_id":"r","metrics":[]}', headers: { 'content-type': 'application/json', 'x-request-id': `g401-${i}` } });
+        expect(a.status).to.equal(401);
+        expect(a.headers['x-kvx-error']).to.equal(undefined);
+        expect(a.text).to.include('Invalid IAP credentials');
+        expect(h.upstream.byId(`g401-${i}`), 'the original and exactly one replay').to.have.length(2);
+      }
+      expect(await h.metric('kvx_auth_replays_total')).to.equal(replaysBefore + 5);
+      const upload = await request(h.url, '/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/big.bin', { method: 'PUT', body: Buffer.alloc(2 * 1024 * 1024, 3), headers: { 'x-request-id': 'g401-upload' } });
+      expect(upload.status).to.equal(401);
+      expect(h.upstream.byId('g401-upload'), 'a streamed upload is never replayed').to.have.length(1);
+      await h.assertHealthy('after 401 on every call');
+    });
+
     it('Google clock 2 h ahead (the proxy clock jumped back): upstream rejects the held token as expired, one refresh and replay, no 401 reaches clients', async () => {
       const replaysBefore = await h.metric('kvx_auth_replays_total', { result: 'success' });
       world.issuer.offsetSeconds = 7200;
