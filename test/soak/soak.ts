@@ -6,7 +6,7 @@
  * MLflow's error shape. RSS, fds, sockets and event-loop delay are sampled throughout.
  *
  *   npm run soak                  # full: 180 s or 150 000 requests, 48 connections
- *   npm run soak -- --short       # CI: 20 s or 4 000 requests, 16 connections (also KVX_SOAK_SHORT=1)
+ *   npm run soak -- --short       # CI: 15 s or 20 000 requests, 16 connections (also KVX_SOAK_SHORT=1)
  *   npm run soak -- --duration 60 --requests 50000 --concurrency 32
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -34,7 +34,7 @@ interface Options {
 function parseOptions(argv: string[]): Options {
   const short = argv.includes('--short') || process.env['KVX_SOAK_SHORT'] === '1';
   const opts: Options = short
-    ? { durationS: 20, requests: 4000, concurrency: 16, tokenLifetimeS: 5, refreshBeforeS: 2, sampleMs: 500, label: 'short' }
+    ? { durationS: 15, requests: 20_000, concurrency: 16, tokenLifetimeS: 5, refreshBeforeS: 2, sampleMs: 500, label: 'short' }
     : { durationS: 180, requests: 150_000, concurrency: 48, tokenLifetimeS: 20, refreshBeforeS: 5, sampleMs: 1000, label: 'full' };
   const num = (flag: string): number | undefined => {
     const i = argv.indexOf(flag);
