@@ -64,6 +64,36 @@ export interface FindOptions {
   fetchTimeoutMs?: number;
 }
 
+/**
+ * Application Default Credentials looked up once per provider and kept. A failed look-up is not kept: a user
+ * who logs in or attaches a service account while the provider backs off is found on the next attempt.
+ */
+export class CredentialsLookup {
+  private pending: Promise<SourceCredentials> | undefined;
+
+  constructor(
+    private readonly provider: string,
+    private readonly options: FindOptions,
+  ) {}
+
+  get(): Promise<SourceCredentials> {
+    return (this.pending ??= findCredentials(this.options).then(
+      (source) => {
+        this.options.logger.info('Google credentials found', { provider: this.provider, source: source.info.description, identity: source.info.identity });
+        return source;
+      },
+      (err: unknown) => {
+        this.pending = undefined;
+        throw err;
+      },
+    ));
+  }
+
+  close(): void {
+    this.pending?.then((s) => s.close()).catch(() => {});
+  }
+}
+
 /** Finds Application Default Credentials; throws TokenFetchError with set-up help when there are none. */
 export async function findCredentials(options: FindOptions): Promise<SourceCredentials> {
   const { env } = options;

@@ -2,8 +2,8 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, findCredentials, googleCall, googleError, oneLine, parseJson } from './google-credentials.js';
-import type { CredentialsInfo, GoogleAnswer, SourceCredentials } from './google-credentials.js';
+import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, CredentialsLookup, googleCall, googleError, oneLine, parseJson } from './google-credentials.js';
+import type { CredentialsInfo, GoogleAnswer } from './google-credentials.js';
 import { TokenFetchError, TokenProvider, idToken } from './token-cache.js';
 import type { Token, TokenProviderOptions } from './token-cache.js';
 
@@ -17,7 +17,7 @@ export class GoogleIamProvider extends TokenProvider {
   readonly audience: string;
   readonly serviceAccount: string;
   private readonly delegates: string[];
-  private source: Promise<SourceCredentials> | undefined;
+  private readonly lookup: CredentialsLookup;
 
   constructor(
     plan: ProviderPlan,
@@ -25,6 +25,8 @@ export class GoogleIamProvider extends TokenProvider {
     options: TokenProviderOptions = {},
   ) {
     super('google-iam', context, options);
+    const { auth } = context.config;
+    this.lookup = new CredentialsLookup('google-iam', { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
     this.audience = String(plan.params['client_id']);
     this.serviceAccount = String(plan.params['service_account']);
     this.delegates = delegatesOf(plan.params['delegates']);
@@ -32,11 +34,11 @@ export class GoogleIamProvider extends TokenProvider {
 
   /** Where the source credentials come from; rejects with set-up help when there are none. */
   async credentialsInfo(): Promise<CredentialsInfo> {
-    return (await this.credentials()).info;
+    return (await this.lookup.get()).info;
   }
 
   protected async fetchToken(signal: AbortSignal): Promise<Token> {
-    const source = await this.credentials();
+    const source = await this.lookup.get();
     let access = await source.accessToken(signal);
     let answer = await this.generateIdToken(access.value, signal);
     if (answer.status === 401) {
@@ -49,27 +51,6 @@ export class GoogleIamProvider extends TokenProvider {
     const json = parseJson(answer, 'IAM Credentials');
     if (typeof json['token'] !== 'string') throw new TokenFetchError(`IAM Credentials answered without a token: ${oneLine(answer.text)}`);
     return audienceOf(idToken(json['token'], this.serviceAccount), this.audience, 'IAM Credentials');
-  }
-
-  private credentials(): Promise<SourceCredentials> {
-    const { auth } = this.context.config;
-    this.source ??= findCredentials({
-      env: this.context.env,
-      endpoints: auth.endpoints,
-      logger: this.context.logger,
-      fetchTimeoutMs: auth.tokenFetchTimeoutMs,
-    }).then(
-      (source) => {
-        this.context.logger.info('Google credentials found', { provider: this.name, source: source.info.description, identity: source.info.identity });
-        return source;
-      },
-      (err: unknown) => {
-        // Not cached: the user may log in or attach a service account while we back off.
-        this.source = undefined;
-        throw err;
-      },
-    );
-    return this.source;
   }
 
   private generateIdToken(accessToken: string, signal: AbortSignal): Promise<GoogleAnswer> {
@@ -127,7 +108,7 @@ export class GoogleIamProvider extends TokenProvider {
 
   override close(): void {
     super.close();
-    this.source?.then((s) => s.close()).catch(() => {});
+    this.lookup.close();
   }
 }
 

@@ -2,8 +2,8 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { audienceOf, clientIdProblems, findCredentials } from './google-credentials.js';
-import type { CredentialsInfo, SourceCredentials } from './google-credentials.js';
+import { audienceOf, clientIdProblems, CredentialsLookup } from './google-credentials.js';
+import type { CredentialsInfo } from './google-credentials.js';
 import { TokenFetchError, TokenProvider } from './token-cache.js';
 import type { Token, TokenProviderOptions } from './token-cache.js';
 
@@ -15,7 +15,7 @@ import type { Token, TokenProviderOptions } from './token-cache.js';
 export class GoogleOauthProvider extends TokenProvider {
   readonly name = 'google-oauth';
   readonly audience: string;
-  private source: Promise<SourceCredentials> | undefined;
+  private readonly lookup: CredentialsLookup;
 
   constructor(
     plan: ProviderPlan,
@@ -23,42 +23,24 @@ export class GoogleOauthProvider extends TokenProvider {
     options: TokenProviderOptions = {},
   ) {
     super('google-oauth', context, options);
+    const { auth } = context.config;
+    this.lookup = new CredentialsLookup('google-oauth', { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
     this.audience = String(plan.params['client_id']);
   }
 
   async credentialsInfo(): Promise<CredentialsInfo> {
-    return (await this.credentials()).info;
+    return (await this.lookup.get()).info;
   }
 
   protected async fetchToken(signal: AbortSignal): Promise<Token> {
-    const source = await this.credentials();
+    const source = await this.lookup.get();
     if (source.idToken === undefined) throw cannotMint(source.info, this.audience);
     return audienceOf(await source.idToken(this.audience, signal), this.audience, source.info.description);
   }
 
-  private credentials(): Promise<SourceCredentials> {
-    const { auth } = this.context.config;
-    this.source ??= findCredentials({
-      env: this.context.env,
-      endpoints: auth.endpoints,
-      logger: this.context.logger,
-      fetchTimeoutMs: auth.tokenFetchTimeoutMs,
-    }).then(
-      (source) => {
-        this.context.logger.info('Google credentials found', { provider: this.name, source: source.info.description, identity: source.info.identity });
-        return source;
-      },
-      (err: unknown) => {
-        this.source = undefined;
-        throw err;
-      },
-    );
-    return this.source;
-  }
-
   override close(): void {
     super.close();
-    this.source?.then((s) => s.close()).catch(() => {});
+    this.lookup.close();
   }
 }
 

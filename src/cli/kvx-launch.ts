@@ -1,7 +1,5 @@
 #!/usr/bin/env node
-import { realpathSync } from 'node:fs';
 import os from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import '../auth/index.js';
 import { HeaderInjector } from '../auth/injector.js';
@@ -27,7 +25,7 @@ import type { GoogleHeaderSource } from '../vertex/client.js';
 import { parseParamFlags } from '../vertex/params.js';
 import { loadSpecFile, parseSpec } from '../vertex/spec.js';
 import type { LoadedSpec } from '../vertex/spec.js';
-import { defaultIO, reportError } from './options.js';
+import { defaultIO, isMainModule, reportError } from './options.js';
 import type { CliIO } from './options.js';
 
 /** Seams for tests: Google credentials and an interrupt that stands in for SIGINT. */
@@ -452,14 +450,4 @@ function safeUser(): string | undefined {
   }
 }
 
-function invokedDirectly(): boolean {
-  const entry = process.argv[1];
-  if (!entry) return false;
-  try {
-    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
-  }
-}
-
-if (invokedDirectly()) void main(process.argv.slice(2));
+if (isMainModule(import.meta.url)) void main(process.argv.slice(2));

@@ -1,6 +1,4 @@
 #!/usr/bin/env node
-import { realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
@@ -12,7 +10,7 @@ import { startProxy } from '../proxy/server.js';
 import { VERSION } from '../version.js';
 import { registerExecCommand } from './exec.js';
 import { registerDoctorCommands } from './doctor.js';
-import { addConfigOptions, defaultIO, loadConfigFromOptions, reportError } from './options.js';
+import { addConfigOptions, defaultIO, isMainModule, loadConfigFromOptions, reportError } from './options.js';
 import type { CliIO } from './options.js';
 
 /**
@@ -79,14 +77,4 @@ async function serve(opts: Record<string, unknown>, io: CliIO): Promise<number> 
   });
 }
 
-function invokedDirectly(): boolean {
-  const entry = process.argv[1];
-  if (!entry) return false;
-  try {
-    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
-  }
-}
-
-if (invokedDirectly()) void main(process.argv.slice(2));
+if (isMainModule(import.meta.url)) void main(process.argv.slice(2));

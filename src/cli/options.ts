@@ -1,3 +1,5 @@
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import type { ConfigOverride, LoadedConfig } from '../config/load.js';
@@ -120,4 +122,19 @@ export function reportError(err: unknown, io: CliIO, program: string, debug: boo
   io.stderr.write(`${program}: ${errorMessage(err)}\n`);
   if (debug && err instanceof Error && err.stack) io.stderr.write(`${err.stack}\n`);
   return 1;
+}
+
+/**
+ * True when the module at `moduleUrl` is the script node was started with (not imported by a test or by the
+ * standalone executable's dispatcher, where `import.meta.url` is empty). Links are resolved, as npm's bin shims
+ * are links.
+ */
+export function isMainModule(moduleUrl: string | undefined): boolean {
+  const entry = process.argv[1];
+  if (!entry || !moduleUrl) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(moduleUrl));
+  } catch {
+    return false;
+  }
 }
