@@ -16,12 +16,16 @@ export type LogFields = Record<string, unknown>;
 export class Logger {
   private readonly rank: number;
 
+  /** The base fields, serialised once: `,"k":v,...` (empty without base fields). */
+  private readonly baseJson: string;
+
   constructor(
     readonly level: LogLevel = 'info',
     private readonly sink: LogSink = process.stdout,
     private readonly base: LogFields = {},
   ) {
     this.rank = LEVEL_RANK[level];
+    this.baseJson = appendFields('', base);
   }
 
   child(fields: LogFields): Logger {
@@ -40,6 +44,14 @@ export class Logger {
     if (this.rank <= 20) this.emit('info', msg, fields);
   }
 
+  /**
+   * For the proxy's per-request line: `fieldsJson` is already serialised as `,"key":value,...`. The caller
+   * owns escaping, so only pass values it controls or has run through JSON.stringify.
+   */
+  infoSerialized(msg: string, fieldsJson: string): void {
+    if (this.rank <= 20) this.sink.write(`{"time":"${isoNow()}","level":"info","msg":${JSON.stringify(msg)}${this.baseJson}${fieldsJson}}\n`);
+  }
+
   warn(msg: string, fields?: LogFields): void {
     if (this.rank <= 30) this.emit('warn', msg, fields);
   }
@@ -48,9 +60,52 @@ export class Logger {
     if (this.rank <= 40) this.emit('error', msg, fields);
   }
 
+  /**
+   * Builds the line as a string rather than merging objects and stringifying them with a replacer: the proxy
+   * writes one line per request, and the merge-and-replace form cost as many instructions as forwarding a
+   * small request (measured with callgrind).
+   */
   private emit(level: LogLevel, msg: string, fields?: LogFields): void {
-    const record = { time: new Date().toISOString(), level, msg, ...this.base, ...fields };
-    this.sink.write(JSON.stringify(record, errorReplacer) + '\n');
+    let line = `{"time":"${isoNow()}","level":"${level}","msg":${JSON.stringify(msg)}`;
+    if (fields === undefined) line += this.baseJson;
+    else if (this.baseJson === '') line = appendFields(line, fields);
+    else line = appendFields(line, { ...this.base, ...fields });
+    this.sink.write(line + '}\n');
+  }
+}
+
+let lastMs = 0;
+let lastIso = '';
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== lastMs) {
+    lastMs = now;
+    lastIso = new Date(now).toISOString();
+  }
+  return lastIso;
+}
+
+function appendFields(line: string, fields: LogFields): string {
+  for (const key in fields) {
+    const value = fields[key];
+    if (value === undefined || typeof value === 'function' || typeof value === 'symbol') continue;
+    line += `,${JSON.stringify(key)}:${toJson(value)}`;
+  }
+  return line;
+}
+
+function toJson(value: unknown): string {
+  switch (typeof value) {
+    case 'string':
+      return JSON.stringify(value);
+    case 'number':
+      return Number.isFinite(value) ? String(value) : 'null';
+    case 'boolean':
+      return value ? 'true' : 'false';
+    case 'bigint':
+      return `"${value}"`;
+    default:
+      return JSON.stringify(value, errorReplacer) ?? 'null';
   }
 }
 
