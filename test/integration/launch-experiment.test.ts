@@ -3,7 +3,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { VertexApiError, VertexClient, applicationDefaultCredentials } from '../../src/vertex/client.js';
 import { loadSpecFile } from '../../src/vertex/spec.js';
-import { FIXTURE, launchCli, onlyRun, startHarness, tags } from './launch-harness.js';
+import { FIXTURE, launchCli, onlyRun, startHarness, useHarness, tags } from './launch-harness.js';
 import type { Harness } from './launch-harness.js';
 
 const at = (second: number) => () => new Date(Date.UTC(2024, 4, 17, 8, 30, second));
@@ -18,20 +18,10 @@ const STORE = '/v1/projects/my-project/locations/europe-west4/metadataStores/def
 const calls = (h: Harness) => h.vertex.requests.map((r) => `${r.method} ${r.path} ${r.status}`);
 
 describe('kvx-launch run --experiment (Vertex AI experiments, end to end against the fakes)', () => {
+  const harness = useHarness();
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h.close();
-  });
-  beforeEach(async () => {
-    await h.mlflow.reset();
-    h.vertex.jobs.clear();
-    h.vertex.contexts.clear();
-    h.vertex.denied.clear();
-    h.vertex.metadataStoreExists = true;
-    h.vertex.requests.length = 0;
+  beforeEach(() => {
+    h = harness();
   });
 
   it('creates the missing experiment before the run and the job exist, then adds the job to it', async () => {

@@ -2,23 +2,17 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
 import { MlflowClient } from '../../src/mlflow/client.js';
-import { FIXTURE, MLFLOW_TOKEN, launchCli, onlyRun, startHarness, tags } from './launch-harness.js';
+import { FIXTURE, MLFLOW_TOKEN, launchCli, onlyRun, useHarness, tags } from './launch-harness.js';
 import type { Harness } from './launch-harness.js';
 
 const NOW = () => new Date(Date.UTC(2024, 4, 17, 8, 30, 5));
 const JOB_ID = 'spaceflights-20240517083005';
 
 describe('kvx-launch follow and start-run', () => {
+  const harness = useHarness();
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h.close();
-  });
-  beforeEach(async () => {
-    await h.mlflow.reset();
-    h.vertex.jobs.clear();
+  beforeEach(() => {
+    h = harness();
   });
 
   const submit = async () => {

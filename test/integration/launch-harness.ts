@@ -28,7 +28,27 @@ export interface Harness {
   dir: string;
   config: string;
   env: NodeJS.ProcessEnv;
+  /** Forget every run, job, experiment context, denied permission and recorded request. */
+  reset(): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * One harness for a describe block, reset before each test: `const harness = useHarness();` then
+ * `harness()` inside tests.
+ */
+export function useHarness(): () => Harness {
+  let h: Harness | undefined;
+  before(async () => {
+    h = await startHarness();
+  });
+  after(async () => {
+    await h?.close();
+  });
+  beforeEach(async () => {
+    await h!.reset();
+  });
+  return () => h!;
 }
 
 const ADC_ENV = ['GCE_METADATA_HOST', 'METADATA_SERVER_DETECTION', 'GOOGLE_APPLICATION_CREDENTIALS', 'CLOUDSDK_CONFIG', 'GOOGLE_CLOUD_PROJECT'] as const;
@@ -88,6 +108,14 @@ export async function startHarness(): Promise<Harness> {
     dir,
     config,
     env,
+    async reset() {
+      await mlflow.reset();
+      vertex.jobs.clear();
+      vertex.contexts.clear();
+      vertex.denied.clear();
+      vertex.metadataStoreExists = true;
+      vertex.requests.length = 0;
+    },
     async close() {
       for (const [k, v] of Object.entries(saved)) {
         if (v === undefined) delete process.env[k];

@@ -1,7 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FIXTURE, MLFLOW_TOKEN, PIPELINE_SA, launchCli, onlyRun, startHarness, tags } from './launch-harness.js';
+import { FIXTURE, MLFLOW_TOKEN, PIPELINE_SA, launchCli, onlyRun, startHarness, useHarness, tags } from './launch-harness.js';
 import type { Harness } from './launch-harness.js';
 
 const NOW = () => new Date(Date.UTC(2024, 4, 17, 8, 30, 5));
@@ -9,17 +9,10 @@ const JOB_ID = 'spaceflights-20240517083005';
 const base = (h: Harness) => ['run', FIXTURE, '-c', h.config, '--param', 'dataset=companies-v2', '--poll-interval', '0.01'];
 
 describe('kvx-launch run (end to end against the fakes)', () => {
+  const harness = useHarness();
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h.close();
-  });
-  beforeEach(async () => {
-    await h.mlflow.reset();
-    h.vertex.jobs.clear();
-    h.vertex.requests.length = 0;
+  beforeEach(() => {
+    h = harness();
   });
 
   it('creates exactly one run and one job that point at each other', async () => {
