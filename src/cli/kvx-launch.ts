@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 import os from 'node:os';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import '../auth/index.js';
 import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
 import { loadConfig } from '../config/load.js';
 import type { ConfigOverride, LoadedConfig } from '../config/load.js';
+import { AUTH_PROVIDER_TYPES } from '../config/schema.js';
 import { upstreamUrlProblem } from '../config/validate.js';
 import { ConfigError, KvxError } from '../errors.js';
 import { Logger } from '../log/logger.js';
@@ -25,7 +26,7 @@ import type { GoogleHeaderSource } from '../vertex/client.js';
 import { parseParamFlags } from '../vertex/params.js';
 import { loadSpecFile, parseSpec } from '../vertex/spec.js';
 import type { LoadedSpec } from '../vertex/spec.js';
-import { defaultIO, isMainModule, reportError } from './options.js';
+import { collect, defaultIO, isMainModule, runProgram } from './options.js';
 import type { CliIO } from './options.js';
 
 /** Seams for tests: Google credentials and an interrupt that stands in for SIGINT. */
@@ -40,7 +41,6 @@ export interface LaunchCliDeps {
 /** Exit code when following was interrupted (128 + SIGINT). */
 export const EXIT_INTERRUPTED = 130;
 
-const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 /**
  * kvx-launch's entry point. Exit codes: 0 success (with --wait / follow: the job SUCCEEDED), 1 failure (the job
@@ -108,14 +108,7 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
     code = await startRunCommand(opts, io);
   });
 
-  try {
-    await program.parseAsync(['node', 'kvx-launch', ...argv]);
-  } catch (err) {
-    if (err instanceof CommanderError) code = err.exitCode === 0 ? 0 : 2;
-    else code = reportError(err, io, 'kvx-launch', argv.includes('--debug'));
-  }
-  process.exitCode = code;
-  return code;
+  return runProgram(program, argv, io, 'kvx-launch', () => code);
 }
 
 function addCommonOptions(command: Command): Command {
@@ -125,7 +118,7 @@ function addCommonOptions(command: Command): Command {
     .option('--region <region>', 'Vertex AI region (vertex.region)')
     .option('--vertex-endpoint <url>', 'Vertex AI API base URL (vertex.endpoint)')
     .option('--tracking-uri <url>', 'MLflow server or a kvx-proxy in front of it (upstream.url); env MLFLOW_TRACKING_URI')
-    .addOption(new Option('--auth-provider <type>', 'MLflow header provider (auth.provider)').choices(['auto', 'none', 'static', 'basic', 'google-iam', 'google-oauth', 'custom']))
+    .addOption(new Option('--auth-provider <type>', 'MLflow header provider (auth.provider)').choices(AUTH_PROVIDER_TYPES))
     .option('--client-id <id>', 'IAP OAuth client id for MLflow tokens (auth.params.client_id)')
     .option('--auth-param <key=value>', 'MLflow header provider param (auth.params.<key>); repeatable', collect)
     .addOption(new Option('--log-level <level>', 'log level for the JSON logs on stderr (log.level)').choices(['debug', 'info', 'warn', 'error', 'silent']))

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, CommanderError } from 'commander';
+import { Command } from 'commander';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
 import { redactConfig } from '../config/redact.js';
@@ -10,7 +10,7 @@ import { startProxy } from '../proxy/server.js';
 import { VERSION } from '../version.js';
 import { registerExecCommand } from './exec.js';
 import { registerDoctorCommands } from './doctor.js';
-import { addConfigOptions, defaultIO, isMainModule, loadConfigFromOptions, reportError } from './options.js';
+import { addConfigOptions, defaultIO, isMainModule, loadConfigFromOptions, runProgram } from './options.js';
 import type { CliIO } from './options.js';
 
 /**
@@ -19,16 +19,7 @@ import type { CliIO } from './options.js';
  */
 export async function main(argv: readonly string[], io: CliIO = defaultIO()): Promise<number> {
   const program = buildProgram(io);
-  let code: number;
-  try {
-    await program.parseAsync(['node', 'kvx-proxy', ...argv]);
-    code = (program as unknown as { kvxExitCode?: number }).kvxExitCode ?? 0;
-  } catch (err) {
-    if (err instanceof CommanderError) code = err.exitCode === 0 ? 0 : 2;
-    else code = reportError(err, io, 'kvx-proxy', argv.includes('--debug'));
-  }
-  process.exitCode = code;
-  return code;
+  return runProgram(program, argv, io, 'kvx-proxy', () => (program as unknown as { kvxExitCode?: number }).kvxExitCode ?? 0);
 }
 
 function buildProgram(io: CliIO): Command {

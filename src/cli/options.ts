@@ -1,11 +1,12 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import { Option } from 'commander';
+import { CommanderError, Option } from 'commander';
 import type { ConfigOverride, LoadedConfig } from '../config/load.js';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
 import { loadConfig } from '../config/load.js';
+import { AUTH_PROVIDER_TYPES } from '../config/schema.js';
 import { ConfigError, KvxError, errorMessage } from '../errors.js';
 
 /** Output streams and environment, injectable so `main(argv)` is testable in-process. */
@@ -42,7 +43,8 @@ const FLAG_KEYS: Record<string, { key: string; flag: string }> = {
   logLevel: { key: 'log.level', flag: '--log-level' },
 };
 
-const collect = (value: string, previous: string[] = []) => [...previous, value];
+/** commander option parser for repeatable flags. */
+export const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 /** The options every kvx-proxy command that builds a proxy or providers accepts. */
 export function addConfigOptions(command: Command): Command {
@@ -55,7 +57,7 @@ export function addConfigOptions(command: Command): Command {
     .option('--admin-host <address>', 'admin listen address (admin.host)')
     .option('--admin-port <port>', 'admin port for /healthz, /readyz, /metrics (admin.port)')
     .option('--no-admin', 'do not open the admin listener (admin.enabled: false)')
-    .addOption(new Option('--auth-provider <type>', 'header provider (auth.provider)').choices(['auto', 'none', 'static', 'basic', 'google-iam', 'google-oauth', 'custom']))
+    .addOption(new Option('--auth-provider <type>', 'header provider (auth.provider)').choices(AUTH_PROVIDER_TYPES))
     .option('--auth-header <name>', 'header the token goes in (auth.header)')
     .option('--auth-scheme <scheme>', 'scheme before the token, "" for none (auth.scheme)')
     .option('--auth-module <path>', 'custom provider module (auth.module)')
@@ -137,4 +139,21 @@ export function isMainModule(moduleUrl: string | undefined): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Parses `argv` with `program` and turns the outcome into the exit code every kvx CLI uses: the code the
+ * command set (0 by default), 2 for usage errors commander reports, and reportError's code for the rest.
+ */
+export async function runProgram(program: Command, argv: readonly string[], io: CliIO, name: string, commandCode: () => number): Promise<number> {
+  let code: number;
+  try {
+    await program.parseAsync(['node', name, ...argv]);
+    code = commandCode();
+  } catch (err) {
+    if (err instanceof CommanderError) code = err.exitCode === 0 ? 0 : 2;
+    else code = reportError(err, io, name, argv.includes('--debug'));
+  }
+  process.exitCode = code;
+  return code;
 }
