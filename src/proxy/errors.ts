@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import type { ClientRequest } from './wire/client-connection.js';
 
 /**
  * Errors the proxy itself answers, in MLflow's error shape so the MLflow client prints the message.
@@ -8,6 +8,7 @@ export type ProxyErrorKind =
   | 'bad_request'
   | 'forbidden_target'
   | 'method_not_allowed'
+  | 'not_implemented'
   | 'upstream_unreachable'
   | 'upstream_timeout'
   | 'upstream_tls'
@@ -19,6 +20,7 @@ const STATUS: Record<ProxyErrorKind, { status: number; errorCode: string }> = {
   bad_request: { status: 400, errorCode: 'BAD_REQUEST' },
   forbidden_target: { status: 400, errorCode: 'BAD_REQUEST' },
   method_not_allowed: { status: 405, errorCode: 'BAD_REQUEST' },
+  not_implemented: { status: 501, errorCode: 'BAD_REQUEST' },
   upstream_unreachable: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   upstream_tls: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   upstream_bad_response: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
@@ -35,25 +37,33 @@ export function errorBody(kind: ProxyErrorKind, message: string): string {
   return JSON.stringify({ error_code: STATUS[kind].errorCode, message: `kvx-proxy: ${message}` });
 }
 
+const REASONS: Record<number, string> = {
+  400: 'Bad Request',
+  405: 'Method Not Allowed',
+  501: 'Not Implemented',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
+};
+
+/** Answers with the error, or breaks the connection when an answer is already under way. Returns the status. */
 export function sendProxyError(
-  res: ServerResponse,
+  response: ClientRequest,
   kind: ProxyErrorKind,
   message: string,
   extraHeaders: Record<string, string | number> = {},
 ): number {
   const status = STATUS[kind].status;
-  if (res.headersSent) {
+  if (response.headersSent) {
     // The client already has a status line; the only honest signal left is a broken connection.
-    res.destroy();
+    response.destroy();
     return status;
   }
-  const body = errorBody(kind, message);
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
-    'x-kvx-error': kind,
-    ...extraHeaders,
-  });
-  res.end(body);
+  const body = Buffer.from(errorBody(kind, message));
+  let lines = `content-type: application/json\r\ncontent-length: ${body.length}\r\nx-kvx-error: ${kind}\r\n`;
+  for (const name in extraHeaders) lines += `${name}: ${extraHeaders[name]}\r\n`;
+  response.writeHead(status, REASONS[status] ?? 'Error', lines, 'length');
+  response.write(body);
+  response.end();
   return status;
 }

@@ -1,7 +1,4 @@
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import type { Dispatcher } from 'undici';
 import type { HeaderInjector } from '../auth/injector.js';
 import type { HeaderMap } from '../auth/provider.js';
 import type { KvxConfig } from '../config/schema.js';
@@ -11,21 +8,19 @@ import type { Logger } from '../log/logger.js';
 import { safePathForLog } from '../log/logger.js';
 import { sendProxyError } from './errors.js';
 import type { ProxyErrorKind } from './errors.js';
-import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js';
+import { clientResponseHead, upstreamRequestHead } from './headers.js';
 import type { RequestHeaderPlan } from './headers.js';
 import type { ProxyMetrics } from './metrics.js';
+import type { BodySink, ClientRequest } from './wire/client-connection.js';
+import type { RequestBody, ResponseHandler, UpstreamError, UpstreamPool, UpstreamRequest } from './wire/upstream-pool.js';
 
 export interface ForwarderOptions {
   config: KvxConfig;
-  dispatcher: Dispatcher;
+  pool: UpstreamPool;
   injector: HeaderInjector;
   logger: Logger;
   metrics: ProxyMetrics;
 }
-
-/** Marks a dispatch we aborted on purpose so its error is not reported as an upstream failure. */
-class ReplayRequested extends Error {}
-class ClientGone extends Error {}
 
 /**
  * Dot segments, raw or percent-encoded, also between encoded slashes or backslashes (`..%2f`, `%5c..`): an
@@ -34,24 +29,27 @@ class ClientGone extends Error {}
 const DOT_SEGMENT = /(?:^|\/|\\|%2f|%5c)(?:\.|%2e){1,2}(?:\/|\\|%2f|%5c|\?|$)/i;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /**
- * Bodies up to this size are read whole before dispatch even when they cannot be replayed: undici sends a
- * buffer in one write, while a streamed body costs a stream pipeline per request (measured: a 25 KB log-batch
- * POST took about twice the CPU of a GET when streamed).
+ * Bodies up to this size are read whole before dispatch even when they cannot be replayed: the head and a
+ * buffered body leave in one write, where a streamed body costs a write and a callback per chunk.
  */
 const SMALL_BODY_BYTES = 64 * 1024;
-const BODYLESS_RETRY_CODES = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+/** Errors before any response byte that mean a reused keep-alive connection was closed under the request. */
+const STALE_SOCKET_CODES = new Set(['KVX_UPSTREAM_CLOSED', 'ECONNRESET', 'EPIPE']);
+/** Methods whose requests carry a body by convention: sent with Content-Length: 0 when they have none (some front ends answer 411 otherwise). */
+const BODY_EXPECTED = new Set(['POST', 'PUT', 'PATCH']);
+const NO_BODY: RequestBody = { kind: 'none' };
+const CHUNKED_STREAM: RequestBody = { kind: 'stream', chunked: true };
+const LENGTH_STREAM: RequestBody = { kind: 'stream', chunked: false };
 
 /**
- * The request path: checks the target, obtains credential headers, dispatches to upstream through undici
- * and streams the answer back with backpressure both ways. One Exchange per request carries the state.
+ * The request path: checks the target, obtains credential headers, sends the request upstream and streams
+ * the answer back with backpressure both ways. One Exchange per request carries the state.
  */
 export class Forwarder {
   readonly inFlight = new Set<Exchange>();
   draining = false;
   /** Called after every request ends; the server uses it to finish a drain promptly. */
   onExchangeDone: (() => void) | undefined;
-  /** Client sockets whose request is complete and waits on upstream for its answer. */
-  private readonly awaiting = new WeakMap<Socket, Exchange>();
   private readonly headerPlan: RequestHeaderPlan;
   private readonly prefix: string;
   private readonly upstreamBase: string;
@@ -76,27 +74,14 @@ export class Forwarder {
     this.logRequests = config.log.requests && options.logger.enabled('info');
   }
 
-  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const exchange = new Exchange(this, req, res);
+  readonly handle = (req: ClientRequest): void => {
+    const exchange = new Exchange(this, req);
     this.inFlight.add(exchange);
     exchange.start();
   };
 
-  /**
-   * Whether the client has sent its whole request and waits on upstream. Then the client is not idle by
-   * its own fault: upstream.headersTimeoutMs governs, and ends with a 504 rather than a dropped connection.
-   */
-  awaitingUpstream(socket: Socket): boolean {
-    return this.awaiting.get(socket)?.waitingForAnswer === true;
-  }
-
-  markAwaiting(socket: Socket, exchange: Exchange, waiting: boolean): void {
-    if (waiting) this.awaiting.set(socket, exchange);
-    else if (this.awaiting.get(socket) === exchange) this.awaiting.delete(socket);
-  }
-
-  nextRequestId(incoming: string | string[] | undefined): string {
-    if (typeof incoming === 'string' && REQUEST_ID.test(incoming)) return incoming;
+  nextRequestId(incoming: string | undefined): string {
+    if (incoming !== undefined && REQUEST_ID.test(incoming)) return incoming;
     return this.idPrefix + (this.idCounter++).toString(36);
   }
 
@@ -132,42 +117,42 @@ export class Forwarder {
   }
 }
 
-class Exchange implements Dispatcher.DispatchHandler {
+class Exchange implements ResponseHandler, BodySink {
   private readonly started = performance.now();
   private requestId = '';
-  private controller: Dispatcher.DispatchController | undefined;
+  private upstream: UpstreamRequest | undefined;
   private injected: HeaderMap | undefined;
-  private body: Buffer | IncomingMessage | null = null;
+  private body: RequestBody = NO_BODY;
+  private collected: Buffer[] | undefined;
   private replayable = false;
   private replayed = false;
   private retriedStaleSocket = false;
   private responseStarted = false;
-  private clientGone = false;
   private finished = false;
   private status = 0;
   private bytesIn = 0;
   private bytesOut = 0;
   private errorKind: string | undefined;
-  private dispatched = false;
+  private waitingForClientDrain = false;
+  private waitingForUpstreamDrain = false;
 
   constructor(
     private readonly forwarder: Forwarder,
-    private readonly req: IncomingMessage,
-    private readonly res: ServerResponse,
+    private readonly req: ClientRequest,
   ) {}
 
-  get waitingForAnswer(): boolean {
-    return this.dispatched && !this.responseStarted && !this.finished && this.req.complete;
-  }
-
   start(): void {
-    const { req, res, forwarder } = this;
+    const { req, forwarder } = this;
     forwarder.options.metrics.inFlight.inc();
-    res.on('close', this.onClientClose);
-    this.requestId = forwarder.nextRequestId(req.headers['x-request-id']);
-    if (forwarder.draining) res.shouldKeepAlive = false;
+    req.onClientGone = this.onClientGone;
+    this.requestId = forwarder.nextRequestId(req.requestIdHeader);
 
-    const target = req.url ?? '';
+    if (req.upgrade) {
+      if (req.method === 'CONNECT') this.fail('method_not_allowed', 'CONNECT is refused: kvx-proxy is a reverse proxy for one MLflow server, not a forward proxy');
+      else this.fail('not_implemented', 'protocol upgrades are not supported; MLflow does not use them');
+      return;
+    }
+    const target = req.target;
     if (target.charCodeAt(0) !== 47 /* '/' */) {
       this.fail(
         'forbidden_target',
@@ -188,45 +173,66 @@ class Exchange implements Dispatcher.DispatchHandler {
       return;
     }
 
-    const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
-    if (hasBody) {
-      const length = Number(req.headers['content-length']);
+    if (req.hasBody) {
       const canReplay = forwarder.retryOn.size > 0 && forwarder.options.injector.canRefresh;
-      if (Number.isFinite(length) && length <= (canReplay ? forwarder.replayLimit : SMALL_BODY_BYTES)) {
+      if (!req.chunked && req.contentLength <= (canReplay ? forwarder.replayLimit : SMALL_BODY_BYTES)) {
+        // Read whole: it can be re-sent after a 401, and a buffer goes out with the headers in one write.
         this.replayable = canReplay;
-        this.collectBody(length);
+        this.collected = [];
+        req.readBody(this);
         return;
       }
-      if (!Number.isFinite(length)) req.on('data', this.countChunk);
-      else this.bytesIn = length;
-      this.body = req;
+      // Streamed: held back until upstream is ready for it.
+      this.body = req.chunked ? CHUNKED_STREAM : LENGTH_STREAM;
+      req.pauseBody();
     } else {
       this.replayable = true;
     }
     this.withCredentials();
   }
 
-  private collectBody(length: number): void {
-    const chunks: Buffer[] = [];
-    const { req } = this;
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => {
-      this.body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-      this.bytesIn = this.body.length;
-      if (this.body.length !== length) {
-        this.fail('bad_request', `request body has ${this.body.length} bytes but Content-Length says ${length}`);
-        return;
-      }
-      this.withCredentials();
-    });
+  // BodySink: the client's body, collected or streamed.
+  data(chunk: Buffer): void {
+    this.bytesIn += chunk.length;
+    if (this.collected !== undefined) {
+      this.collected.push(chunk);
+      return;
+    }
+    const upstream = this.upstream;
+    if (upstream !== undefined && !upstream.write(chunk) && !this.waitingForUpstreamDrain) {
+      this.waitingForUpstreamDrain = true;
+      this.req.pauseBody();
+      upstream.onDrain(this.upstreamDrained);
+    }
   }
 
-  private readonly countChunk = (chunk: Buffer): void => {
-    this.bytesIn += chunk.length;
+  private readonly upstreamDrained = (): void => {
+    this.waitingForUpstreamDrain = false;
+    this.req.resumeBody();
   };
 
+  end(): void {
+    const collected = this.collected;
+    if (collected !== undefined) {
+      this.collected = undefined;
+      this.body = { kind: 'buffer', data: collected.length === 1 ? collected[0]! : Buffer.concat(collected) };
+      this.withCredentials();
+      return;
+    }
+    this.upstream?.end();
+    this.req.waitingOnUpstream = !this.responseStarted;
+  }
+
+  error(reason: string, clientClosed: boolean): void {
+    if (this.finished) return;
+    this.upstream?.abort();
+    const status = sendProxyError(this.req, 'bad_request', `the request body is incomplete: ${reason}`);
+    // A client that hung up mid-body abandoned its request: it is counted as gone, whatever it may still read.
+    this.finish(clientClosed ? 499 : status);
+  }
+
   private withCredentials(): void {
-    if (this.clientGone) return this.finish(499);
+    if (this.req.clientGone) return this.finish(499);
     let headers: HeaderMap | Promise<HeaderMap>;
     try {
       headers = this.forwarder.options.injector.headers();
@@ -256,98 +262,94 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   private dispatch(): void {
-    if (this.clientGone) return this.finish(499);
     const { req, forwarder } = this;
+    if (req.clientGone || this.finished) return this.finish(499);
     const injected = this.injected!;
     const injectedLower = new Set<string>();
     for (const name in injected) injectedLower.add(name.toLowerCase());
-    const headers = upstreamRequestHeaders(req.rawHeaders, forwarder.headers, injected, injectedLower, this.requestId);
+    const body = this.body;
+    const framing =
+      body.kind === 'buffer'
+        ? `content-length: ${body.data.length}\r\n`
+        : body.kind === 'stream'
+          ? body.chunked
+            ? 'transfer-encoding: chunked\r\n'
+            : `content-length: ${req.contentLength}\r\n`
+          : BODY_EXPECTED.has(req.method)
+            ? 'content-length: 0\r\n'
+            : '';
+    const head = upstreamRequestHead(req.method, forwarder.upstreamPath(req.target), req.rawHeaders, forwarder.headers, injected, injectedLower, this.requestId, framing);
     this.responseStarted = false;
-    this.dispatched = true;
-    forwarder.markAwaiting(req.socket, this, true);
-    forwarder.options.dispatcher.dispatch(
-      {
-        path: forwarder.upstreamPath(req.url!),
-        method: req.method as Dispatcher.HttpMethod,
-        headers,
-        body: this.body,
-        // Streams cannot be re-sent; undici must not retry them on a reset connection.
-        idempotent: this.body === null || Buffer.isBuffer(this.body) ? req.method === 'GET' || req.method === 'HEAD' : false,
-        blocking: false,
-      },
-      this,
-    );
+    const streaming = body.kind === 'stream';
+    req.waitingOnUpstream = !streaming || req.complete;
+    this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD');
+    if (streaming && !this.upstream.done) {
+      if (!Number.isFinite(req.contentLength) || req.chunked) this.bytesIn = 0;
+      req.readBody(this);
+      req.resumeBody();
+    }
   }
 
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.controller = controller;
-    if (this.clientGone) controller.abort(new ClientGone('client closed the connection'));
-  }
-
-  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    if (this.replayable && !this.replayed && this.forwarder.retryOn.has(statusCode) && this.forwarder.options.injector.canRefresh) {
+  onResponseHead(status: number, reason: string, headers: string[]): void {
+    const { req, forwarder } = this;
+    if (this.replayable && !this.replayed && forwarder.retryOn.has(status) && forwarder.options.injector.canRefresh) {
       this.replayed = true;
-      controller.abort(new ReplayRequested(`upstream answered ${statusCode}`));
-      return;
-    }
-    this.responseStarted = true;
-    this.status = statusCode;
-    const host = this.req.headers.host;
-    try {
-      this.res.writeHead(
-        statusCode,
-        clientResponseHeaders(headers, (location) => this.forwarder.rewriteLocation(location, host)),
-      );
-    } catch (err) {
-      this.errorKind = 'bad_response';
-      this.forwarder.options.logger.warn('upstream response headers not forwardable', { id: this.requestId, error: errorMessage(err) });
-      controller.abort(new ClientGone('bad upstream headers'));
-      this.res.removeHeader('content-length');
-      this.fail('upstream_bad_response', 'upstream sent response headers that cannot be forwarded');
-    }
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    this.bytesOut += chunk.length;
-    if (!this.res.write(chunk)) {
-      controller.pause();
-      this.res.once('drain', () => controller.resume());
-    }
-  }
-
-  onResponseEnd(): void {
-    this.res.end();
-    this.finish(this.status);
-  }
-
-  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    if (err instanceof ReplayRequested) {
+      this.upstream!.abort();
       this.replay();
       return;
     }
-    if (this.clientGone || err instanceof ClientGone) {
-      this.finish(this.finished ? this.status : 499);
+    this.responseStarted = true;
+    req.waitingOnUpstream = false;
+    this.status = status;
+    const { lines, hasLength } = clientResponseHead(headers, (location) => forwarder.rewriteLocation(location, req.host));
+    const noBody = req.method === 'HEAD' || status === 204 || status === 304;
+    req.writeHead(status, reason, lines, noBody ? 'none' : hasLength ? 'length' : 'chunked');
+  }
+
+  onResponseData(chunk: Buffer): void {
+    this.bytesOut += chunk.length;
+    if (!this.req.write(chunk) && !this.waitingForClientDrain) {
+      this.waitingForClientDrain = true;
+      this.upstream!.pause();
+      this.req.onDrain(this.clientDrained);
+    }
+  }
+
+  private readonly clientDrained = (): void => {
+    this.waitingForClientDrain = false;
+    this.upstream?.resume();
+  };
+
+  onResponseEnd(): void {
+    this.req.end();
+    this.finish(this.status);
+  }
+
+  onResponseError(err: UpstreamError): void {
+    const { req, forwarder } = this;
+    if (req.clientGone) {
+      this.finish(499);
       return;
     }
     if (
-      !this.responseStarted &&
+      err.beforeResponse &&
       !this.retriedStaleSocket &&
-      (this.req.method === 'GET' || this.req.method === 'HEAD') &&
-      this.body === null &&
-      BODYLESS_RETRY_CODES.has((err as { code?: string }).code ?? '')
+      (req.method === 'GET' || req.method === 'HEAD') &&
+      this.body.kind === 'none' &&
+      STALE_SOCKET_CODES.has(err.code)
     ) {
       // A keep-alive socket closed by upstream just as the request went out: nothing was processed.
       this.retriedStaleSocket = true;
       this.dispatch();
       return;
     }
-    const { kind, message } = classifyUpstreamError(err, this.forwarder.options.config);
+    const { kind, message } = classifyUpstreamError(err, forwarder.options.config);
     this.errorKind = kind;
-    this.forwarder.options.metrics.upstreamError(kind);
-    this.forwarder.options.logger.warn('upstream request failed', { id: this.requestId, kind, error: message });
+    forwarder.options.metrics.upstreamError(kind);
+    forwarder.options.logger.warn('upstream request failed', { id: this.requestId, kind, error: message });
     if (this.responseStarted) {
       // Status already sent; breaking the connection is how the client learns the body is incomplete.
-      this.res.destroy();
+      req.destroy();
       this.finish(this.status);
       return;
     }
@@ -359,7 +361,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     const rejected = this.injected!;
     injector.invalidate(rejected).then(
       () => {
-        if (this.clientGone) return this.finish(499);
+        if (this.req.clientGone) return this.finish(499);
         let next: HeaderMap | Promise<HeaderMap>;
         try {
           next = injector.headers();
@@ -387,21 +389,14 @@ class Exchange implements Dispatcher.DispatchHandler {
     );
   }
 
-  private readonly onClientClose = (): void => {
-    if (this.res.writableFinished) return;
-    this.clientGone = true;
-    if (this.controller) this.controller.abort(new ClientGone('client closed the connection'));
-    // Nothing dispatched yet (waiting on credentials, the body or a pool slot): account for it now.
-    else this.finish(499);
+  private readonly onClientGone = (): void => {
+    this.upstream?.abort();
+    this.finish(499);
   };
 
   private fail(kind: ProxyErrorKind, message: string, extra: Record<string, string | number> = {}): void {
-    // node:http calls the handler before it marks a bodyless request complete; only an unread body forces a close
-    // (closing needlessly would also drop the answers to requests pipelined behind this one).
-    const { headers } = this.req;
-    const hasBody = headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
-    const bodyUnread = hasBody && !this.req.complete;
-    const status = sendProxyError(this.res, kind, message, bodyUnread ? { ...extra, connection: 'close' } : extra);
+    if (this.finished) return;
+    const status = sendProxyError(this.req, kind, message, extra);
     this.finish(status);
   }
 
@@ -410,16 +405,16 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.finished = true;
     const { forwarder, req } = this;
     forwarder.inFlight.delete(this);
-    forwarder.markAwaiting(req.socket, this, false);
+    req.waitingOnUpstream = false;
     const { metrics, logger } = forwarder.options;
     metrics.inFlight.dec();
     const seconds = (performance.now() - this.started) / 1000;
-    metrics.requestDone(req.method ?? 'OTHER', status, seconds, this.bytesIn, this.bytesOut);
+    metrics.requestDone(req.method, status, seconds, this.bytesIn, this.bytesOut);
     if (forwarder.logsRequests) {
       // Serialised by hand: this line is written for every request. The id is either generated or checked
       // against REQUEST_ID and the method is an HTTP token, so neither needs escaping; the path does.
       let line =
-        `,"id":"${this.requestId}","method":"${req.method}","path":${JSON.stringify(safePathForLog(req.url ?? ''))}` +
+        `,"id":"${this.requestId}","method":"${req.method}","path":${JSON.stringify(safePathForLog(req.target))}` +
         `,"status":${status},"bytesIn":${this.bytesIn},"bytesOut":${this.bytesOut},"durationMs":${Math.round(seconds * 1e6) / 1000}`;
       if (this.errorKind) line += `,"error":"${this.errorKind}"`;
       if (this.replayed) line += ',"replayed":true';
@@ -431,15 +426,15 @@ class Exchange implements Dispatcher.DispatchHandler {
 
 type UpstreamErrorKind = 'connect_timeout' | 'headers_timeout' | 'body_timeout' | 'unreachable' | 'tls' | 'bad_response' | 'reset';
 
-function classifyUpstreamError(err: Error, config: KvxConfig): { kind: UpstreamErrorKind; message: string } {
-  const code = (err as { code?: string }).code ?? '';
+function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: UpstreamErrorKind; message: string } {
+  const code = err.code;
   const upstream = config.upstream.url;
   switch (code) {
-    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'KVX_CONNECT_TIMEOUT':
       return { kind: 'connect_timeout', message: `connecting to ${upstream} took longer than upstream.connectTimeoutMs (${config.upstream.connectTimeoutMs} ms); check the network path to the server` };
-    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'KVX_HEADERS_TIMEOUT':
       return { kind: 'headers_timeout', message: `${upstream} sent no response within upstream.headersTimeoutMs (${config.upstream.headersTimeoutMs} ms)` };
-    case 'UND_ERR_BODY_TIMEOUT':
+    case 'KVX_BODY_TIMEOUT':
       return { kind: 'body_timeout', message: `${upstream} stalled for longer than upstream.idleTimeoutMs (${config.upstream.idleTimeoutMs} ms)` };
     case 'ECONNREFUSED':
       return { kind: 'unreachable', message: `${upstream} refused the connection; check upstream.url and that the MLflow server is running` };
@@ -451,14 +446,15 @@ function classifyUpstreamError(err: Error, config: KvxConfig): { kind: UpstreamE
       return { kind: 'unreachable', message: `no network route to ${upstream}` };
     case 'ECONNRESET':
     case 'EPIPE':
-    case 'UND_ERR_SOCKET':
-    case 'UND_ERR_CLOSED':
-      return { kind: 'reset', message: `${upstream} closed the connection before answering` };
-    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
-      return { kind: 'bad_response', message: `${upstream} sent a body that does not match its Content-Length` };
+    case 'KVX_UPSTREAM_CLOSED':
+      return {
+        kind: 'reset',
+        message: err.beforeResponse ? `${upstream} closed the connection before answering` : `${upstream} closed the connection in the middle of its answer`,
+      };
+    case 'HPE_INVALID_EOF_STATE':
+      return { kind: 'bad_response', message: `${upstream} ended its answer before the body its headers announced` };
     default:
-      // undici's HTTPParserError usually carries no code (its llhttp error table is keyed by name), so match the name too.
-      if (code.startsWith('HPE_') || code === 'UND_ERR_INFO' || err.name === 'HTTPParserError') return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response` };
+      if (code.startsWith('HPE_') || code === 'KVX_BAD_RESPONSE') return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response` };
       if (code.startsWith('ERR_TLS') || code.startsWith('ERR_SSL') || code.includes('CERT') || code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE') {
         return { kind: 'tls', message: `TLS with ${upstream} failed (${code}); check upstream.caFile, or the server's certificate` };
       }

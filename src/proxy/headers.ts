@@ -1,9 +1,6 @@
-import type { IncomingHttpHeaders } from 'node:http';
-
 /**
- * Request headers that must not travel to upstream: hop-by-hop headers (RFC 9110 §7.6.1) and headers the
- * proxy sets itself. undici refuses several of these outright, so they are dropped before dispatch.
- * `expect` is answered by node:http with 100 Continue before the handler runs.
+ * Request headers that must not travel to upstream: hop-by-hop headers (RFC 9110 §7.6.1), the framing the
+ * proxy sets itself (Content-Length, Transfer-Encoding), and Expect, which the proxy answers itself.
  */
 const DROPPED_REQUEST_HEADERS = new Set([
   'connection',
@@ -12,12 +9,15 @@ const DROPPED_REQUEST_HEADERS = new Set([
   'te',
   'trailer',
   'transfer-encoding',
+  'content-length',
   'upgrade',
   'expect',
   'host',
   'http2-settings',
+  'x-request-id',
 ]);
 
+/** Content-Length is kept here: whether it describes the body is decided with the framing. */
 const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authenticate']);
 
 export interface RequestHeaderPlan {
@@ -26,35 +26,51 @@ export interface RequestHeaderPlan {
   upstreamHost: string;
 }
 
+/** The tokens of every Connection header: more hop-by-hop headers, named by the sender. */
+function connectionTokens(raw: readonly string[]): Set<string> | undefined {
+  let tokens: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
+      tokens ??= new Set();
+      for (const token of raw[i + 1]!.toLowerCase().split(',')) tokens.add(token.trim());
+    }
+  }
+  return tokens;
+}
+
 /**
- * Builds the flat [name, value, ...] list undici takes, from node's raw header list (which keeps the
- * client's casing and order). Headers in `injected` replace the client's copies.
+ * The header block of the upstream request, from the client's raw header list (its casing and order kept).
+ * Headers in `injected` replace the client's copies; `framing` is the Content-Length or Transfer-Encoding
+ * line for the body as it will be sent.
  */
-export function upstreamRequestHeaders(
+export function upstreamRequestHead(
+  method: string,
+  path: string,
   raw: readonly string[],
   plan: RequestHeaderPlan,
   injected: Readonly<Record<string, string>>,
   injectedLower: ReadonlySet<string>,
   requestId: string,
-): string[] {
-  const out: string[] = ['host', plan.upstreamHost];
-  let connectionTokens: Set<string> | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
-      connectionTokens = new Set(raw[i + 1]!.toLowerCase().split(',').map((t) => t.trim()));
-    }
-  }
+  framing: string,
+): string {
+  let head = `${method} ${path} HTTP/1.1\r\nhost: ${plan.upstreamHost}\r\n`;
+  const hopByHop = connectionTokens(raw);
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const lower = name.toLowerCase();
     if (DROPPED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
-    if (connectionTokens?.has(lower)) continue;
-    if (lower === 'x-request-id') continue;
-    out.push(name, raw[i + 1]!);
+    if (hopByHop?.has(lower)) continue;
+    head += `${name}: ${raw[i + 1]!}\r\n`;
   }
-  for (const name in injected) out.push(name, injected[name]!);
-  out.push('x-request-id', requestId);
-  return out;
+  for (const name in injected) head += `${name}: ${injected[name]!}\r\n`;
+  return `${head}x-request-id: ${requestId}\r\n${framing}\r\n`;
+}
+
+export interface ClientResponseHead {
+  /** `name: value\r\n` lines, without framing and connection headers. */
+  lines: string;
+  /** Upstream delimited the body by Content-Length (kept in `lines`). */
+  hasLength: boolean;
 }
 
 /**
@@ -62,19 +78,23 @@ export function upstreamRequestHeaders(
  * rewritten to the proxy, so a client following it stays behind the proxy (and its credentials never
  * travel to where the redirect pointed).
  */
-export function clientResponseHeaders(
-  headers: IncomingHttpHeaders,
-  rewriteLocation: (location: string) => string,
-): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const name in headers) {
-    const value = headers[name];
-    if (value === undefined || DROPPED_RESPONSE_HEADERS.has(name)) continue;
-    out[name] = name === 'location' && typeof value === 'string' ? rewriteLocation(value) : value;
+export function clientResponseHead(raw: readonly string[], rewriteLocation: (location: string) => string): ClientResponseHead {
+  const hopByHop = connectionTokens(raw);
+  let lines = '';
+  let hasLength = false;
+  let chunked = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (DROPPED_RESPONSE_HEADERS.has(lower) || hopByHop?.has(lower)) {
+      if (lower === 'transfer-encoding') chunked = true;
+      continue;
+    }
+    let value = raw[i + 1]!;
+    if (lower === 'content-length') hasLength = true;
+    else if (lower === 'location') value = rewriteLocation(value);
+    lines += `${name}: ${value}\r\n`;
   }
-  const connection = headers['connection'];
-  if (typeof connection === 'string') {
-    for (const token of connection.split(',')) delete out[token.trim().toLowerCase()];
-  }
-  return out;
+  // llhttp refuses a response with both; this keeps the rule local all the same.
+  return { lines, hasLength: hasLength && !chunked };
 }

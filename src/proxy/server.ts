@@ -1,8 +1,7 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import { createRequire } from 'node:module';
-import type { AddressInfo, Socket } from 'node:net';
-import type { Pool as UndiciPool } from 'undici';
+import type { AddressInfo, Server } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
 import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
@@ -12,23 +11,10 @@ import { ConfigError, CredentialsError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { silentLogger } from '../log/logger.js';
 import { createAdminHandler } from './admin.js';
-import { errorBody } from './errors.js';
 import { Forwarder } from './forward.js';
 import { ProxyMetrics } from './metrics.js';
-
-/**
- * undici's entry point also loads fetch, WebSocket, caches and mocks: about 80 ms of every start, which an
- * exec-wrapped pipeline step pays each time. The proxy needs only Pool.
- */
-function loadPool(): typeof UndiciPool {
-  // Written as `createRequire(import.meta.url)(...)` each time: the standalone build rewrites exactly that form.
-  try {
-    return createRequire(import.meta.url)('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
-  } catch {
-    return (createRequire(import.meta.url)('undici') as { Pool: typeof UndiciPool }).Pool;
-  }
-}
-const Pool = loadPool();
+import { ClientListener } from './wire/client-connection.js';
+import { UpstreamPool } from './wire/upstream-pool.js';
 
 export interface StartOptions {
   logger?: Logger;
@@ -73,9 +59,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     throw err;
   }
 
-  const dispatcher = new Pool(new URL(config.upstream.url).origin, poolOptions(config));
-  const forwarder = new Forwarder({ config, dispatcher, injector, logger, metrics });
-  const server = createProxyServer(config, forwarder, logger);
+  const pool = new UpstreamPool(poolOptions(config));
+  const forwarder = new Forwarder({ config, pool, injector, logger, metrics });
+  const listener = createClientListener(config, forwarder, logger);
+  const server = listener.server;
   let admin: http.Server | undefined;
   try {
     await listen(server, config.listen.port, config.listen.host, 'listen');
@@ -85,8 +72,9 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     }
   } catch (err) {
     server.close();
+    listener.stop();
     admin?.close();
-    await dispatcher.destroy();
+    await pool.destroy();
     await injector.close();
     throw err;
   }
@@ -107,7 +95,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   let closing: Promise<number> | undefined;
   const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> =>
-    (closing ??= drain(server, admin, forwarder, dispatcher, injector, deadlineMs, logger));
+    (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger));
 
   return {
     url,
@@ -138,114 +126,61 @@ async function startCredentials(injector: HeaderInjector, config: KvxConfig, log
   }
 }
 
-function poolOptions(config: KvxConfig): UndiciPool.Options {
+function poolOptions(config: KvxConfig): ConstructorParameters<typeof UpstreamPool>[0] {
   const { upstream } = config;
-  const tls: Record<string, unknown> = {};
-  if (upstream.caFile) tls['ca'] = readFileSync(upstream.caFile);
-  if (upstream.certFile) tls['cert'] = readFileSync(upstream.certFile);
-  if (upstream.keyFile) tls['key'] = readFileSync(upstream.keyFile);
-  if (upstream.insecure) tls['rejectUnauthorized'] = false;
+  const tls: ConnectionOptions = {};
+  if (upstream.caFile) tls.ca = readFileSync(upstream.caFile);
+  if (upstream.certFile) tls.cert = readFileSync(upstream.certFile);
+  if (upstream.keyFile) tls.key = readFileSync(upstream.keyFile);
+  if (upstream.insecure) tls.rejectUnauthorized = false;
   return {
-    connections: upstream.maxConnections,
-    connect: { timeout: upstream.connectTimeoutMs, ...tls },
-    headersTimeout: upstream.headersTimeoutMs,
-    bodyTimeout: upstream.idleTimeoutMs,
-    keepAliveTimeout: 30_000,
-    // Undici subtracts this from the server's advertised keep-alive timeout before reusing a socket,
-    // which avoids most races with a server closing an idle connection.
-    keepAliveTimeoutThreshold: 2_000,
-    pipelining: 1,
+    origin: new URL(new URL(upstream.url).origin),
+    maxConnections: upstream.maxConnections,
+    connectTimeoutMs: upstream.connectTimeoutMs,
+    headersTimeoutMs: upstream.headersTimeoutMs,
+    idleTimeoutMs: upstream.idleTimeoutMs,
+    keepAliveTimeoutMs: 30_000,
+    tls,
   };
 }
 
-function createProxyServer(config: KvxConfig, forwarder: Forwarder, logger: Logger): http.Server {
-  const server = http.createServer(
-    {
-      maxHeaderSize: config.server.maxHeaderSize,
-      headersTimeout: config.server.headersTimeoutMs,
-      requestTimeout: config.server.requestTimeoutMs,
-      keepAliveTimeout: config.server.keepAliveTimeoutMs,
-      // node:http checks the headers/request timeouts only this often (30 s by default), so a slowloris client
-      // would otherwise hold its connection for up to 30 s past server.headersTimeoutMs.
-      connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(config.server.headersTimeoutMs / 10))),
-      // Nagle's algorithm delays small MLflow answers by up to 40 ms on some stacks.
-      noDelay: true,
-    },
-    forwarder.handle,
-  );
-  // Socket inactivity in either direction; long transfers are fine as long as bytes keep moving.
-  server.timeout = config.upstream.idleTimeoutMs;
-  server.on('timeout', (socket: Socket) => {
-    // A client waiting for a slow upstream is not idle by its own fault: the upstream timeout answers it with a 504.
-    if (!forwarder.awaitingUpstream(socket)) socket.destroy();
-  });
-
-  const refuseRaw = (socket: Socket, status: string, message: string) => {
-    const body = errorBody('method_not_allowed', message);
-    socket.end(`HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-  };
-  server.on('connect', (_req, socket: Socket) => {
-    refuseRaw(socket, '405 Method Not Allowed', 'CONNECT is refused: kvx-proxy is a reverse proxy for one MLflow server, not a forward proxy');
-  });
-  server.on('upgrade', (_req, socket: Socket) => {
-    refuseRaw(socket, '501 Not Implemented', 'protocol upgrades are not supported; MLflow does not use them');
-  });
-  // Requests on each connection still owed an answer. Bytes after a complete request that fail to parse (a body
-  // longer than its Content-Length) are answered with 400 after those answers, not instead of them: the
-  // earlier request was forwarded, and its answer must not be lost.
-  const owed = new WeakMap<Socket, Set<http.IncomingMessage>>();
-  const afterAnswers = new WeakMap<Socket, () => void>();
-  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const socket = req.socket;
-    let pending = owed.get(socket);
-    if (pending === undefined) owed.set(socket, (pending = new Set()));
-    pending.add(req);
-    res.once('close', () => {
-      pending.delete(req);
-      if (pending.size === 0) afterAnswers.get(socket)?.();
-    });
-  });
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const pending = owed.get(socket);
-    if (pending !== undefined && pending.size > 0 && [...pending].every((r) => r.complete) && !afterAnswers.has(socket)) {
-      afterAnswers.set(socket, () => {
-        if (socket.writable) answerClientError(err, socket);
-        else socket.destroy();
-      });
-      return;
-    }
-    answerClientError(err, socket);
-  });
-  const answerClientError = (err: NodeJS.ErrnoException, socket: Socket) => {
+function createClientListener(config: KvxConfig, forwarder: Forwarder, logger: Logger): ClientListener {
+  const refusal = (kind: 'bad_request' | 'header_overflow' | 'timeout'): { status: string; body: string } => {
     const [status, message] =
-      err.code === 'HPE_HEADER_OVERFLOW'
-        ? ['431 Request Header Fields Too Large', `request headers exceed server.maxHeaderSize (${config.server.maxHeaderSize} bytes)`]
-        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      kind === 'header_overflow'
+        ? ['431 Request Header Fields Too Large', `request headers exceed server.maxHeaderSize (${config.server.maxHeaderSize} bytes) or number more than 500`]
+        : kind === 'timeout'
           ? ['408 Request Timeout', 'the request was not received in time']
           : ['400 Bad Request', 'malformed HTTP request'];
-    logger.debug('client error', { code: err.code });
-    const body = JSON.stringify({ error_code: 'BAD_REQUEST', message: `kvx-proxy: ${message}` });
-    socket.end(`HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    return { status, body: JSON.stringify({ error_code: 'BAD_REQUEST', message: `kvx-proxy: ${message}` }) };
   };
-  return server;
+  return new ClientListener({
+    maxHeaderSize: config.server.maxHeaderSize,
+    headersTimeoutMs: config.server.headersTimeoutMs,
+    requestTimeoutMs: config.server.requestTimeoutMs,
+    keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
+    // Socket inactivity in either direction; long transfers are fine as long as bytes keep moving. A client
+    // waiting on a slow upstream is not idle by its own fault: the upstream timeout answers it with a 504.
+    idleTimeoutMs: config.upstream.idleTimeoutMs,
+    onRequest: forwarder.handle,
+    onClientError: (code) => logger.debug('client error', { code }),
+    refusal,
+  });
 }
 
 async function drain(
-  server: http.Server,
+  listener: ClientListener,
   admin: http.Server | undefined,
   forwarder: Forwarder,
-  dispatcher: UndiciPool,
+  pool: UpstreamPool,
   injector: HeaderInjector,
   deadlineMs: number,
   logger: Logger,
 ): Promise<number> {
   forwarder.draining = true;
+  const server = listener.server;
   const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-  server.closeIdleConnections();
+  listener.closeIdle();
   logger.info('shutting down: no new connections; waiting for in-flight requests', { inFlight: forwarder.inFlight.size, deadlineMs });
 
   let cut = 0;
@@ -256,7 +191,7 @@ async function drain(
         resolve();
       }, deadlineMs);
       forwarder.onExchangeDone = () => {
-        server.closeIdleConnections();
+        listener.closeIdle();
         if (forwarder.inFlight.size === 0) {
           clearTimeout(timer);
           resolve();
@@ -265,9 +200,10 @@ async function drain(
     });
   }
   if (cut > 0) logger.warn('shutdown deadline reached; cutting unfinished requests', { cut });
-  server.closeAllConnections();
+  listener.closeAll();
   await stopped;
-  await dispatcher.destroy().catch(() => {});
+  listener.stop();
+  await pool.destroy().catch(() => {});
   admin?.closeAllConnections();
   await new Promise<void>((resolve) => (admin ? admin.close(() => resolve()) : resolve()));
   await injector.close();
@@ -275,7 +211,7 @@ async function drain(
   return cut;
 }
 
-function listen(server: http.Server, port: number, host: string, key: 'listen' | 'admin'): Promise<void> {
+function listen(server: Server, port: number, host: string, key: 'listen' | 'admin'): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
       reject(

@@ -1,0 +1,510 @@
+import net from 'node:net';
+import type { Socket } from 'node:net';
+import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
+import { HeaderAccumulator, METHODS, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
+import type { NativeParser, ParserError } from './llhttp.js';
+
+/**
+ * The client side of the proxy: accepted sockets, requests parsed by llhttp, answers written straight to
+ * the socket. Requests on one connection are answered strictly in order (pipelining); a request becomes
+ * `active` (handed to the handler) once the ones before it are answered.
+ */
+export interface ClientListenerOptions {
+  maxHeaderSize: number;
+  /** Time to receive a request's headers, from the connection's start or its first byte after an answer. */
+  headersTimeoutMs: number;
+  /** Time to receive a whole request; 0 for none. */
+  requestTimeoutMs: number;
+  /** How long a connection may sit between requests. */
+  keepAliveTimeoutMs: number;
+  /** Socket inactivity while a request is under way, unless the request waits on upstream. */
+  idleTimeoutMs: number;
+  onRequest(request: ClientRequest): void;
+  /** A request the parser refused, or a connection timed out; for the debug log. */
+  onClientError(code: string): void;
+  /** Answers for requests refused before they reach the handler (malformed, too large, too slow). */
+  refusal(kind: 'bad_request' | 'header_overflow' | 'timeout'): { status: string; body: string };
+}
+
+export type ResponseFraming = 'length' | 'chunked' | 'none';
+
+export interface BodySink {
+  data(chunk: Buffer): void;
+  end(): void;
+  /**
+   * The body cannot be completed: malformed chunking, or `clientClosed` when the client ended the connection
+   * part-way (an abandoned request, though the client may still read an answer).
+   */
+  error(reason: string, clientClosed: boolean): void;
+}
+
+const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
+const uncork = (socket: Socket): void => {
+  socket.uncork();
+};
+
+export class ClientRequest {
+  readonly method: string;
+  readonly target: string;
+  /** Flat [name, value, ...] list, as received (latin1 strings, the client's casing and order). */
+  readonly rawHeaders: string[];
+  readonly http10: boolean;
+  readonly keepAlive: boolean;
+  /** Declared Content-Length, or -1. */
+  readonly contentLength: number;
+  readonly chunked: boolean;
+  readonly upgrade: boolean;
+  readonly expectContinue: boolean;
+  /** The Host header, and X-Request-Id if the client sent exactly one. */
+  readonly host: string | undefined;
+  readonly requestIdHeader: string | undefined;
+  complete = false;
+  /** Set by the handler while the whole request is sent and its answer is awaited from upstream. */
+  waitingOnUpstream = false;
+  headersSent = false;
+  finished = false;
+  clientGone = false;
+  /** Called once if the connection closes before the answer is complete. */
+  onClientGone: (() => void) | undefined;
+  private closeAfter = false;
+  private framing: ResponseFraming = 'length';
+  private sink: BodySink | undefined;
+  private buffered: Buffer[] | undefined;
+  private bodyFailure: string | undefined;
+  private bodyFailureByClose = false;
+
+  constructor(
+    private readonly connection: ClientConnection,
+    method: string,
+    target: string,
+    rawHeaders: string[],
+    versionMinor: number,
+    keepAlive: boolean,
+    upgrade: boolean,
+  ) {
+    this.method = method;
+    this.target = target;
+    this.rawHeaders = rawHeaders;
+    this.http10 = versionMinor === 0;
+    this.keepAlive = keepAlive && !upgrade;
+    this.upgrade = upgrade;
+    let contentLength = -1;
+    let chunked = false;
+    let expectContinue = false;
+    let host: string | undefined;
+    let requestId: string | undefined;
+    let requestIds = 0;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i]!;
+      // Switch on length first: most headers are rejected without lower-casing them.
+      switch (name.length) {
+        case 4:
+          if (name.toLowerCase() === 'host') host = rawHeaders[i + 1];
+          break;
+        case 6:
+          if (name.toLowerCase() === 'expect' && rawHeaders[i + 1]!.toLowerCase() === '100-continue') expectContinue = true;
+          break;
+        case 12:
+          if (name.toLowerCase() === 'x-request-id') {
+            requestId = rawHeaders[i + 1];
+            requestIds++;
+          }
+          break;
+        case 14:
+          // llhttp has already refused conflicting or malformed lengths.
+          if (name.toLowerCase() === 'content-length') contentLength = Number(rawHeaders[i + 1]);
+          break;
+        case 17:
+          if (name.toLowerCase() === 'transfer-encoding') chunked = true;
+          break;
+      }
+    }
+    this.contentLength = contentLength;
+    this.chunked = chunked;
+    this.expectContinue = expectContinue && !this.http10;
+    this.host = host;
+    this.requestIdHeader = requestIds === 1 ? requestId : undefined;
+  }
+
+  get hasBody(): boolean {
+    return this.chunked || this.contentLength > 0;
+  }
+
+  get socket(): Socket {
+    return this.connection.socket;
+  }
+
+  /** Starts delivering the body (buffered chunks first). */
+  readBody(sink: BodySink): void {
+    this.sink = sink;
+    if (this.connection.activeRequest === this && this.expectContinue && !this.complete && !this.headersSent) {
+      this.connection.socket.write(CONTINUE, 'latin1');
+    }
+    const buffered = this.buffered;
+    this.buffered = undefined;
+    if (buffered) for (const chunk of buffered) sink.data(chunk);
+    if (this.bodyFailure !== undefined) sink.error(this.bodyFailure, this.bodyFailureByClose);
+    else if (this.complete) sink.end();
+    this.connection.updateReading();
+  }
+
+  pauseBody(): void {
+    this.connection.bodyPaused = true;
+    this.connection.updateReading();
+  }
+
+  resumeBody(): void {
+    this.connection.bodyPaused = false;
+    this.connection.updateReading();
+  }
+
+  /** @internal parser events */
+  receive(chunk: Buffer): void {
+    if (this.sink) this.sink.data(chunk);
+    else (this.buffered ??= []).push(chunk);
+  }
+
+  /** @internal */
+  receiveEnd(): void {
+    this.complete = true;
+    this.sink?.end();
+  }
+
+  /** @internal */
+  receiveFailure(reason: string, clientClosed: boolean): void {
+    if (this.complete || this.bodyFailure !== undefined) return;
+    this.bodyFailure = reason;
+    this.bodyFailureByClose = clientClosed;
+    this.sink?.error(reason, clientClosed);
+  }
+
+  /**
+   * Prepares the status line and headers; they go out with the first body bytes, in one write.
+   * `headerLines` is a block of `name: value\r\n` lines without framing or connection headers.
+   */
+  writeHead(status: number, reason: string, headerLines: string, framing: ResponseFraming): void {
+    const connection = this.connection;
+    // An unread body cannot be skipped safely on a kept connection, and an HTTP/1.0 client cannot take chunks.
+    if (!this.keepAlive || !this.complete || connection.closing || (framing === 'chunked' && this.http10)) this.closeAfter = true;
+    if (framing === 'chunked' && this.http10) framing = 'none';
+    this.framing = framing;
+    let head = `HTTP/1.1 ${status} ${reason}\r\n${headerLines}`;
+    if (framing === 'chunked') head += 'transfer-encoding: chunked\r\n';
+    if (this.closeAfter) head += 'connection: close\r\n';
+    else if (this.http10) head += 'connection: keep-alive\r\n';
+    this.headersSent = true;
+    connection.lastActivity = coarseNow();
+    const socket = connection.socket;
+    if (socket.destroyed) return;
+    // Corked until the next tick, so the head and a small body leave in one writev.
+    socket.cork();
+    socket.write(head + '\r\n', 'latin1');
+    process.nextTick(uncork, socket);
+  }
+
+  /** Writes body bytes; false means wait for `onDrain`. */
+  write(chunk: Buffer): boolean {
+    const socket = this.connection.socket;
+    this.connection.lastActivity = coarseNow();
+    if (socket.destroyed) return true;
+    if (this.framing !== 'chunked') return socket.write(chunk);
+    socket.cork();
+    socket.write(chunk.length.toString(16) + '\r\n', 'latin1');
+    socket.write(chunk);
+    const more = socket.write('\r\n', 'latin1');
+    socket.uncork();
+    return more;
+  }
+
+  onDrain(callback: () => void): void {
+    this.connection.socket.once('drain', callback);
+  }
+
+  /** Completes the answer; the connection moves on to the next request or closes. */
+  end(): void {
+    if (this.finished) return;
+    this.finished = true;
+    const socket = this.connection.socket;
+    if (!socket.destroyed && this.framing === 'chunked') socket.write('0\r\n\r\n', 'latin1');
+    this.connection.answered(this, this.closeAfter);
+  }
+
+  /** Breaks the connection: how a client learns that an answer already under way is incomplete. */
+  destroy(): void {
+    this.finished = true;
+    this.connection.socket.destroy();
+  }
+
+  /** @internal */
+  gone(): void {
+    if (this.finished || this.clientGone) return;
+    this.clientGone = true;
+    this.onClientGone?.();
+  }
+}
+
+type Phase = 'headers' | 'busy' | 'keepalive' | 'linger';
+
+/**
+ * After its last answer a connection is half-closed and whatever the client still sends is read and dropped
+ * for up to this long: closing with unread bytes makes the kernel send a reset, and a reset can destroy the
+ * answer before the client has read it (nginx's lingering close).
+ */
+const LINGER_MS = 5_000;
+/** More request headers than this is an attack, not a client: 431, as node:http answers such requests. */
+const MAX_HEADER_PAIRS = 500;
+
+export class ClientConnection {
+  readonly parser: NativeParser;
+  /** Requests parsed and not yet answered; the first is active. */
+  readonly queue: ClientRequest[] = [];
+  activeRequest: ClientRequest | undefined;
+  /** The request whose head or body the parser is reading. */
+  private receiving: ClientRequest | undefined;
+  bodyPaused = false;
+  closing = false;
+  private stopped = false;
+  private pendingRefusal: 'bad_request' | 'header_overflow' | undefined;
+  private phase: Phase = 'headers';
+  private phaseStarted: number;
+  lastActivity: number;
+  private readonly headers = new HeaderAccumulator();
+
+  constructor(
+    readonly socket: Socket,
+    private readonly listener: ClientListener,
+  ) {
+    this.phaseStarted = this.lastActivity = tick();
+    const parser = (this.parser = newParser('request', listener.options.maxHeaderSize));
+    parser[kOnHeaders] = (headers: string[], url: string) => this.headers.add(headers, url);
+    parser[kOnHeadersComplete] = (
+      _major: number,
+      minor: number,
+      rawHeaders: string[] | undefined,
+      method: number,
+      url: string | undefined,
+      _status: number,
+      _reason: string,
+      upgrade: boolean,
+      keepAlive: boolean,
+    ) => {
+      const [headers, target] = this.headers.take(rawHeaders, url);
+      if (this.stopped) return SKIP_BODY;
+      if (headers.length > MAX_HEADER_PAIRS * 2) {
+        this.parseFailed(Object.assign(new Error('too many headers'), { code: 'HPE_HEADER_OVERFLOW' }));
+        return SKIP_BODY;
+      }
+      const request = new ClientRequest(this, METHODS[method] ?? 'UNKNOWN', target, headers, minor, keepAlive, upgrade);
+      this.receiving = request;
+      this.queue.push(request);
+      this.phase = 'busy';
+      if (upgrade) {
+        // Nothing after an upgrade request is HTTP; the answer refuses it and closes.
+        request.complete = true;
+        this.stopped = true;
+      }
+      return 0;
+    };
+    parser[kOnBody] = (chunk: Buffer) => this.receiving?.receive(chunk);
+    parser[kOnMessageComplete] = () => {
+      const request = this.receiving;
+      this.receiving = undefined;
+      request?.receiveEnd();
+    };
+    socket.setNoDelay(true);
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('error', this.onError);
+    socket.on('close', this.onClose);
+  }
+
+  private readonly onData = (data: Buffer): void => {
+    this.lastActivity = coarseNow();
+    if (this.stopped) return;
+    if (this.phase === 'keepalive') {
+      this.phase = 'headers';
+      this.phaseStarted = tick();
+    }
+    const result = this.parser.execute(data);
+    if (typeof result !== 'number' && !this.stopped) this.parseFailed(result);
+    this.next();
+    this.updateReading();
+  };
+
+  private parseFailed(err: ParserError): void {
+    this.stopped = true;
+    this.listener.options.onClientError(err.code);
+    this.receiving?.receiveFailure(`malformed request body (${err.code})`, false);
+    this.receiving = undefined;
+    this.pendingRefusal = err.code === 'HPE_HEADER_OVERFLOW' ? 'header_overflow' : 'bad_request';
+  }
+
+  private readonly onEnd = (): void => {
+    if (this.phase === 'linger') {
+      this.socket.destroy();
+      return;
+    }
+    if (!this.stopped) {
+      const result = this.parser.finish();
+      if (result instanceof Error) this.listener.options.onClientError(result.code);
+    }
+    this.receiving?.receiveFailure('the client closed its side before sending the whole body', true);
+    this.receiving = undefined;
+    this.stopped = true;
+    this.closing = true;
+    if (this.queue.length === 0) this.finishConnection();
+  };
+
+  private readonly onError = (err: NodeJS.ErrnoException): void => {
+    this.listener.options.onClientError(err.code ?? 'socket_error');
+  };
+
+  private readonly onClose = (): void => {
+    this.listener.connections.delete(this);
+    this.stopped = true;
+    for (const request of this.queue) request.gone();
+    this.queue.length = 0;
+    this.activeRequest = undefined;
+  };
+
+  /** Hands the next request to the handler, or answers a refusal owed after the earlier answers. */
+  private next(): void {
+    if (this.activeRequest !== undefined) return;
+    const request = this.queue[0];
+    if (request !== undefined) {
+      this.activeRequest = request;
+      this.listener.options.onRequest(request);
+      return;
+    }
+    if (this.pendingRefusal !== undefined) {
+      const kind = this.pendingRefusal;
+      this.pendingRefusal = undefined;
+      this.refuse(kind);
+    }
+  }
+
+  /** Called by a request once its answer is written. */
+  answered(request: ClientRequest, close: boolean): void {
+    if (this.queue[0] === request) this.queue.shift();
+    if (this.activeRequest === request) this.activeRequest = undefined;
+    if (close || (this.closing && this.queue.length === 0)) {
+      this.closing = true;
+      this.stopped = true;
+      this.finishConnection();
+      return;
+    }
+    if (this.queue.length === 0 && this.receiving === undefined) {
+      this.phase = this.pendingRefusal ? 'busy' : 'keepalive';
+      this.phaseStarted = tick();
+    }
+    this.next();
+    this.updateReading();
+  }
+
+  /** Reads while there is room: the active body is not paused and no pipelined request waits its turn. */
+  updateReading(): void {
+    const socket = this.socket;
+    const read = this.phase === 'linger' || (!this.stopped && !this.bodyPaused && this.queue.length <= 1);
+    if (read && socket.isPaused()) socket.resume();
+    else if (!read && !socket.isPaused()) socket.pause();
+  }
+
+  private refuse(kind: 'bad_request' | 'header_overflow' | 'timeout'): void {
+    const { status, body } = this.listener.options.refusal(kind);
+    this.stopped = true;
+    this.closing = true;
+    const socket = this.socket;
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    socket.write(`HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-kvx-error: bad_request\r\nconnection: close\r\n\r\n${body}`, 'latin1');
+    this.finishConnection();
+  }
+
+  /** Sends FIN after the answers written so far, then lingers (see LINGER_MS). */
+  private finishConnection(): void {
+    if (this.phase === 'linger') return;
+    this.stopped = true;
+    this.phase = 'linger';
+    this.phaseStarted = tick();
+    const socket = this.socket;
+    if (socket.readableEnded) {
+      socket.destroySoon();
+      return;
+    }
+    socket.end();
+    this.updateReading();
+  }
+
+  /** Whether the connection is between requests and can be closed without losing anything. */
+  get idle(): boolean {
+    return this.queue.length === 0 && this.receiving === undefined;
+  }
+
+  sweep(now: number): void {
+    const { options } = this.listener;
+    if (this.phase === 'linger') {
+      if (now - this.phaseStarted >= LINGER_MS) this.socket.destroy();
+      return;
+    }
+    if (this.phase === 'keepalive') {
+      if (now - this.phaseStarted >= options.keepAliveTimeoutMs) this.socket.destroy();
+      return;
+    }
+    if (this.phase === 'headers') {
+      if (now - this.phaseStarted >= options.headersTimeoutMs && this.queue.length === 0) {
+        options.onClientError('headers_timeout');
+        this.refuse('timeout');
+      }
+      return;
+    }
+    const receiving = this.receiving;
+    if (receiving !== undefined && options.requestTimeoutMs > 0 && now - this.phaseStarted >= options.requestTimeoutMs) {
+      options.onClientError('request_timeout');
+      if (!receiving.headersSent && this.queue[0] === receiving) {
+        receiving.receiveFailure('request timeout', false);
+        this.refuse('timeout');
+      } else this.socket.destroy();
+      return;
+    }
+    const active = this.activeRequest;
+    if (now - this.lastActivity >= options.idleTimeoutMs && !(active?.waitingOnUpstream ?? false)) this.socket.destroy();
+  }
+}
+
+export class ClientListener {
+  readonly server: net.Server;
+  readonly connections = new Set<ClientConnection>();
+  private readonly sweeper: Sweeper;
+
+  constructor(readonly options: ClientListenerOptions) {
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+      const connection = new ClientConnection(socket, this);
+      this.connections.add(connection);
+    });
+    this.sweeper = new Sweeper(
+      sweepInterval([options.headersTimeoutMs, options.requestTimeoutMs, options.keepAliveTimeoutMs, options.idleTimeoutMs]),
+      (now) => {
+        for (const connection of this.connections) connection.sweep(now);
+      },
+    );
+    this.sweeper.start();
+  }
+
+  /** Closes connections that are between requests; busy ones close after their current answer. */
+  closeIdle(): void {
+    for (const connection of this.connections) {
+      connection.closing = true;
+      if (connection.idle) connection.socket.destroy();
+    }
+  }
+
+  closeAll(): void {
+    for (const connection of this.connections) connection.socket.destroy();
+  }
+
+  stop(): void {
+    this.sweeper.stop();
+  }
+}

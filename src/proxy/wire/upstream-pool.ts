@@ -1,0 +1,469 @@
+import net from 'node:net';
+import type { Socket } from 'node:net';
+import tls from 'node:tls';
+import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
+import { HeaderAccumulator, PARSE_BODY, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
+import type { NativeParser, ParserError } from './llhttp.js';
+
+/**
+ * Keep-alive HTTP/1.1 connections to the one upstream, one exchange at a time per connection. Responses
+ * are parsed by llhttp; a connection goes back to the pool only when its response ended cleanly, its
+ * request was sent whole, and nothing followed the response (bytes past a response's end would otherwise
+ * be read as the start of the next caller's answer).
+ */
+export interface UpstreamPoolOptions {
+  origin: URL;
+  maxConnections: number;
+  connectTimeoutMs: number;
+  /** From the request fully sent to the response headers. */
+  headersTimeoutMs: number;
+  /** Silence in the middle of a response body. */
+  idleTimeoutMs: number;
+  /** How long an unused connection is kept; shortened by the server's own Keep-Alive: timeout hint. */
+  keepAliveTimeoutMs: number;
+  tls: tls.ConnectionOptions | undefined;
+}
+
+/** Response headers larger than this are a malformed answer. */
+const MAX_RESPONSE_HEADER_BYTES = 64 * 1024;
+/** Reuse a connection only this long before the server's announced keep-alive timeout. */
+const KEEP_ALIVE_MARGIN_MS = 2_000;
+
+export type UpstreamErrorCode =
+  | 'KVX_CONNECT_TIMEOUT'
+  | 'KVX_HEADERS_TIMEOUT'
+  | 'KVX_BODY_TIMEOUT'
+  /** The connection closed, or was reset, before the response was complete. */
+  | 'KVX_UPSTREAM_CLOSED'
+  | 'KVX_BAD_RESPONSE';
+
+export class UpstreamError extends Error {
+  constructor(
+    /** One of UpstreamErrorCode, a socket errno code (ECONNREFUSED, ...), a TLS code or an llhttp HPE_ code. */
+    readonly code: string,
+    message: string,
+    /** Nothing of the response was received: the request may not have been processed. */
+    readonly beforeResponse: boolean,
+  ) {
+    super(message);
+    this.name = 'UpstreamError';
+  }
+}
+
+export interface ResponseHandler {
+  onResponseHead(status: number, reason: string, headers: string[]): void;
+  onResponseData(chunk: Buffer): void;
+  onResponseEnd(): void;
+  onResponseError(err: UpstreamError): void;
+}
+
+export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | { kind: 'stream'; chunked: boolean };
+
+export class UpstreamRequest {
+  connection: UpstreamConnection | undefined;
+  /** Whether it went out on a connection that had served requests before (a stale keep-alive is possible). */
+  reused = false;
+  responseStarted = false;
+  done = false;
+  /** The whole request, body included, has been written. */
+  sent = false;
+  sentAt = 0;
+  private pending: Buffer[] | undefined;
+  private bodyEnded = false;
+  private drainWaiter: (() => void) | undefined;
+
+  constructor(
+    private readonly pool: UpstreamPool,
+    readonly handler: ResponseHandler,
+    readonly head: string,
+    readonly body: RequestBody,
+    /** The answer to a HEAD has no body whatever its headers say. */
+    readonly expectsNoBody: boolean,
+  ) {}
+
+  /** @internal the pool assigned a connection */
+  attach(connection: UpstreamConnection): void {
+    this.connection = connection;
+    this.reused = connection.served > 0;
+    const socket = connection.socket;
+    const body = this.body;
+    if (body.kind === 'buffer') {
+      socket.cork();
+      socket.write(this.head, 'latin1');
+      socket.write(body.data);
+      socket.uncork();
+      this.markSent();
+    } else if (body.kind === 'none') {
+      socket.write(this.head, 'latin1');
+      this.markSent();
+    } else {
+      socket.write(this.head, 'latin1');
+      const pending = this.pending;
+      this.pending = undefined;
+      if (pending) for (const chunk of pending) this.writeChunk(socket, chunk);
+      if (this.bodyEnded) this.finishBody(socket);
+      const waiter = this.drainWaiter;
+      this.drainWaiter = undefined;
+      if (waiter) {
+        if (socket.writableNeedDrain) socket.once('drain', waiter);
+        else waiter();
+      }
+    }
+  }
+
+  private markSent(): void {
+    this.sent = true;
+    this.sentAt = tick();
+  }
+
+  /** Streams body bytes; false means wait for `onDrain`. */
+  write(chunk: Buffer): boolean {
+    if (this.done) return true;
+    const connection = this.connection;
+    if (connection === undefined) {
+      (this.pending ??= []).push(chunk);
+      return false;
+    }
+    return this.writeChunk(connection.socket, chunk);
+  }
+
+  private writeChunk(socket: Socket, chunk: Buffer): boolean {
+    if (this.body.kind === 'stream' && this.body.chunked) {
+      socket.cork();
+      socket.write(chunk.length.toString(16) + '\r\n', 'latin1');
+      socket.write(chunk);
+      const more = socket.write('\r\n', 'latin1');
+      socket.uncork();
+      return more;
+    }
+    return socket.write(chunk);
+  }
+
+  onDrain(callback: () => void): void {
+    const connection = this.connection;
+    if (connection === undefined) this.drainWaiter = callback;
+    else connection.socket.once('drain', callback);
+  }
+
+  /** The streamed body is complete. */
+  end(): void {
+    this.bodyEnded = true;
+    const connection = this.connection;
+    if (connection !== undefined && !this.done) this.finishBody(connection.socket);
+  }
+
+  private finishBody(socket: Socket): void {
+    if (this.body.kind === 'stream' && this.body.chunked) socket.write('0\r\n\r\n', 'latin1');
+    this.markSent();
+  }
+
+  /** Response backpressure: stop reading from upstream until `resume`. */
+  pause(): void {
+    if (this.connection) {
+      this.connection.paused = true;
+      this.connection.socket.pause();
+    }
+  }
+
+  resume(): void {
+    if (this.connection) {
+      this.connection.paused = false;
+      this.connection.lastActivity = coarseNow();
+      this.connection.socket.resume();
+    }
+  }
+
+  /** Gives up on the exchange (the client went away, or the answer is not wanted): the connection is closed. */
+  abort(): void {
+    if (this.done) return;
+    this.done = true;
+    if (this.connection) this.connection.socket.destroy();
+    else this.pool.dequeue(this);
+  }
+
+  /** @internal */
+  fail(err: UpstreamError): void {
+    if (this.done) return;
+    this.done = true;
+    this.handler.onResponseError(err);
+  }
+}
+
+class UpstreamConnection {
+  readonly parser: NativeParser;
+  request: UpstreamRequest | undefined;
+  served = 0;
+  idleSince = 0;
+  lastActivity = 0;
+  keepAliveMs: number;
+  paused = false;
+  private keepAlive = true;
+  private completed = false;
+  /** Bytes arrived that belong to no request: never reuse. */
+  private poisoned = false;
+  private interim = false;
+  private socketError: NodeJS.ErrnoException | undefined;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private readonly headers = new HeaderAccumulator();
+
+  constructor(
+    readonly socket: Socket,
+    private readonly pool: UpstreamPool,
+    secure: boolean,
+  ) {
+    this.keepAliveMs = pool.options.keepAliveTimeoutMs;
+    const parser = (this.parser = newParser('response', MAX_RESPONSE_HEADER_BYTES));
+    parser[kOnMessageBegin] = () => {
+      if (this.request === undefined || this.request.done) this.poisoned = true;
+    };
+    parser[kOnHeaders] = (headers: string[], url: string) => this.headers.add(headers, url);
+    parser[kOnHeadersComplete] = (
+      _major: number,
+      _minor: number,
+      rawHeaders: string[] | undefined,
+      _method: number,
+      url: string | undefined,
+      status: number,
+      reason: string,
+      _upgrade: boolean,
+      keepAlive: boolean,
+    ) => {
+      const [headers] = this.headers.take(rawHeaders, url);
+      const request = this.request;
+      if (request === undefined || request.done) {
+        this.poisoned = true;
+        return PARSE_BODY;
+      }
+      if (status < 200) {
+        if (status === 101) {
+          this.fail(new UpstreamError('KVX_BAD_RESPONSE', 'upstream switched protocols unasked', false));
+          return SKIP_BODY;
+        }
+        // 100 Continue, 103 Early Hints: informational, the real answer follows.
+        this.interim = true;
+        return PARSE_BODY;
+      }
+      this.keepAlive = keepAlive;
+      if (keepAlive) this.readKeepAliveHint(headers);
+      request.responseStarted = true;
+      this.lastActivity = coarseNow();
+      request.handler.onResponseHead(status, reason, headers);
+      return request.expectsNoBody ? SKIP_BODY : PARSE_BODY;
+    };
+    parser[kOnBody] = (chunk: Buffer) => {
+      const request = this.request;
+      if (request !== undefined && !request.done) request.handler.onResponseData(chunk);
+    };
+    parser[kOnMessageComplete] = () => {
+      if (this.interim) {
+        this.interim = false;
+        return;
+      }
+      const request = this.request;
+      if (request === undefined || request.done) return;
+      request.done = true;
+      this.completed = true;
+      request.handler.onResponseEnd();
+    };
+
+    socket.setNoDelay(true);
+    this.connectTimer = setTimeout(() => {
+      this.fail(new UpstreamError('KVX_CONNECT_TIMEOUT', 'connect timeout', true));
+    }, pool.options.connectTimeoutMs);
+    socket.once(secure ? 'secureConnect' : 'connect', () => {
+      clearTimeout(this.connectTimer);
+      this.connectTimer = undefined;
+    });
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      this.socketError ??= err;
+    });
+    socket.on('close', this.onClose);
+  }
+
+  private readKeepAliveHint(headers: string[]): void {
+    for (let i = 0; i < headers.length; i += 2) {
+      if (headers[i]!.length === 10 && headers[i]!.toLowerCase() === 'keep-alive') {
+        const match = /timeout=(\d+)/i.exec(headers[i + 1]!);
+        if (match) this.keepAliveMs = Math.min(this.pool.options.keepAliveTimeoutMs, Math.max(0, Number(match[1]) * 1000 - KEEP_ALIVE_MARGIN_MS));
+      }
+    }
+  }
+
+  private readonly onData = (data: Buffer): void => {
+    this.lastActivity = coarseNow();
+    if (this.request === undefined) {
+      // An idle connection has nothing to say; whatever it sent cannot be trusted as the next answer.
+      this.socket.destroy();
+      return;
+    }
+    const result = this.parser.execute(data);
+    if (typeof result !== 'number') {
+      this.fail(parserFailure(result, this.request));
+      return;
+    }
+    if (this.completed) this.settle();
+  };
+
+  /** After a complete response: back to the pool if that is safe, closed otherwise. */
+  private settle(): void {
+    this.completed = false;
+    const request = this.request!;
+    if (this.poisoned || !this.keepAlive || !request.sent || this.socket.destroyed) {
+      this.socket.destroy();
+      return;
+    }
+    this.request = undefined;
+    this.served++;
+    this.pool.release(this);
+  }
+
+  private readonly onEnd = (): void => {
+    const request = this.request;
+    if (request !== undefined && !request.done) {
+      // A response delimited by the connection's end completes here.
+      const result = this.parser.finish();
+      if (result instanceof Error) this.fail(parserFailure(result as ParserError, request));
+    }
+    this.socket.destroy();
+  };
+
+  private readonly onClose = (): void => {
+    clearTimeout(this.connectTimer);
+    this.pool.remove(this);
+    const request = this.request;
+    if (request !== undefined && !request.done) {
+      const err = this.socketError;
+      const beforeResponse = !request.responseStarted;
+      request.fail(
+        err?.code
+          ? new UpstreamError(err.code, err.message, beforeResponse)
+          : new UpstreamError('KVX_UPSTREAM_CLOSED', beforeResponse ? 'closed before answering' : 'closed mid-response', beforeResponse),
+      );
+    }
+  };
+
+  fail(err: UpstreamError): void {
+    const request = this.request;
+    this.socket.destroy();
+    request?.fail(err);
+  }
+
+  sweep(now: number): boolean {
+    const request = this.request;
+    const { options } = this.pool;
+    if (request === undefined) return now - this.idleSince >= this.keepAliveMs;
+    if (request.done) return false;
+    if (!request.responseStarted) {
+      if (request.sent && now - request.sentAt >= options.headersTimeoutMs) {
+        this.fail(new UpstreamError('KVX_HEADERS_TIMEOUT', 'headers timeout', true));
+      }
+    } else if (!this.paused && now - this.lastActivity >= options.idleTimeoutMs) {
+      this.fail(new UpstreamError('KVX_BODY_TIMEOUT', 'body timeout', false));
+    }
+    return false;
+  }
+}
+
+function parserFailure(err: ParserError, request: UpstreamRequest): UpstreamError {
+  return new UpstreamError(err.code || 'KVX_BAD_RESPONSE', `malformed response (${err.code})`, !request.responseStarted);
+}
+
+export class UpstreamPool {
+  private readonly idle: UpstreamConnection[] = [];
+  private readonly waiting: UpstreamRequest[] = [];
+  private readonly all = new Set<UpstreamConnection>();
+  private readonly sweeper: Sweeper;
+  private readonly host: string;
+  private readonly port: number;
+  private readonly secure: boolean;
+  private closed = false;
+
+  constructor(readonly options: UpstreamPoolOptions) {
+    const { origin } = options;
+    this.secure = origin.protocol === 'https:';
+    this.host = origin.hostname.startsWith('[') ? origin.hostname.slice(1, -1) : origin.hostname;
+    this.port = Number(origin.port) || (this.secure ? 443 : 80);
+    this.sweeper = new Sweeper(sweepInterval([options.headersTimeoutMs, options.idleTimeoutMs, options.keepAliveTimeoutMs]), (now) => {
+      for (const connection of this.all) {
+        if (connection.sweep(now)) connection.socket.destroy();
+      }
+    });
+    this.sweeper.start();
+  }
+
+  /** Sends a request on an idle connection, a new one, or when one frees up. */
+  request(handler: ResponseHandler, head: string, body: RequestBody, expectsNoBody: boolean): UpstreamRequest {
+    const request = new UpstreamRequest(this, handler, head, body, expectsNoBody);
+    if (this.closed) {
+      request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
+      return request;
+    }
+    const connection = this.idle.pop() ?? (this.all.size < this.options.maxConnections ? this.connect() : undefined);
+    if (connection === undefined) this.waiting.push(request);
+    else this.assign(connection, request);
+    return request;
+  }
+
+  private assign(connection: UpstreamConnection, request: UpstreamRequest): void {
+    connection.request = request;
+    connection.lastActivity = coarseNow();
+    request.attach(connection);
+  }
+
+  private connect(): UpstreamConnection {
+    const { tls: tlsOptions } = this.options;
+    const socket = this.secure
+      ? tls.connect({
+          host: this.host,
+          port: this.port,
+          servername: net.isIP(this.host) ? undefined : this.host,
+          ALPNProtocols: ['http/1.1'],
+          ...tlsOptions,
+        })
+      : net.connect({ host: this.host, port: this.port });
+    const connection = new UpstreamConnection(socket, this, this.secure);
+    this.all.add(connection);
+    return connection;
+  }
+
+  /** @internal a connection finished an exchange cleanly */
+  release(connection: UpstreamConnection): void {
+    const next = this.waiting.shift();
+    if (next !== undefined) {
+      this.assign(connection, next);
+      return;
+    }
+    connection.idleSince = tick();
+    this.idle.push(connection);
+  }
+
+  /** @internal a connection closed */
+  remove(connection: UpstreamConnection): void {
+    if (!this.all.delete(connection)) return;
+    const at = this.idle.indexOf(connection);
+    if (at !== -1) this.idle.splice(at, 1);
+    const next = this.closed ? undefined : this.waiting.shift();
+    if (next !== undefined) this.assign(this.connect(), next);
+  }
+
+  /** @internal a waiting request was given up */
+  dequeue(request: UpstreamRequest): void {
+    const at = this.waiting.indexOf(request);
+    if (at !== -1) this.waiting.splice(at, 1);
+  }
+
+  get size(): number {
+    return this.all.size;
+  }
+
+  async destroy(): Promise<void> {
+    this.closed = true;
+    this.sweeper.stop();
+    for (const request of this.waiting.splice(0)) request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
+    const closing = [...this.all].map((c) => new Promise<void>((resolve) => (c.socket.destroyed ? resolve() : c.socket.once('close', () => resolve()))));
+    for (const connection of this.all) connection.socket.destroy();
+    await Promise.all(closing);
+  }
+}
