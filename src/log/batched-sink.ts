@@ -1,17 +1,23 @@
 import type { LogSink } from './logger.js';
 
-/** Sinks holding unwritten lines; flushed synchronously if the process exits before their next turn. */
+/** Sinks holding unwritten lines; flushed synchronously if the process exits first. */
 const unflushed = new Set<BatchedSink>();
 let exitHook = false;
 
+/** Lines wait at most this long... */
+const FLUSH_DELAY_MS = 50;
+/** ...or until this much is waiting. */
+const FLUSH_BYTES = 64 * 1024;
+
 /**
- * Collects log lines written during one event-loop turn and hands them to the underlying stream in a
- * single write. A busy proxy logs a line per request; stdout is usually a pipe, and one write syscall per
- * line (each waking the log collector) costs about as much CPU as forwarding a small request. Lines keep
- * their order and are out within the same turn of the event loop.
+ * Collects log lines and hands them to the underlying stream in one write every FLUSH_DELAY_MS (sooner when
+ * FLUSH_BYTES are waiting). A busy proxy logs a line per request; stdout is usually a pipe, and a write per
+ * line, or even per event-loop turn, cost 10 µs of the proxy's CPU per request at 16 connections (about a
+ * sixth of the whole). Lines keep their order; the process's exit flushes what is left.
  */
 export class BatchedSink implements LogSink {
   private pending = '';
+  private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly target: { write(chunk: string): unknown }) {
     if (!exitHook) {
@@ -25,12 +31,17 @@ export class BatchedSink implements LogSink {
   write(line: string): void {
     if (this.pending === '') {
       unflushed.add(this);
-      setImmediate(this.flush);
+      this.timer = setTimeout(this.flush, FLUSH_DELAY_MS);
+      // A line waiting to be written must not keep a finished process alive; the exit hook writes it.
+      this.timer.unref();
     }
     this.pending += line;
+    if (this.pending.length >= FLUSH_BYTES) this.flush();
   }
 
   readonly flush = (): void => {
+    clearTimeout(this.timer);
+    this.timer = undefined;
     if (this.pending === '') return;
     const text = this.pending;
     this.pending = '';

@@ -128,7 +128,8 @@ export const REDACTED = '[REDACTED]';
  */
 export function safePathForLog(url: string): string {
   const q = url.indexOf('?');
-  if (q === -1) return url;
+  // Most MLflow queries name no secret-like key; only those are taken apart.
+  if (q === -1 || !SECRET_QUERY_KEY.test(url.slice(q + 1))) return url;
   const params = url.slice(q + 1).split('&').map((pair) => {
     const eq = pair.indexOf('=');
     const key = eq === -1 ? pair : pair.slice(0, eq);

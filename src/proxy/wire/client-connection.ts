@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { HeaderAccumulator, METHODS, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
 import type { NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -269,6 +269,7 @@ export class ClientConnection {
   private phaseStarted: number;
   lastActivity: number;
   private readonly headers = new HeaderAccumulator();
+  private readonly reader: ParserReader;
 
   constructor(
     readonly socket: Socket,
@@ -312,20 +313,27 @@ export class ClientConnection {
       request?.receiveEnd();
     };
     socket.setNoDelay(true);
-    socket.on('data', this.onData);
+    this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
   }
 
   private readonly onData = (data: Buffer): void => {
+    if (this.stopped) {
+      this.lastActivity = coarseNow();
+      return;
+    }
+    this.afterRead(this.parser.execute(data));
+  };
+
+  private readonly afterRead = (result: number | ParserError): void => {
     this.lastActivity = coarseNow();
-    if (this.stopped) return;
+    if (this.phase === 'linger') return;
     if (this.phase === 'keepalive') {
       this.phase = 'headers';
       this.phaseStarted = tick();
     }
-    const result = this.parser.execute(data);
     if (typeof result !== 'number' && !this.stopped) this.parseFailed(result);
     this.next();
     this.updateReading();
@@ -361,6 +369,7 @@ export class ClientConnection {
 
   private readonly onClose = (): void => {
     this.listener.connections.delete(this);
+    this.reader.release();
     this.stopped = true;
     for (const request of this.queue) request.gone();
     this.queue.length = 0;
@@ -403,10 +412,7 @@ export class ClientConnection {
 
   /** Reads while there is room: the active body is not paused and no pipelined request waits its turn. */
   updateReading(): void {
-    const socket = this.socket;
-    const read = this.phase === 'linger' || (!this.stopped && !this.bodyPaused && this.queue.length <= 1);
-    if (read && socket.isPaused()) socket.resume();
-    else if (!read && !socket.isPaused()) socket.pause();
+    this.reader.set(this.phase === 'linger' || (!this.stopped && !this.bodyPaused && this.queue.length <= 1));
   }
 
   private refuse(kind: 'bad_request' | 'header_overflow' | 'timeout'): void {

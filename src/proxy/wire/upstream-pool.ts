@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { HeaderAccumulator, PARSE_BODY, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
+import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
 import type { NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -88,8 +88,9 @@ export class UpstreamRequest {
     const socket = connection.socket;
     const body = this.body;
     if (body.kind === 'buffer') {
+      // Both as buffers: node copies every chunk of a writev into one block when any of them is a string.
       socket.cork();
-      socket.write(this.head, 'latin1');
+      socket.write(Buffer.from(this.head, 'latin1'));
       socket.write(body.data);
       socket.uncork();
       this.markSent();
@@ -159,17 +160,17 @@ export class UpstreamRequest {
 
   /** Response backpressure: stop reading from upstream until `resume`. */
   pause(): void {
-    if (this.connection) {
+    if (this.connection && !this.done) {
       this.connection.paused = true;
-      this.connection.socket.pause();
+      this.connection.reader.set(false);
     }
   }
 
   resume(): void {
-    if (this.connection) {
+    if (this.connection && !this.done) {
       this.connection.paused = false;
       this.connection.lastActivity = coarseNow();
-      this.connection.socket.resume();
+      this.connection.reader.set(true);
     }
   }
 
@@ -205,6 +206,7 @@ class UpstreamConnection {
   private socketError: NodeJS.ErrnoException | undefined;
   private connectTimer: NodeJS.Timeout | undefined;
   private readonly headers = new HeaderAccumulator();
+  readonly reader: ParserReader;
 
   constructor(
     readonly socket: Socket,
@@ -274,7 +276,7 @@ class UpstreamConnection {
       clearTimeout(this.connectTimer);
       this.connectTimer = undefined;
     });
-    socket.on('data', this.onData);
+    this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', (err: NodeJS.ErrnoException) => {
       this.socketError ??= err;
@@ -292,13 +294,17 @@ class UpstreamConnection {
   }
 
   private readonly onData = (data: Buffer): void => {
+    if (this.request === undefined) this.socket.destroy();
+    else this.afterRead(this.parser.execute(data));
+  };
+
+  private readonly afterRead = (result: number | ParserError): void => {
     this.lastActivity = coarseNow();
     if (this.request === undefined) {
       // An idle connection has nothing to say; whatever it sent cannot be trusted as the next answer.
       this.socket.destroy();
       return;
     }
-    const result = this.parser.execute(data);
     if (typeof result !== 'number') {
       this.fail(parserFailure(result, this.request));
       return;
@@ -316,6 +322,9 @@ class UpstreamConnection {
     }
     this.request = undefined;
     this.served++;
+    // The answer may have ended while its client was slow; the next one must be read.
+    this.paused = false;
+    this.reader.set(true);
     this.pool.release(this);
   }
 
@@ -331,6 +340,7 @@ class UpstreamConnection {
 
   private readonly onClose = (): void => {
     clearTimeout(this.connectTimer);
+    this.reader.release();
     this.pool.remove(this);
     const request = this.request;
     if (request !== undefined && !request.done) {
