@@ -8,7 +8,7 @@
  * Not a test: it asserts no timing. It prints the table, a target check, and writes JSON to bench/results/.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
@@ -25,6 +25,8 @@ import type { TransferResult, TransferSpec } from './transfer.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const KVX_BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
+/** The Node flags kvx ships with (the executable, the image, `npm run proxy`), so kvx runs here as it runs there. */
+const KVX_NODE_FLAGS = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[] } }).kvx.nodeFlags;
 const TOKEN = 'bench-static-token-0123456789abcdef';
 
 interface Options {
@@ -146,7 +148,7 @@ async function startKvx(
 ): Promise<Candidate> {
   const child = startChild(
     process.execPath,
-    [KVX_BIN, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
+    [...KVX_NODE_FLAGS, KVX_BIN, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
     env,
     ROOT,
   );
@@ -332,7 +334,7 @@ async function measureStartup(opts: Options, upstreamUrl: string): Promise<{ kvx
     kvxMs.push(
       await timeToReady(
         process.execPath,
-        [KVX_BIN, '--upstream', upstreamUrl, '--auth-provider', 'static', '--token-env', 'BENCH_TOKEN', '--port', '0', '--admin-port', String(adminPort), '--log-level', 'warn'],
+        [...KVX_NODE_FLAGS, KVX_BIN, '--upstream', upstreamUrl, '--auth-provider', 'static', '--token-env', 'BENCH_TOKEN', '--port', '0', '--admin-port', String(adminPort), '--log-level', 'warn'],
         { ...process.env, BENCH_TOKEN: TOKEN },
         `http://127.0.0.1:${adminPort}/readyz`,
       ),

@@ -10,7 +10,7 @@
  * Environment: KVX_SEA_NODE=/path/to/node picks the Node binary to embed (must be an ELF, Node >= 22).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, readSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -189,6 +189,8 @@ async function main() {
         // Compiled code is cached in the blob: faster start for short-lived `exec` wrappers.
         useCodeCache: true,
         useSnapshot: false,
+        // The Node flags kvx ships with (package.json "kvx.nodeFlags"); NODE_OPTIONS can still add to them.
+        execArgv: JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).kvx.nodeFlags,
       },
       null,
       2,

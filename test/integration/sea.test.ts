@@ -4,7 +4,7 @@
  * KVX_SKIP_SEA_TEST=1 skips it (e.g. on a non-linux-x64 machine); .ci/run never sets it.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -108,6 +108,19 @@ describe('standalone executable (build-sea)', function () {
       expect(result.code, result.stderr).to.equal(0);
       expect(result.stderr).to.include(`"providers":["${name}"]`);
     }
+  });
+
+  it('runs with the Node flags kvx ships with (package.json kvx.nodeFlags)', async () => {
+    const { kvx } = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[] } };
+    // A custom provider module sees the process it runs in; it reports the flags through the header it adds.
+    writeFileSync(
+      path.join(runDir, 'flags.mjs'),
+      "export default class { name = 'flags:' + process.execArgv.join(','); inContext() { return true; } requestHeaders() { return {}; } }\n",
+    );
+    const result = await run('kvx-proxy', ['exec', '--upstream', 'https://mlflow.example.com', '--auth-provider', 'custom', '--auth-module', './flags.mjs', '--', 'true']);
+    expect(result.code, result.stderr).to.equal(0);
+    expect(kvx.nodeFlags).to.include('--max-semi-space-size=8');
+    expect(result.stderr).to.include(`"providers":["flags:${kvx.nodeFlags.join(',')}"]`);
   });
 
   it('checks a config file', async () => {

@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import { configReferenceMarkdown } from '../../src/config/reference.js';
 
 const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { scripts: Record<string, string> };
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { scripts: Record<string, string>; kvx: { nodeFlags: string[] } };
 
 describe('README', () => {
   it('has the configuration reference generated from the schema (npx tsx scripts/config-reference.ts --write)', () => {
@@ -18,6 +18,10 @@ describe('README', () => {
     expect(commands).to.have.length(2);
     expect(commands[0]).to.match(/^npm ci && npm run proxy /);
     expect(commands[1]).to.match(/^npm ci && npm test\b/);
+  });
+
+  it('runs the proxy from npm with the Node flags it ships with', () => {
+    expect(pkg.scripts['proxy']).to.include(`node ${pkg.kvx.nodeFlags.join(' ')} dist/cli/kvx-proxy.js`);
   });
 
   it('names only npm scripts that exist', () => {
