@@ -12,6 +12,7 @@ import { clientResponseHead, upstreamRequestHead } from './headers.js';
 import type { RequestHeaderPlan } from './headers.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { BodySink, ClientRequest } from './wire/client-connection.js';
+import { releaseNow } from './wire/llhttp.js';
 import type { RequestBody, ResponseHandler, UpstreamError, UpstreamPool, UpstreamRequest } from './wire/upstream-pool.js';
 
 export interface ForwarderOptions {
@@ -215,7 +216,12 @@ class Exchange implements ResponseHandler, BodySink {
     const collected = this.collected;
     if (collected !== undefined) {
       this.collected = undefined;
-      this.body = { kind: 'buffer', data: collected.length === 1 ? collected[0]! : Buffer.concat(collected) };
+      let data = collected[0]!;
+      if (collected.length > 1) {
+        data = Buffer.concat(collected);
+        for (const chunk of collected) releaseNow(chunk);
+      }
+      this.body = { kind: 'buffer', data };
       this.withCredentials();
       return;
     }
@@ -406,6 +412,8 @@ class Exchange implements ResponseHandler, BodySink {
     const { forwarder, req } = this;
     forwarder.inFlight.delete(this);
     req.waitingOnUpstream = false;
+    // A buffered body can no longer be replayed; free it if the socket is done with it.
+    if (this.body.kind === 'buffer' && this.upstream?.bodyFlushed === true) releaseNow(this.body.data);
     const { metrics, logger } = forwarder.options;
     metrics.inFlight.dec();
     const seconds = (performance.now() - this.started) / 1000;

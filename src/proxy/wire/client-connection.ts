@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, writeReleasing, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
 import type { NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -207,10 +207,10 @@ export class ClientRequest {
     const socket = this.connection.socket;
     this.connection.lastActivity = coarseNow();
     if (socket.destroyed) return true;
-    if (this.framing !== 'chunked') return socket.write(chunk);
+    if (this.framing !== 'chunked') return writeReleasing(socket, chunk);
     socket.cork();
     socket.write(chunk.length.toString(16) + '\r\n', 'latin1');
-    socket.write(chunk);
+    writeReleasing(socket, chunk);
     const more = socket.write('\r\n', 'latin1');
     socket.uncork();
     return more;

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
+import { HeaderAccumulator, PARSE_BODY, ParserReader, writeReleasing, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
 import type { NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -71,6 +71,11 @@ export class UpstreamRequest {
   private pending: Buffer[] | undefined;
   private bodyEnded = false;
   private drainWaiter: (() => void) | undefined;
+  /** A buffered body has left the process: its memory may be freed once it will not be re-sent. */
+  bodyFlushed = false;
+  private readonly bodyWritten = (err?: Error | null): void => {
+    if (!err) this.bodyFlushed = true;
+  };
 
   constructor(
     private readonly pool: UpstreamPool,
@@ -91,7 +96,7 @@ export class UpstreamRequest {
       // Both as buffers: node copies every chunk of a writev into one block when any of them is a string.
       socket.cork();
       socket.write(Buffer.from(this.head, 'latin1'));
-      socket.write(body.data);
+      socket.write(body.data, this.bodyWritten);
       socket.uncork();
       this.markSent();
     } else if (body.kind === 'none') {
@@ -132,12 +137,12 @@ export class UpstreamRequest {
     if (this.body.kind === 'stream' && this.body.chunked) {
       socket.cork();
       socket.write(chunk.length.toString(16) + '\r\n', 'latin1');
-      socket.write(chunk);
+      writeReleasing(socket, chunk);
       const more = socket.write('\r\n', 'latin1');
       socket.uncork();
       return more;
     }
-    return socket.write(chunk);
+    return writeReleasing(socket, chunk);
   }
 
   onDrain(callback: () => void): void {
