@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
+import { createRequire } from 'node:module';
 import type { AddressInfo, Server } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { HeaderInjector } from '../auth/injector.js';
@@ -15,6 +16,14 @@ import { Forwarder } from './forward.js';
 import { ProxyMetrics } from './metrics.js';
 import { ClientListener } from './wire/client-connection.js';
 import { UpstreamPool } from './wire/upstream-pool.js';
+
+/**
+ * node:http for the admin listener, loaded as CommonJS: importing it as an ES module makes Node build a facade
+ * that reads every export, and its lazy WebSocket export then loads Node's bundled undici, about 40 ms of every
+ * start (paid by each exec-wrapped pipeline step). Written as `createRequire(import.meta.url)(...)`: the standalone
+ * build rewrites exactly that form.
+ */
+const { createServer: createHttpServer } = createRequire(import.meta.url)('node:http') as typeof http;
 
 export interface StartOptions {
   logger?: Logger;
@@ -67,7 +76,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   try {
     await listen(server, config.listen.port, config.listen.host, 'listen');
     if (config.admin.enabled) {
-      admin = http.createServer(createAdminHandler({ metrics, injector, isDraining: () => forwarder.draining }));
+      admin = createHttpServer(createAdminHandler({ metrics, injector, isDraining: () => forwarder.draining }));
       await listen(admin, config.admin.port, config.admin.host, 'admin');
     }
   } catch (err) {
