@@ -19,7 +19,7 @@ import { UpstreamPool } from './wire/upstream-pool.js';
 
 /**
  * node:http for the admin listener, loaded as CommonJS: importing it as an ES module makes Node build a facade
- * that reads every export, and its lazy WebSocket export then loads Node's bundled undici, about 40 ms of every
+ * that reads every export, and its lazy WebSocket export then loads Node's bundled undici, about 30 ms of every
  * start (paid by each exec-wrapped pipeline step). Written as `createRequire(import.meta.url)(...)`: the standalone
  * build rewrites exactly that form.
  */
