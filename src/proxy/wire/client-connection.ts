@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, writeReleasing, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
-import type { NativeParser, ParserError } from './llhttp.js';
+import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
  * The client side of the proxy: accepted sockets, requests parsed by llhttp, answers written straight to
@@ -278,17 +278,7 @@ export class ClientConnection {
     this.phaseStarted = this.lastActivity = tick();
     const parser = (this.parser = newParser('request', listener.options.maxHeaderSize));
     parser[kOnHeaders] = (headers: string[], url: string) => this.headers.add(headers, url);
-    parser[kOnHeadersComplete] = (
-      _major: number,
-      minor: number,
-      rawHeaders: string[] | undefined,
-      method: number,
-      url: string | undefined,
-      _status: number,
-      _reason: string,
-      upgrade: boolean,
-      keepAlive: boolean,
-    ) => {
+    const onHeadersComplete: HeadersComplete = (_major, minor, rawHeaders, method, url, _status, _reason, upgrade, keepAlive) => {
       const [headers, target] = this.headers.take(rawHeaders, url);
       if (this.stopped) return SKIP_BODY;
       if (headers.length > MAX_HEADER_PAIRS * 2) {
@@ -306,6 +296,7 @@ export class ClientConnection {
       }
       return 0;
     };
+    parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = (chunk: Buffer) => this.receiving?.receive(chunk);
     parser[kOnMessageComplete] = () => {
       const request = this.receiving;

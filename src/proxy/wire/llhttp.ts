@@ -70,6 +70,19 @@ export const kOnBody = HTTPParser.kOnBody | 0;
 export const kOnMessageComplete = HTTPParser.kOnMessageComplete | 0;
 export const kOnExecute = HTTPParser.kOnExecute | 0;
 
+/** The kOnHeadersComplete callback; `headers` and `url` are undefined when they came in kOnHeaders batches. */
+export type HeadersComplete = (
+  versionMajor: number,
+  versionMinor: number,
+  headers: string[] | undefined,
+  method: number,
+  url: string | undefined,
+  statusCode: number,
+  statusMessage: string,
+  upgrade: boolean,
+  shouldKeepAlive: boolean,
+) => number;
+
 /** What a kOnHeadersComplete callback may return: go on, or expect no body (the answer to a HEAD). */
 export const PARSE_BODY = 0;
 export const SKIP_BODY = 1;

@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { HeaderAccumulator, PARSE_BODY, ParserReader, writeReleasing, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
-import type { NativeParser, ParserError } from './llhttp.js';
+import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
  * Keep-alive HTTP/1.1 connections to the one upstream, one exchange at a time per connection. Responses
@@ -224,17 +224,7 @@ class UpstreamConnection {
       if (this.request === undefined || this.request.done) this.poisoned = true;
     };
     parser[kOnHeaders] = (headers: string[], url: string) => this.headers.add(headers, url);
-    parser[kOnHeadersComplete] = (
-      _major: number,
-      _minor: number,
-      rawHeaders: string[] | undefined,
-      _method: number,
-      url: string | undefined,
-      status: number,
-      reason: string,
-      _upgrade: boolean,
-      keepAlive: boolean,
-    ) => {
+    const onHeadersComplete: HeadersComplete = (_major, _minor, rawHeaders, _method, url, status, reason, _upgrade, keepAlive) => {
       const [headers] = this.headers.take(rawHeaders, url);
       const request = this.request;
       if (request === undefined || request.done) {
@@ -257,6 +247,7 @@ class UpstreamConnection {
       request.handler.onResponseHead(status, reason, headers);
       return request.expectsNoBody ? SKIP_BODY : PARSE_BODY;
     };
+    parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = (chunk: Buffer) => {
       const request = this.request;
       if (request !== undefined && !request.done) request.handler.onResponseData(chunk);
