@@ -12,7 +12,7 @@ import { clientResponseHead, upstreamRequestHead } from './headers.js';
 import type { RequestHeaderPlan } from './headers.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { BodySink, ClientRequest } from './wire/client-connection.js';
-import { releaseNow } from './wire/llhttp.js';
+import { releaseNow } from './wire/body.js';
 import type { RequestBody, ResponseHandler, UpstreamError, UpstreamPool, UpstreamRequest } from './wire/upstream-pool.js';
 
 export interface ForwarderOptions {
@@ -290,7 +290,6 @@ class Exchange implements ResponseHandler, BodySink {
     req.waitingOnUpstream = !streaming || req.complete;
     this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD');
     if (streaming && !this.upstream.done) {
-      if (!Number.isFinite(req.contentLength) || req.chunked) this.bytesIn = 0;
       req.readBody(this);
       req.resumeBody();
     }

@@ -669,6 +669,19 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     expect(header(seen, 'x-big')[0]).to.equal(big);
   });
 
+  it('a POST without a body reaches upstream with Content-Length: 0 (front ends such as Google\'s answer 411 without it); a GET gets no framing header', async () => {
+    const c = await connect();
+    c.write('POST /empty-post HTTP/1.1\r\nHost: kvx\r\n\r\nGET /plain-get HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    expect((await c.readResponse()).status).to.equal(200);
+    expect((await c.readResponse()).status).to.equal(200);
+    expect(upstream.requests.map((r) => r.url)).to.deep.equal(['/empty-post', '/plain-get']);
+    const [post, get] = upstream.requests;
+    expect(header(post!.rawHeaders, 'content-length')).to.deep.equal(['0']);
+    expect(header(post!.rawHeaders, 'transfer-encoding')).to.deep.equal([]);
+    expect(header(get!.rawHeaders, 'content-length')).to.deep.equal([]);
+    expect(header(get!.rawHeaders, 'transfer-encoding')).to.deep.equal([]);
+  });
+
   it('Expect: 100-continue: the client gets 100 Continue before sending the body, then the final answer; upstream gets the exact body and no Expect header', async () => {
     upstream.handler = (_req, res, body) => {
       const out = JSON.stringify({ bytes: body.length });

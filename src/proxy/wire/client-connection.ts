@@ -1,7 +1,8 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, writeReleasing, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
+import { writeBodyChunk } from './body.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -130,10 +131,6 @@ export class ClientRequest {
     return this.chunked || this.contentLength > 0;
   }
 
-  get socket(): Socket {
-    return this.connection.socket;
-  }
-
   /** Starts delivering the body (buffered chunks first). */
   readBody(sink: BodySink): void {
     this.sink = sink;
@@ -207,13 +204,7 @@ export class ClientRequest {
     const socket = this.connection.socket;
     this.connection.lastActivity = coarseNow();
     if (socket.destroyed) return true;
-    if (this.framing !== 'chunked') return writeReleasing(socket, chunk);
-    socket.cork();
-    socket.write(chunk.length.toString(16) + '\r\n', 'latin1');
-    writeReleasing(socket, chunk);
-    const more = socket.write('\r\n', 'latin1');
-    socket.uncork();
-    return more;
+    return writeBodyChunk(socket, chunk, this.framing === 'chunked');
   }
 
   onDrain(callback: () => void): void {

@@ -2,7 +2,8 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { HeaderAccumulator, PARSE_BODY, ParserReader, writeReleasing, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
+import { writeBodyChunk } from './body.js';
+import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -61,8 +62,6 @@ export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | 
 
 export class UpstreamRequest {
   connection: UpstreamConnection | undefined;
-  /** Whether it went out on a connection that had served requests before (a stale keep-alive is possible). */
-  reused = false;
   responseStarted = false;
   done = false;
   /** The whole request, body included, has been written. */
@@ -89,7 +88,6 @@ export class UpstreamRequest {
   /** @internal the pool assigned a connection */
   attach(connection: UpstreamConnection): void {
     this.connection = connection;
-    this.reused = connection.served > 0;
     const socket = connection.socket;
     const body = this.body;
     if (body.kind === 'buffer') {
@@ -134,15 +132,7 @@ export class UpstreamRequest {
   }
 
   private writeChunk(socket: Socket, chunk: Buffer): boolean {
-    if (this.body.kind === 'stream' && this.body.chunked) {
-      socket.cork();
-      socket.write(chunk.length.toString(16) + '\r\n', 'latin1');
-      writeReleasing(socket, chunk);
-      const more = socket.write('\r\n', 'latin1');
-      socket.uncork();
-      return more;
-    }
-    return writeReleasing(socket, chunk);
+    return writeBodyChunk(socket, chunk, this.body.kind === 'stream' && this.body.chunked);
   }
 
   onDrain(callback: () => void): void {
@@ -198,7 +188,6 @@ export class UpstreamRequest {
 class UpstreamConnection {
   readonly parser: NativeParser;
   request: UpstreamRequest | undefined;
-  served = 0;
   idleSince = 0;
   lastActivity = 0;
   keepAliveMs: number;
@@ -317,7 +306,6 @@ class UpstreamConnection {
       return;
     }
     this.request = undefined;
-    this.served++;
     // The answer may have ended while its client was slow; the next one must be read.
     this.paused = false;
     this.reader.set(true);
@@ -458,10 +446,6 @@ export class UpstreamPool {
   dequeue(request: UpstreamRequest): void {
     const at = this.waiting.indexOf(request);
     if (at !== -1) this.waiting.splice(at, 1);
-  }
-
-  get size(): number {
-    return this.all.size;
   }
 
   async destroy(): Promise<void> {
