@@ -526,6 +526,17 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     await onlyBarrierReachedUpstream();
   });
 
+  it('a protocol upgrade (WebSocket) gets 501 not_implemented and a closed connection; nothing reaches upstream', async () => {
+    const c = await connect();
+    c.write('GET /ws HTTP/1.1\r\nHost: kvx\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    const answer = await c.readResponse();
+    expect(answer.status).to.equal(501);
+    expect(answer.header('x-kvx-error')).to.deep.equal(['not_implemented']);
+    expect(JSON.parse(answer.body.toString()).message).to.include('protocol upgrades are not supported');
+    expect(await c.closedByServer()).to.equal('');
+    await onlyBarrierReachedUpstream();
+  });
+
   it('HTTP/1.0 without keep-alive: a complete answer without chunked framing, then the proxy closes the connection', async () => {
     const body = pattern(5000, 6);
     upstream.handler = (_req, res) => {
