@@ -1,7 +1,7 @@
 /** Child processes for the benchmark and what /proc says about them (CPU time, peak RSS). Linux only; elsewhere figures are null. */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 
 let clockTicks: number | undefined;
@@ -122,23 +122,28 @@ export interface Child {
   pid: number;
   /** Resolves with the first stdout line that parses as JSON and satisfies `accept`. */
   waitFor<T>(accept: (value: Record<string, unknown>) => T | undefined, timeoutMs?: number): Promise<T>;
-  /** Stop parsing stdout and only drain it, as a log collector would. */
+  /** Stop looking for lines: a pipe is only drained from here on, as a log collector would; a file is no longer read. */
   drainOnly(): void;
   stop(): Promise<void>;
   stderrTail(): string;
 }
 
-/** Spawns a child whose stdout carries JSON lines; stdout is drained for its whole life (like a log collector). */
-export function startChild(command: string, args: string[], env: NodeJS.ProcessEnv, cwd: string): Child {
-  const proc = spawn(command, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Spawns a child whose stdout carries JSON lines. By default stdout is a pipe drained for the child's whole
+ * life (like a log collector). With `stdoutFile` it goes straight to that file instead, as nginx writes its
+ * access log: no reader process competes for the benchmark's two cores, and `waitFor` polls the file.
+ */
+export function startChild(command: string, args: string[], env: NodeJS.ProcessEnv, cwd: string, stdoutFile?: string): Child {
+  const fileFd = stdoutFile === undefined ? undefined : openSync(stdoutFile, 'a');
+  const proc = spawn(command, args, { env, cwd, stdio: ['ignore', fileFd ?? 'pipe', 'pipe'] });
+  if (fileFd !== undefined) closeSync(fileFd);
   let stderr = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (s: string) => {
     stderr = (stderr + s).slice(-4000);
   });
   const waiters = new Set<(value: Record<string, unknown>) => boolean>();
-  const lines = createInterface({ input: proc.stdout! });
-  lines.on('line', (line) => {
+  const onLine = (line: string): void => {
     if (waiters.size === 0 || !line.startsWith('{')) return;
     let value: Record<string, unknown>;
     try {
@@ -147,7 +152,28 @@ export function startChild(command: string, args: string[], env: NodeJS.ProcessE
       return;
     }
     for (const w of [...waiters]) if (w(value)) waiters.delete(w);
-  });
+  };
+  let stopReading: () => void;
+  if (stdoutFile === undefined) {
+    const lines = createInterface({ input: proc.stdout! });
+    lines.on('line', onLine);
+    stopReading = () => {
+      lines.close();
+      proc.stdout!.on('data', () => {});
+      proc.stdout!.resume();
+    };
+  } else {
+    let linesSeen = 0;
+    const poll = setInterval(() => {
+      if (waiters.size === 0) return;
+      const lines = readFileSync(stdoutFile, 'utf8').split('\n');
+      lines.pop(); // a line still being written
+      for (const line of lines.slice(linesSeen)) onLine(line);
+      linesSeen = lines.length;
+    }, 10);
+    stopReading = () => clearInterval(poll);
+    proc.once('exit', () => clearInterval(poll));
+  }
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   return {
     proc,
@@ -181,11 +207,7 @@ export function startChild(command: string, args: string[], env: NodeJS.ProcessE
       await exited;
       clearTimeout(timer);
     },
-    drainOnly() {
-      lines.close();
-      proc.stdout!.on('data', () => {});
-      proc.stdout!.resume();
-    },
+    drainOnly: () => stopReading(),
     stderrTail: () => stderr,
   };
 }

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './require-node.js';
 import { Command } from 'commander';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
