@@ -6,20 +6,29 @@ let exitHook = false;
 
 /** Lines wait at most this long... */
 const FLUSH_DELAY_MS = 50;
-/** ...or until this much is waiting. */
+/** ...or until this many bytes are waiting. */
 const FLUSH_BYTES = 64 * 1024;
+/** UTF-8 takes at most 3 bytes per UTF-16 code unit. */
+const MAX_BYTES_PER_CHAR = 3;
+/** Room for the batch and the worst case of the line that completes it. */
+const BUFFER_BYTES = 2 * FLUSH_BYTES;
 
 /**
  * Collects log lines and hands them to the underlying stream in one write every FLUSH_DELAY_MS (sooner when
  * FLUSH_BYTES are waiting). A busy proxy logs a line per request; stdout is usually a pipe, and a write per
  * line, or even per event-loop turn, cost 10 µs of the proxy's CPU per request at 16 connections (about a
  * sixth of the whole). Lines keep their order; the process's exit flushes what is left.
+ *
+ * Each line is encoded into an off-heap buffer as it arrives. Appending the strings instead kept up to 50 ms
+ * of lines alive as a rope of string pieces on V8's young heap, and every scavenge copied the whole rope: with
+ * the request log on, scavenges took 3–7 ms instead of under 2, twice the collector's time per request.
  */
 export class BatchedSink implements LogSink {
-  private pending = '';
+  private buffer = Buffer.allocUnsafeSlow(BUFFER_BYTES);
+  private used = 0;
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly target: { write(chunk: string): unknown }) {
+  constructor(private readonly target: { write(chunk: Uint8Array | string): unknown }) {
     if (!exitHook) {
       exitHook = true;
       process.once('exit', () => {
@@ -29,23 +38,33 @@ export class BatchedSink implements LogSink {
   }
 
   write(line: string): void {
-    if (this.pending === '') {
+    if (line.length * MAX_BYTES_PER_CHAR > this.buffer.length - this.used) {
+      this.flush();
+      if (line.length * MAX_BYTES_PER_CHAR > this.buffer.length) {
+        // Longer than a whole batch could hold: it goes out on its own, after what was waiting.
+        this.target.write(line);
+        return;
+      }
+    }
+    if (this.used === 0) {
       unflushed.add(this);
       this.timer = setTimeout(this.flush, FLUSH_DELAY_MS);
       // A line waiting to be written must not keep a finished process alive; the exit hook writes it.
       this.timer.unref();
     }
-    this.pending += line;
-    if (this.pending.length >= FLUSH_BYTES) this.flush();
+    this.used += this.buffer.write(line, this.used, 'utf8');
+    if (this.used >= FLUSH_BYTES) this.flush();
   }
 
   readonly flush = (): void => {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.pending === '') return;
-    const text = this.pending;
-    this.pending = '';
+    if (this.used === 0) return;
+    const batch = this.buffer.subarray(0, this.used);
+    // The stream may still hold the batch after write() returns (a pipe that is full), so it is not reused.
+    this.buffer = Buffer.allocUnsafeSlow(BUFFER_BYTES);
+    this.used = 0;
     unflushed.delete(this);
-    this.target.write(text);
+    this.target.write(batch);
   };
 }

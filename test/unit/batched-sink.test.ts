@@ -1,0 +1,64 @@
+import { expect } from 'chai';
+import { BatchedSink } from '../../src/log/batched-sink.js';
+
+class Collector {
+  readonly writes: string[] = [];
+  write(chunk: Uint8Array | string): boolean {
+    this.writes.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
+    return true;
+  }
+  get text(): string {
+    return this.writes.join('');
+  }
+}
+
+const line = (i: number, pad = 0) => `{"n":${i},"pad":"${'x'.repeat(pad)}"}\n`;
+
+describe('BatchedSink', function () {
+  it('holds lines back and writes them in order, in one write, within 50 ms', async function () {
+    const target = new Collector();
+    const sink = new BatchedSink(target);
+    for (let i = 0; i < 100; i++) sink.write(line(i));
+    expect(target.writes).to.have.length(0);
+    await new Promise((r) => setTimeout(r, 80));
+    expect(target.writes).to.have.length(1);
+    expect(target.text).to.equal(Array.from({ length: 100 }, (_, i) => line(i)).join(''));
+  });
+
+  it('writes as soon as 64 KiB are waiting, and keeps every byte of multi-byte text', function () {
+    const target = new Collector();
+    const sink = new BatchedSink(target);
+    const expected: string[] = [];
+    // 1,000 lines of about 300 bytes, some with 2-, 3- and 4-byte characters.
+    for (let i = 0; i < 1000; i++) {
+      const text = line(i, 250) + (i % 3 === 0 ? `{"μ":"漢字🙂"}\n` : '');
+      expected.push(text);
+      sink.write(text);
+    }
+    expect(target.writes.length).to.be.within(3, 6);
+    for (const w of target.writes.slice(0, -1)) expect(Buffer.byteLength(w)).to.be.at.least(64 * 1024);
+    sink.flush();
+    expect(target.text).to.equal(expected.join(''));
+  });
+
+  it('writes a line longer than a batch on its own, after the lines before it', function () {
+    const target = new Collector();
+    const sink = new BatchedSink(target);
+    sink.write(line(1));
+    const long = line(2, 200_000);
+    sink.write(long);
+    sink.write(line(3));
+    sink.flush();
+    expect(target.writes).to.deep.equal([line(1), long, line(3)]);
+  });
+
+  it('does not reuse a batch the stream may still hold', function () {
+    const held: Uint8Array[] = [];
+    const sink = new BatchedSink({ write: (chunk: Uint8Array | string) => held.push(chunk as Uint8Array) });
+    sink.write(line(1));
+    sink.flush();
+    sink.write(line(2));
+    sink.flush();
+    expect(held.map((b) => Buffer.from(b).toString())).to.deep.equal([line(1), line(2)]);
+  });
+});
