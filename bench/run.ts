@@ -54,7 +54,7 @@ function parseOptions(argv: string[]): Options {
   return {
     smoke,
     durationSec: Number(value('--duration') ?? (smoke ? 1 : 5)),
-    rounds: Number(value('--rounds') ?? (smoke ? 1 : 2)),
+    rounds: Number(value('--rounds') ?? (smoke ? 1 : 3)),
     transferBytes: Math.round(mb * 1e6),
     slowBytes: smoke ? 8e6 : 256e6,
     slowBps: smoke ? 16e6 : 64e6,
