@@ -61,4 +61,31 @@ describe('BatchedSink', function () {
     sink.flush();
     expect(held.map((b) => Buffer.from(b).toString())).to.deep.equal([line(1), line(2)]);
   });
+
+  it('reuses its buffer only when the stream reports nothing left to write', function () {
+    const texts: string[] = [];
+    const chunks: Buffer[] = [];
+    let writableLength = 0;
+    const sink = new BatchedSink({
+      write(chunk: Uint8Array | string) {
+        texts.push(Buffer.from(chunk as Uint8Array).toString());
+        chunks.push(chunk as Buffer);
+      },
+      get writableLength() {
+        return writableLength;
+      },
+    });
+    const flushLine = (i: number) => {
+      sink.write(line(i));
+      sink.flush();
+    };
+    flushLine(1);
+    flushLine(2);
+    expect(chunks[0]!.buffer).to.equal(chunks[1]!.buffer);
+    writableLength = 100;
+    flushLine(3);
+    flushLine(4);
+    expect(chunks[2]!.buffer).not.to.equal(chunks[3]!.buffer);
+    expect(texts).to.deep.equal([line(1), line(2), line(3), line(4)]);
+  });
 });
