@@ -161,10 +161,10 @@ async function startKvx(
   return { name, description, url, clientHeaders: {}, pids: [child.pid], stop: () => child.stop(), ...(onlyConnections ? { onlyConnections } : {}) };
 }
 
-async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort: number, tmp: string, notes: string[]): Promise<Candidate[]> {
+/** Starts the candidates into `candidates` one by one, so that those already running are stopped if a later one fails. */
+async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort: number, tmp: string, notes: string[], candidates: Candidate[]): Promise<void> {
   const want = (name: string) => !opts.only || opts.only.has(name);
   const baseEnv = { ...process.env, BENCH_TOKEN: TOKEN };
-  const candidates: Candidate[] = [];
   if (want('direct')) {
     candidates.push({ name: 'direct', description: 'no proxy: the client sends the token itself (the limit)', url: upstreamUrl, clientHeaders: { authorization: `Bearer ${TOKEN}` }, pids: [], stop: async () => {} });
   }
@@ -225,7 +225,10 @@ async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort:
         ['--auth-provider', 'google-iam', '--client-id', g.audience, '--service-account', g.serviceAccount],
         env,
         tmp,
-      );
+      ).catch(async (err: unknown) => {
+        await fakes.stop();
+        throw err;
+      });
       candidates.push({ ...kvx, stop: async () => void (await Promise.all([kvx.stop(), fakes.stop()])) });
     }
   }
@@ -242,7 +245,6 @@ async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort:
       ),
     );
   }
-  return candidates;
 }
 
 function nginxVersion(bin: string): string | undefined {
@@ -404,8 +406,9 @@ async function main(): Promise<void> {
   const tmp = mkdtempSync(join(os.tmpdir(), 'kvx-bench-'));
   const notes: string[] = [];
   const children: { stop(): Promise<void> }[] = [];
+  const candidates: Candidate[] = [];
   const stopAll = async () => {
-    await Promise.allSettled(children.map((c) => c.stop()));
+    await Promise.allSettled([...children, ...candidates].map((c) => c.stop()));
     rmSync(tmp, { recursive: true, force: true });
   };
   process.once('SIGINT', () => void stopAll().then(() => process.exit(130)));
@@ -420,8 +423,7 @@ async function main(): Promise<void> {
     const upstreamPort = await upstream.waitFor(portLine);
     upstream.drainOnly();
     const upstreamUrl = `http://127.0.0.1:${upstreamPort}`;
-    const candidates = await startCandidates(opts, upstreamUrl, upstreamPort, tmp, notes);
-    children.push(...candidates);
+    await startCandidates(opts, upstreamUrl, upstreamPort, tmp, notes, candidates);
     const names = candidates.map((c) => c.name);
     const batch = logBatchBody();
     const runGetLength = runGetBody().length;
