@@ -3,7 +3,7 @@ import { SCHEMA } from './schema.js';
 import type { FieldSpec } from './schema.js';
 
 /**
- * The README's configuration table, generated from the schema so the two cannot drift
+ * The configuration reference table (docs/configuration.md), generated from the schema so the two cannot drift
  * (test/unit/readme.test.ts compares them; `npx tsx scripts/config-reference.ts --write` refreshes it).
  */
 export function configReferenceMarkdown(): string {

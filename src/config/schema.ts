@@ -1,6 +1,6 @@
 /**
  * The configuration schema: one declarative tree that drives defaults, validation, the `KVX_*` environment
- * names, redaction in `check-config`, and the README's reference table. Adding a key means adding it here.
+ * names, redaction in `check-config`, and the reference table in docs/configuration.md. Adding a key means adding it here.
  */
 
 export type FieldSpec =

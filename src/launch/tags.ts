@@ -1,5 +1,5 @@
 /**
- * The MLflow tags kvx-launch writes. Their meanings are documented in the README and stay stable: a tag never
+ * The MLflow tags kvx-launch writes. Their meanings are documented in docs/launcher.md and stay stable: a tag never
  * changes meaning during a run (kedro-vertexai's vertexai_run_id did).
  */
 export const TAG = {

@@ -5,7 +5,7 @@ import { TLSSocket } from 'node:tls';
 /**
  * Node's own HTTP/1.1 parser (llhttp, in C++), the one node:http runs on. kvx parses both sides of every
  * exchange with it instead of going through node:http's server and undici's client: those cost about four
- * times the instructions per proxied request (see the README's design section), while the parser itself,
+ * times the instructions per proxied request (see docs/design.md), while the parser itself,
  * and with it every strictness rule against request smuggling, stays Node's.
  *
  * `_http_common` is an internal module, so its shape is checked once at load: a Node release that changes
