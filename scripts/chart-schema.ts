@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SCHEMA } from '../src/config/schema.js';
-import type { FieldSpec } from '../src/config/schema.js';
+import type { FieldSpec, Fields } from '../src/config/schema.js';
 
 /** Keys the chart sets itself (the pod's listen and admin addresses); users set `ports` instead. */
 export const CHART_OWNED_CONFIG_KEYS = ['listen', 'admin'] as const;
@@ -26,7 +26,7 @@ export function configJsonSchema(): JsonSchema {
   };
 }
 
-function objectSchema(fields: Record<string, FieldSpec>, required: string[] = []): JsonSchema {
+function objectSchema(fields: Fields, required: string[] = []): JsonSchema {
   const schema: JsonSchema = {
     type: 'object',
     additionalProperties: false,
@@ -58,7 +58,13 @@ function fieldSchema(spec: FieldSpec): JsonSchema {
     case 'object':
       return described(objectSchema(spec.fields));
     case 'list':
-      return described({ type: 'array', items: objectSchema(spec.item, 'type' in spec.item ? ['type'] : []) });
+      return described({
+        type: 'array',
+        items: objectSchema(
+          spec.item,
+          Object.entries(spec.item).flatMap(([key, field]) => (field.kind === 'string' && field.required ? [key] : [])),
+        ),
+      });
   }
 }
 

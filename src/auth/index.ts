@@ -3,6 +3,12 @@ import './static.js';
 import './google-iam.js';
 import './google-oauth.js';
 import './custom.js';
+import { BUILT_IN_PROVIDER_TYPES } from '../config/schema.js';
+import { providerType } from './registry.js';
+
+// The schema names the built-in types for flags, docs and the chart; this keeps that list and the registry one.
+const unregistered = BUILT_IN_PROVIDER_TYPES.filter((type) => providerType(type) === undefined);
+if (unregistered.length > 0) throw new Error(`built-in provider types without an implementation: ${unregistered.join(', ')}`);
 
 export { HeaderInjector } from './injector.js';
 export type { ActiveProvider } from './injector.js';

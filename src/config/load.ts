@@ -5,7 +5,7 @@ import type * as Yaml from 'yaml';
 import { ConfigError, errorMessage } from '../errors.js';
 import type { ConfigProblem } from '../errors.js';
 import { SCHEMA } from './schema.js';
-import type { FieldSpec, KvxConfig } from './schema.js';
+import type { FieldSpec, Fields, KvxConfig } from './schema.js';
 import { validateConfig } from './validate.js';
 
 /** One value set from the command line, named by the flag it came from so errors can point at it. */
@@ -33,7 +33,10 @@ export interface LoadedConfig {
   config: KvxConfig;
   /** Where each non-default value came from: `file:<path>`, `env:<NAME>`, `flag:<--name>`. */
   sources: Map<string, string>;
-  /** Directory relative paths in config (auth.module, upstream.caFile, ...) were resolved against. */
+  /**
+   * The folder of the last config file (the working directory without one). Path keys (schema `path`,
+   * `pathKeys`) are already absolute; this is for a custom provider's own relative params.
+   */
   baseDir: string;
 }
 
@@ -57,12 +60,15 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     mergeLayer(config as unknown as Tree, layer, SCHEMA, '', `file:${file}`, sources, problems, baseDir);
   }
 
-  mergeEnv(config as unknown as Tree, env, sources, problems);
+  // Paths from the environment and flags are the user's own words in a shell: relative to where they stand.
+  const cwd = process.cwd();
+  mergeEnv(config as unknown as Tree, env, sources, problems, cwd);
 
   for (const o of options.overrides ?? []) {
     if (o.path.startsWith('auth.params.')) {
       const auth = asTree((config as unknown as Tree)['auth']);
-      auth['params'] = { ...asTree(auth['params']), [o.path.slice('auth.params.'.length)]: o.value };
+      const key = o.path.slice('auth.params.'.length);
+      auth['params'] = { ...asTree(auth['params']), ...(resolvePaths(PARAMS_SPEC, { [key]: o.value }, cwd) as Tree) };
       sources.set(o.path, `flag:${o.source}`);
       continue;
     }
@@ -73,7 +79,7 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     }
     const value = coerce(o.value, spec, o.source, problems);
     if (value !== undefined) {
-      setAt(config as unknown as Tree, o.path, value);
+      setAt(config as unknown as Tree, o.path, resolvePaths(spec, value, cwd));
       sources.set(o.path, `flag:${o.source}`);
     }
   }
@@ -147,7 +153,7 @@ function fromKedroVertexConfig(doc: Tree): Tree {
 function mergeLayer(
   target: Tree,
   layer: Tree,
-  spec: Record<string, FieldSpec>,
+  spec: Fields,
   prefix: string,
   source: string,
   sources: Map<string, string>,
@@ -180,16 +186,13 @@ function mergeLayer(
     }
     const coerced = coerce(value, field, keyPath, problems);
     if (coerced === undefined) continue;
-    if (field.kind === 'map') {
-      target[key] = { ...asTree(target[key]), ...(coerced as Tree) };
-    } else {
-      target[key] = isPathKey(keyPath) && typeof coerced === 'string' && coerced ? path.resolve(baseDir, coerced) : coerced;
-    }
+    const resolved = resolvePaths(field, coerced, baseDir);
+    target[key] = field.kind === 'map' ? { ...asTree(target[key]), ...(resolved as Tree) } : resolved;
     sources.set(keyPath, source);
   }
 }
 
-function listItem(item: unknown, spec: Record<string, FieldSpec>, itemPath: string, problems: ConfigProblem[], baseDir: string): Tree {
+function listItem(item: unknown, spec: Fields, itemPath: string, problems: ConfigProblem[], baseDir: string): Tree {
   const out: Tree = { params: {} };
   if (!isPlainObject(item)) {
     problems.push({ path: itemPath, message: `must be a mapping of ${Object.keys(spec).join(', ')}` });
@@ -202,16 +205,26 @@ function listItem(item: unknown, spec: Record<string, FieldSpec>, itemPath: stri
       continue;
     }
     const coerced = coerce(value, field, `${itemPath}.${key}`, problems);
-    if (coerced !== undefined) out[key] = key === 'module' && typeof coerced === 'string' ? path.resolve(baseDir, coerced) : coerced;
+    if (coerced !== undefined) out[key] = resolvePaths(field, coerced, baseDir);
   }
-  if (out['type'] === undefined) problems.push({ path: `${itemPath}.type`, message: 'required: name the provider type (static, basic, google-iam, google-oauth, custom)' });
+  for (const [key, field] of Object.entries(spec)) {
+    if (field.kind === 'string' && field.required && out[key] === undefined) problems.push({ path: `${itemPath}.${key}`, message: `required (${field.doc})` });
+  }
   return out;
 }
 
-const PATH_KEYS = new Set(['upstream.caFile', 'upstream.certFile', 'upstream.keyFile', 'auth.module']);
-function isPathKey(keyPath: string): boolean {
-  return PATH_KEYS.has(keyPath);
+/** A value with the paths it holds made absolute against `dir` (see FieldSpec `path` and `pathKeys`). */
+function resolvePaths(spec: FieldSpec, value: unknown, dir: string): unknown {
+  if (spec.kind === 'string' && spec.path && typeof value === 'string' && value !== '') return path.resolve(dir, value);
+  if (spec.kind === 'map' && spec.pathKeys && isPlainObject(value)) {
+    const out: Tree = { ...value };
+    for (const [key, v] of Object.entries(value)) if (spec.pathKeys.test(key) && typeof v === 'string' && v !== '') out[key] = path.resolve(dir, v);
+    return out;
+  }
+  return value;
 }
+
+const PARAMS_SPEC = SCHEMA.auth.fields.params;
 
 /** `upstream.connectTimeoutMs` ↔ `KVX_UPSTREAM_CONNECT_TIMEOUT_MS`; provider params as `KVX_AUTH_PARAMS_<KEY>`. */
 export function envNameFor(keyPath: string): string {
@@ -222,18 +235,15 @@ export function envNameFor(keyPath: string): string {
 const NON_KEY_ENV = new Set(['KVX_CONFIG', 'KVX_DEBUG']);
 const PARAMS_ENV_PREFIX = 'KVX_AUTH_PARAMS_';
 
-function mergeEnv(config: Tree, env: NodeJS.ProcessEnv, sources: Map<string, string>, problems: ConfigProblem[]): void {
+function mergeEnv(config: Tree, env: NodeJS.ProcessEnv, sources: Map<string, string>, problems: ConfigProblem[], cwd: string): void {
   const known = new Map<string, { path: string; spec: FieldSpec }>();
-  for (const [keyPath, spec] of leaves(SCHEMA, '')) {
-    if ('env' in spec && spec.env === false) continue;
-    known.set(envNameFor(keyPath), { path: keyPath, spec });
-  }
+  for (const [keyPath, spec] of leaves(SCHEMA, '')) known.set(envNameFor(keyPath), { path: keyPath, spec });
   for (const [name, raw] of Object.entries(env)) {
     if (!name.startsWith('KVX_') || raw === undefined || NON_KEY_ENV.has(name)) continue;
     if (name.startsWith(PARAMS_ENV_PREFIX) && name.length > PARAMS_ENV_PREFIX.length) {
       const key = name.slice(PARAMS_ENV_PREFIX.length).toLowerCase();
       const auth = asTree(config['auth']);
-      auth['params'] = { ...asTree(auth['params']), [key]: raw };
+      auth['params'] = { ...asTree(auth['params']), ...(resolvePaths(PARAMS_SPEC, { [key]: raw }, cwd) as Tree) };
       sources.set(`auth.params.${key}`, `env:${name}`);
       continue;
     }
@@ -244,7 +254,7 @@ function mergeEnv(config: Tree, env: NodeJS.ProcessEnv, sources: Map<string, str
     }
     const value = coerce(raw, entry.spec, name, problems);
     if (value !== undefined) {
-      setAt(config, entry.path, value);
+      setAt(config, entry.path, resolvePaths(entry.spec, value, cwd));
       sources.set(entry.path, `env:${name}`);
     }
   }
@@ -312,7 +322,7 @@ function describe(value: unknown): string {
   return `${typeof value} ${String(value)}`;
 }
 
-function defaultsOf(spec: Record<string, FieldSpec>): Tree {
+function defaultsOf(spec: Fields): Tree {
   const out: Tree = {};
   for (const [key, field] of Object.entries(spec)) {
     if (field.kind === 'object') out[key] = defaultsOf(field.fields);
@@ -323,7 +333,7 @@ function defaultsOf(spec: Record<string, FieldSpec>): Tree {
   return out;
 }
 
-export function* leaves(spec: Record<string, FieldSpec>, prefix: string): Generator<[string, FieldSpec]> {
+export function* leaves(spec: Fields, prefix: string): Generator<[string, FieldSpec]> {
   for (const [key, field] of Object.entries(spec)) {
     const keyPath = prefix ? `${prefix}.${key}` : key;
     if (field.kind === 'object') yield* leaves(field.fields, keyPath);
@@ -332,7 +342,7 @@ export function* leaves(spec: Record<string, FieldSpec>, prefix: string): Genera
 }
 
 export function specAt(keyPath: string): FieldSpec | undefined {
-  let fields: Record<string, FieldSpec> | undefined = SCHEMA;
+  let fields: Fields | undefined = SCHEMA;
   let spec: FieldSpec | undefined;
   for (const part of keyPath.split('.')) {
     spec = fields?.[part];

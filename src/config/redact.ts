@@ -1,6 +1,6 @@
 import { REDACTED } from '../log/logger.js';
 import { SCHEMA } from './schema.js';
-import type { FieldSpec, KvxConfig } from './schema.js';
+import type { Fields, KvxConfig } from './schema.js';
 
 const DEFAULT_SECRET_KEYS = /token|secret|password|passwd|key|credential/i;
 /** Params that name where a secret lives rather than holding it; showing them helps debugging. */
@@ -11,14 +11,13 @@ export function redactConfig(config: KvxConfig): unknown {
   return redactTree(config as unknown as Record<string, unknown>, SCHEMA);
 }
 
-function redactTree(tree: Record<string, unknown>, spec: Record<string, FieldSpec>): Record<string, unknown> {
+function redactTree(tree: Record<string, unknown>, spec: Fields): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(tree)) {
     const field = spec[key];
     if (field?.kind === 'object' && isObject(value)) out[key] = redactTree(value, field.fields);
     else if (field?.kind === 'map' && isObject(value)) out[key] = redactParams(value, field.secretKeys ?? DEFAULT_SECRET_KEYS);
     else if (field?.kind === 'list' && Array.isArray(value)) out[key] = value.map((item) => (isObject(item) ? redactTree(item, field.item) : item));
-    else if (field?.kind === 'string' && field.secret && value) out[key] = REDACTED;
     else out[key] = value;
   }
   return out;

@@ -1,6 +1,6 @@
-import { envNameFor, leaves } from './load.js';
+import { envNameFor } from './load.js';
 import { SCHEMA } from './schema.js';
-import type { FieldSpec } from './schema.js';
+import type { FieldSpec, Fields } from './schema.js';
 
 /**
  * The configuration reference table (docs/configuration.md), generated from the schema so the two cannot drift
@@ -14,7 +14,7 @@ export function configReferenceMarkdown(): string {
   return rows.join('\n');
 }
 
-function* allKeys(spec: Record<string, FieldSpec>, prefix: string): Generator<[string, FieldSpec]> {
+function* allKeys(spec: Fields, prefix: string): Generator<[string, FieldSpec]> {
   for (const [key, field] of Object.entries(spec)) {
     const path = prefix ? `${prefix}.${key}` : key;
     if (field.kind === 'object') yield* allKeys(field.fields, path);
@@ -24,9 +24,8 @@ function* allKeys(spec: Record<string, FieldSpec>, prefix: string): Generator<[s
 
 function envCell(key: string, spec: FieldSpec): string {
   if (key === 'auth.params') return '`KVX_AUTH_PARAMS_<KEY>`';
-  if (spec.kind === 'map' || spec.kind === 'list' || ('env' in spec && spec.env === false)) return '';
-  for (const [leafKey] of leaves(SCHEMA, '')) if (leafKey === key) return `\`${envNameFor(key)}\``;
-  return '';
+  if (spec.kind === 'map' || spec.kind === 'list') return '';
+  return `\`${envNameFor(key)}\``;
 }
 
 function defaultCell(spec: FieldSpec): string {

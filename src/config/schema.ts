@@ -3,103 +3,70 @@
  * names, redaction in `check-config`, and the reference table in docs/configuration.md. Adding a key means adding it here.
  */
 
+/** One key of the schema. Every option here is read by the loader, the reference table or the chart schema. */
 export type FieldSpec =
   | {
       kind: 'string';
       default?: string;
-      secret?: boolean;
       doc: string;
-      env?: string | false;
       choices?: readonly string[];
       /** Choices are the documented set (and the chart's enum) but another module validates the value. */
       openChoices?: boolean;
+      /** A file or module path: relative values are resolved once, against the config file's folder or, from env and flags, the working directory. */
+      path?: boolean;
+      /** In a list item: the item is refused without it. */
+      required?: boolean;
     }
-  | { kind: 'int'; default?: number; min?: number; max?: number; doc: string; env?: string | false }
-  | { kind: 'bool'; default?: boolean; doc: string; env?: string | false }
-  | { kind: 'stringList'; default?: readonly string[]; doc: string; env?: string | false }
-  | { kind: 'intList'; default?: readonly number[]; doc: string; env?: string | false }
-  /** Free-form map (provider params, labels): values are kept as given; keys are not checked here. */
-  | { kind: 'map'; doc: string; env?: false; secretKeys?: RegExp }
-  | { kind: 'object'; fields: Record<string, FieldSpec>; doc?: string }
-  | { kind: 'list'; item: Record<string, FieldSpec>; doc: string };
+  | { kind: 'int'; default?: number; min?: number; max?: number; doc: string }
+  | { kind: 'bool'; default?: boolean; doc: string }
+  | { kind: 'stringList'; default?: readonly string[]; doc: string }
+  | { kind: 'intList'; default?: readonly number[]; doc: string }
+  /**
+   * Free-form map (provider params, labels): values are kept as given; keys are not checked here. Keys matching
+   * `pathKeys` hold paths, resolved like a `path` string; keys matching `secretKeys` are redacted when printed.
+   */
+  | { kind: 'map'; doc: string; secretKeys?: RegExp; pathKeys?: RegExp }
+  | { kind: 'object'; fields: Fields; doc: string }
+  | { kind: 'list'; item: Fields; doc: string };
 
-export interface ProviderConfig {
-  /** Registered provider type: static, basic, google-iam, google-oauth, custom, ... */
-  type: string;
-  params: Record<string, unknown>;
-  /** Header this provider sets; defaults to auth.header. */
-  header?: string;
-  /** Scheme placed before the token (`Bearer`); empty string for none. Defaults to auth.scheme. */
-  scheme?: string;
-  /** For `custom`: path of the JavaScript module (ESM or CommonJS), relative to the config file. */
-  module?: string;
-  /** For `custom`: the export holding the provider class; `default` unless named. */
-  export?: string;
-}
+export type Fields = Readonly<Record<string, FieldSpec>>;
 
-export interface KvxConfig {
-  listen: { host: string; port: number; allowNonLoopback: boolean };
-  admin: { enabled: boolean; host: string; port: number };
-  upstream: {
-    url: string;
-    connectTimeoutMs: number;
-    headersTimeoutMs: number;
-    idleTimeoutMs: number;
-    maxConnections: number;
-    caFile: string;
-    certFile: string;
-    keyFile: string;
-    insecure: boolean;
-  };
-  server: {
-    headersTimeoutMs: number;
-    requestTimeoutMs: number;
-    keepAliveTimeoutMs: number;
-    maxHeaderSize: number;
-    shutdownTimeoutMs: number;
-  };
-  headers: { preserve: string[] };
-  auth: {
-    provider: string;
-    header: string;
-    scheme: string;
-    params: Record<string, unknown>;
-    module: string;
-    export: string;
-    providers: ProviderConfig[];
-    refreshBeforeExpirySec: number;
-    refreshJitterSec: number;
-    retryOnStatus: number[];
-    replayMaxBodyBytes: number;
-    requireTokenAtStart: boolean;
-    startupTimeoutMs: number;
-    tokenFetchTimeoutMs: number;
-    endpoints: { metadataHost: string; iamCredentials: string; oauthToken: string };
-  };
-  log: { level: 'debug' | 'info' | 'warn' | 'error' | 'silent'; requests: boolean };
-  /** Keys read from a kedro-vertexai vertexai.yml (project, region, run_config) for kvx-launch. */
-  vertex: {
-    projectId: string;
-    region: string;
-    endpoint: string;
-    experimentName: string;
-    root: string;
-    serviceAccount: string;
-    network: string;
-    labels: Record<string, unknown>;
-    experiment: string;
-    projectNumber: string;
-    enableCaching: boolean;
-  };
-}
+/** The value a key holds once loaded: its type follows from its spec, so the schema and the type cannot drift. */
+type ValueOf<F> = F extends { kind: 'string'; choices: readonly (infer C)[]; openChoices?: false }
+  ? C
+  : F extends { kind: 'string' }
+    ? string
+    : F extends { kind: 'int' }
+      ? number
+      : F extends { kind: 'bool' }
+        ? boolean
+        : F extends { kind: 'stringList' }
+          ? string[]
+          : F extends { kind: 'intList' }
+            ? number[]
+            : F extends { kind: 'map' }
+              ? Record<string, unknown>
+              : F extends { kind: 'object'; fields: infer S }
+                ? { -readonly [K in keyof S]: ValueOf<S[K]> }
+                : F extends { kind: 'list'; item: infer S }
+                  ? ItemOf<S>[]
+                  : never;
+
+/** A list item: required keys and maps (which default to `{}`) are always there, the rest only when given. */
+type ItemOf<S> = { -readonly [K in keyof S as S[K] extends { required: true } | { kind: 'map' } ? K : never]: ValueOf<S[K]> } & {
+  -readonly [K in keyof S as S[K] extends { required: true } | { kind: 'map' } ? never : K]?: ValueOf<S[K]>;
+};
 
 /**
  * Built-in provider types. The registry (src/auth/registry.ts) validates a type, so embedders and tests
- * can register more; the schema lists these for documentation and the Helm chart's enum.
+ * can register more; the schema lists these for flags, documentation and the Helm chart's enum, and
+ * src/auth/index.ts refuses to load when one of them has no implementation.
  */
-export const AUTH_PROVIDER_TYPES = ['auto', 'none', 'static', 'basic', 'google-iam', 'google-oauth', 'custom'] as const;
+export const BUILT_IN_PROVIDER_TYPES = ['static', 'basic', 'google-iam', 'google-oauth', 'custom'] as const;
+/** What auth.provider takes: a provider type, `auto` (chosen from auth.params) or `none`. */
+export const AUTH_PROVIDER_TYPES = ['auto', 'none', ...BUILT_IN_PROVIDER_TYPES] as const;
 
-export const SCHEMA: Record<string, FieldSpec> = {
+export const SCHEMA = {
   listen: {
     kind: 'object',
     doc: 'Where the proxy accepts MLflow clients.',
@@ -136,9 +103,9 @@ export const SCHEMA: Record<string, FieldSpec> = {
         doc: 'Longest pause allowed while a body streams in either direction; a multi-GB transfer may take longer in total.',
       },
       maxConnections: { kind: 'int', default: 256, min: 1, doc: 'Most upstream connections kept open at once.' },
-      caFile: { kind: 'string', default: '', doc: 'PEM bundle of CAs trusted for upstream TLS (replaces the system list).' },
-      certFile: { kind: 'string', default: '', doc: 'Client certificate (PEM) for mutual TLS; needs upstream.keyFile.' },
-      keyFile: { kind: 'string', default: '', doc: 'Client key (PEM) for mutual TLS; needs upstream.certFile.' },
+      caFile: { kind: 'string', default: '', path: true, doc: 'PEM bundle of CAs trusted for upstream TLS (replaces the system list).' },
+      certFile: { kind: 'string', default: '', path: true, doc: 'Client certificate (PEM) for mutual TLS; needs upstream.keyFile.' },
+      keyFile: { kind: 'string', default: '', path: true, doc: 'Client key (PEM) for mutual TLS; needs upstream.certFile.' },
       insecure: { kind: 'bool', default: false, doc: 'Skip upstream TLS verification. For debugging only; cannot be combined with upstream.caFile.' },
     },
   },
@@ -183,8 +150,9 @@ export const SCHEMA: Record<string, FieldSpec> = {
         kind: 'map',
         doc: 'Provider params, as kedro-vertexai request_header_provider_params (client_id, service_account, custom keys).',
         secretKeys: /token|secret|password|key/i,
+        pathKeys: /_file$/,
       },
-      module: { kind: 'string', default: '', doc: 'Custom provider module path (ESM or CommonJS), relative to the config file.' },
+      module: { kind: 'string', default: '', path: true, doc: 'Custom provider module path (ESM or CommonJS), relative to the config file.' },
       export: { kind: 'string', default: 'default', doc: 'Export of auth.module holding the provider class.' },
       providers: {
         kind: 'list',
@@ -192,14 +160,15 @@ export const SCHEMA: Record<string, FieldSpec> = {
         item: {
           type: {
             kind: 'string',
-            choices: AUTH_PROVIDER_TYPES.filter((t) => t !== 'auto' && t !== 'none'),
+            required: true,
+            choices: BUILT_IN_PROVIDER_TYPES,
             openChoices: true,
-            doc: 'Provider type.',
+            doc: 'Provider type: static, basic, google-iam, google-oauth, custom, or one a module registered.',
           },
-          params: { kind: 'map', doc: 'Params, merged over auth.params.', secretKeys: /token|secret|password|key/i },
+          params: { kind: 'map', doc: 'Params, merged over auth.params.', secretKeys: /token|secret|password|key/i, pathKeys: /_file$/ },
           header: { kind: 'string', doc: 'Header name; defaults to auth.header.' },
           scheme: { kind: 'string', doc: 'Scheme; defaults to auth.scheme.' },
-          module: { kind: 'string', doc: 'Custom module path.' },
+          module: { kind: 'string', path: true, doc: 'Custom module path.' },
           export: { kind: 'string', doc: 'Custom module export.' },
         },
       },
@@ -250,4 +219,8 @@ export const SCHEMA: Record<string, FieldSpec> = {
       enableCaching: { kind: 'bool', default: false, doc: 'Let Vertex reuse cached task results; off by default, as kedro-vertexai runs.' },
     },
   },
-};
+} as const satisfies Fields;
+
+export type KvxConfig = { -readonly [K in keyof typeof SCHEMA]: ValueOf<(typeof SCHEMA)[K]> };
+/** One entry of auth.providers: a registered provider type with its params, header, scheme and custom module. */
+export type ProviderConfig = KvxConfig['auth']['providers'][number];

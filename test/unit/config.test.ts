@@ -1,13 +1,14 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, realpathSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { planProviders } from '../../src/auth/registry.js';
-import '../../src/auth/index.js';
+import { HeaderInjector } from '../../src/auth/index.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { ConfigOverride, LoadOptions } from '../../src/config/load.js';
 import { redactConfig } from '../../src/config/redact.js';
 import { ConfigError } from '../../src/errors.js';
+import { silentLogger } from '../../src/log/logger.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'kvx-config-'));
 function file(name: string, text: string): string {
@@ -195,5 +196,57 @@ describe('config: redaction', () => {
     expect(text).to.not.contain('super-secret-value');
     expect(text).to.contain('/var/run/secret');
     expect(text).to.contain('1234.apps.googleusercontent.com');
+  });
+});
+
+describe('config: paths', () => {
+  /** A project folder with conf/kvx.yaml, the shell standing in the project root. */
+  function inProject<T>(run: (root: string) => T): T {
+    const root = mkdtempSync(path.join(tmpdir(), 'kvx-paths-'));
+    mkdirSync(path.join(root, 'conf'));
+    const before = process.cwd();
+    process.chdir(root);
+    try {
+      return run(realpathSync(root));
+    } finally {
+      process.chdir(before);
+    }
+  }
+
+  it('resolves a flag or KVX_* path against the working directory, a file path against that file\'s folder', () => {
+    inProject((root) => {
+      writeFileSync(path.join(root, 'conf/kvx.yaml'), 'upstream: {url: "https://mlflow.example", caFile: ca.pem}\nauth: {params: {token_file: token.txt}}\n');
+      for (const name of ['conf/ca.pem', 'client.pem']) writeFileSync(path.join(root, name), '');
+      const fromFile = loadConfig({ files: ['conf/kvx.yaml'], require: { upstream: false } }).config;
+      expect(fromFile.upstream.caFile).to.equal(path.join(root, 'conf/ca.pem'));
+      expect(fromFile.auth.params['token_file']).to.equal(path.join(root, 'conf/token.txt'));
+
+      const { config } = loadConfig({
+        files: ['conf/kvx.yaml'],
+        env: { KVX_UPSTREAM_CERT_FILE: 'client.pem', KVX_UPSTREAM_KEY_FILE: '/dev/null', KVX_AUTH_PARAMS_PASSWORD_FILE: 'secrets/pw' },
+        overrides: [flag('auth.module', 'prov.mjs'), flag('auth.params.token_file', 'here.txt')],
+        require: { upstream: false },
+      });
+      expect(config.auth.module).to.equal(path.join(root, 'prov.mjs'));
+      expect(config.auth.params['token_file']).to.equal(path.join(root, 'here.txt'));
+      expect(config.auth.params['password_file']).to.equal(path.join(root, 'secrets/pw'));
+      expect(config.upstream.certFile).to.equal(path.join(root, 'client.pem'));
+      expect(config.upstream.keyFile).to.equal('/dev/null');
+    });
+  });
+
+  it('checks and loads a custom module named by a flag from where the user stands (--config conf/kvx.yaml --auth-module prov.mjs)', async () => {
+    const fixture = path.resolve('test/fixtures/custom/plain-provider.cjs');
+    await inProject(async (root) => {
+      writeFileSync(path.join(root, 'conf/kvx.yaml'), 'upstream: {url: "https://mlflow.example"}\nauth: {provider: custom}\n');
+      copyFileSync(fixture, path.join(root, 'prov.cjs'));
+      const loaded = loadConfig({ files: ['conf/kvx.yaml'], overrides: [flag('auth.module', 'prov.cjs'), flag('auth.export', 'TeamHeaderProvider')] });
+      const { plans, problems: found } = planProviders(loaded.config, {});
+      expect(found).to.deep.equal([]);
+      // check-config said OK above; serving must load the same file.
+      const injector = await HeaderInjector.create(plans, { config: loaded.config, logger: silentLogger, baseDir: loaded.baseDir, env: {} });
+      expect(injector.active.map((a) => a.plan.type)).to.deep.equal(['custom']);
+      await injector.close();
+    });
   });
 });
