@@ -3,8 +3,8 @@ import type { KvxConfig } from '../config/schema.js';
 import type { ProxyErrorKind } from './errors.js';
 
 /**
- * Keeps web pages the user visits from using the proxy's credentials (the checks Jupyter, VS Code's servers and
- * MLflow 3's own server make). Two ways in, both closed here, before a credential is obtained or a byte forwarded:
+ * Keeps web pages the user visits from using the proxy's credentials (the checks Jupyter's and MLflow 3's own
+ * servers make). Two ways in, both closed here, before a credential is obtained or a byte forwarded:
  *
  * - DNS rebinding: a page on attacker.example re-points its name at 127.0.0.1; its requests then reach the proxy as
  *   same-origin to the browser, with `Host: attacker.example:5001`. Only a Host that names the proxy passes: an IP
@@ -16,7 +16,9 @@ import type { ProxyErrorKind } from './errors.js';
  *   preflight, and an upstream that answers CORS with `*` would even let the page read the answer. A request with
  *   an `Origin` passes only when that origin is the proxy as addressed (scheme://<Host>) or listed in
  *   server.allowedOrigins; one without `Origin` but with `Sec-Fetch-Site: cross-site`/`same-site` passes only as a
- *   top-level GET navigation (a link to the MLflow UI opened from another page, whose answer the page cannot read).
+ *   GET navigation, as in the Fetch Metadata resource isolation policy: a link to the MLflow UI opened from another
+ *   page, or a frame such as MLflow's trace view in a Jupyter notebook. The page cannot read what a navigation
+ *   loads; whether the UI may be framed is the upstream's X-Frame-Options (MLflow 3 sends SAMEORIGIN).
  *
  * Clients that are not browsers (the MLflow Python client, curl) send neither header and only meet the Host check.
  */
@@ -131,11 +133,11 @@ export class HostGuard {
         value: shown,
       };
     }
-    if ((site === 'cross-site' || site === 'same-site') && !(mode === 'navigate' && (method === 'GET' || method === 'HEAD') && (dest === undefined || dest === 'document'))) {
+    if ((site === 'cross-site' || site === 'same-site') && !(mode === 'navigate' && (method === 'GET' || method === 'HEAD') && dest !== 'object' && dest !== 'embed')) {
       return {
         kind: 'cross_site_request',
         reason: 'fetch_site',
-        message: `cross-site browser request refused (Sec-Fetch-Site: ${site}): only the MLflow UI served by the proxy, links opened from other pages and clients that are not browsers may use it; ${ORIGIN_FIX}`,
+        message: `cross-site browser request refused (Sec-Fetch-Site: ${site}): only the MLflow UI served by the proxy, pages opened from links elsewhere and clients that are not browsers may use it; ${ORIGIN_FIX}`,
         hint: ORIGIN_FIX,
         header: 'sec-fetch-site',
         value: site,

@@ -174,11 +174,11 @@ describe('proxy: browsers on the same machine (Host and Origin checks)', () => {
       expect(seen).to.deep.equal([]);
     });
 
-    it('refuses cross-site and same-site requests without Origin (no-cors GET, image, iframe, form GET in a frame)', async () => {
+    it('refuses cross-site and same-site requests without Origin (no-cors GET, image, script, <object>, a POST navigation)', async () => {
       const cases: Record<string, string>[] = [
         { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'image' },
         { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'script' },
-        { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'iframe' },
+        { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'object' },
         { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'empty' },
       ];
       for (const headers of cases) {
@@ -190,10 +190,16 @@ describe('proxy: browsers on the same machine (Host and Origin checks)', () => {
       expect((await refusals())['fetch_site']).to.be.greaterThanOrEqual(5);
     });
 
-    it('passes a link to the UI opened from another site (top-level GET navigation): the page cannot read it', async () => {
-      const res = await send('/', { host: `127.0.0.1:${port}`, 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', 'sec-fetch-user': '?1' });
-      expect(res.status).to.equal(200);
-      expect(seen).to.have.length(1);
+    it('passes GET navigations from another site (a link to a run, MLflow\'s trace view framed in Jupyter): the page cannot read them', async () => {
+      const link = await send('/', { host: `127.0.0.1:${port}`, 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', 'sec-fetch-user': '?1' });
+      const frame = await send('/static-files/lib/notebook-trace-renderer/index.html?trace_id=tr-1', {
+        host: `localhost:${port}`,
+        'sec-fetch-site': 'same-site',
+        'sec-fetch-mode': 'navigate',
+        'sec-fetch-dest': 'iframe',
+      });
+      expect([link.status, frame.status]).to.deep.equal([200, 200]);
+      expect(seen).to.have.length(2);
     });
   });
 
