@@ -3,6 +3,7 @@
 // and the newest release published. Read from the npm registry's node-<platform>-<arch> package.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { URL } from 'node:url';
 
 const pkgName = process.argv[2];
 if (!pkgName) throw new Error('usage: node scripts/node-versions.mjs node-<platform>-<arch>');

@@ -41,6 +41,8 @@ const FLAG_KEYS: Record<string, { key: string; flag: string }> = {
   keyFile: { key: 'upstream.keyFile', flag: '--key-file' },
   insecure: { key: 'upstream.insecure', flag: '--insecure' },
   logLevel: { key: 'log.level', flag: '--log-level' },
+  allowedHosts: { key: 'server.allowedHosts', flag: '--allowed-hosts' },
+  allowedOrigins: { key: 'server.allowedOrigins', flag: '--allowed-origins' },
 };
 
 /** commander option parser for repeatable flags. */
@@ -54,6 +56,8 @@ export function addConfigOptions(command: Command): Command {
     .option('--host <address>', 'listen address (listen.host)')
     .option('--port <port>', 'listen port, 0 for a free one (listen.port)')
     .option('--allow-non-loopback', 'allow listening on a non-loopback address (listen.allowNonLoopback)')
+    .option('--allowed-hosts <names>', 'comma-separated host names clients may address the proxy by, * for any (server.allowedHosts)')
+    .option('--allowed-origins <origins>', 'comma-separated browser origins allowed to call the proxy, * for any (server.allowedOrigins)')
     .option('--admin-host <address>', 'admin listen address (admin.host)')
     .option('--admin-port <port>', 'admin port for /healthz, /readyz, /metrics (admin.port)')
     .option('--no-admin', 'do not open the admin listener (admin.enabled: false)')

@@ -118,6 +118,20 @@ export const SCHEMA = {
       keepAliveTimeoutMs: { kind: 'int', default: 65_000, min: 1, doc: 'How long an idle client connection is kept open.' },
       maxHeaderSize: { kind: 'int', default: 32_768, min: 1024, doc: 'Largest request header block accepted, in bytes; larger gets 431.' },
       shutdownTimeoutMs: { kind: 'int', default: 25_000, min: 0, doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish.' },
+      allowedHosts: {
+        kind: 'stringList',
+        default: [],
+        doc:
+          'Host names clients may address the proxy by, besides IP addresses, localhost, *.localhost and listen.host; other Hosts get 421 (DNS-rebinding guard). ' +
+          '*.example.com matches subdomains; * turns the check off (behind a front end that checks Host). The Helm chart adds its Service names.',
+      },
+      allowedOrigins: {
+        kind: 'stringList',
+        default: [],
+        doc:
+          "Browser origins (https://host[:port]) besides the proxy's own that may send requests, e.g. a dashboard of yours; other cross-site browser requests get 403. " +
+          '* turns the Origin and Sec-Fetch-Site checks off.',
+      },
     },
   },
   headers: {

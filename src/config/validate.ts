@@ -7,6 +7,8 @@ import type { KvxConfig } from './schema.js';
 export const CLIENT_CREDENTIAL_HEADERS = ['authorization', 'proxy-authorization', 'x-serverless-authorization', 'cookie'] as const;
 
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** `*`, or a DNS name optionally led by `*.`, optionally with the root's trailing dot. */
+const ALLOWED_HOST = /^(?:\*|(?:\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?)$/;
 
 /** Cross-field rules that a single key's type cannot express. */
 export function validateConfig(config: KvxConfig, options: { requireUpstream: boolean }): ConfigProblem[] {
@@ -60,6 +62,15 @@ export function validateConfig(config: KvxConfig, options: { requireUpstream: bo
   auth.retryOnStatus.forEach((s, i) => {
     if (s !== 401 && s !== 403 && s !== 407) add(`auth.retryOnStatus[${i}]`, `${s} is not an authentication status; use 401, 403 or 407`);
   });
+  config.server.allowedHosts.forEach((h, i) => {
+    if (!ALLOWED_HOST.test(h) && isIP(h.replace(/^\[|\]$/g, '')) === 0) {
+      add(`server.allowedHosts[${i}]`, `"${h}" is not a host name; give a name without scheme or port, e.g. mlflow.internal, *.corp.example, or * for any (IP addresses are always accepted)`);
+    }
+  });
+  config.server.allowedOrigins.forEach((o, i) => {
+    const problem = originProblem(o);
+    if (problem) add(`server.allowedOrigins[${i}]`, problem);
+  });
   if (auth.provider === 'custom' && !auth.module) add('auth.module', 'required when auth.provider is custom: the path of your provider module');
 
   if (config.vertex.endpoint) {
@@ -80,6 +91,11 @@ export function upstreamUrlProblem(raw: string): string | undefined {
   if (url.username || url.password) return 'must not contain credentials; use auth.provider basic or static instead';
   if (url.search || url.hash) return 'must not have a query string or fragment; give the server root or its path prefix';
   return undefined;
+}
+
+function originProblem(raw: string): string | undefined {
+  if (raw === '*' || (/^https?:\/\/[^/?#@\s]+\/?$/i.test(raw) && URL.canParse(raw))) return undefined;
+  return `"${raw}" is not an origin; write scheme://host[:port] with no path, as the browser's address bar shows it, e.g. https://dashboard.example.com or http://localhost:3000, or * for any`;
 }
 
 function httpUrlProblem(raw: string): string | undefined {

@@ -14,7 +14,10 @@ export type ProxyErrorKind =
   | 'upstream_tls'
   | 'upstream_bad_response'
   | 'credentials_unavailable'
-  | 'shutting_down';
+  | 'shutting_down'
+  | 'host_not_allowed'
+  | 'origin_not_allowed'
+  | 'cross_site_request';
 
 const STATUS: Record<ProxyErrorKind, { status: number; errorCode: string }> = {
   bad_request: { status: 400, errorCode: 'BAD_REQUEST' },
@@ -27,6 +30,10 @@ const STATUS: Record<ProxyErrorKind, { status: number; errorCode: string }> = {
   upstream_timeout: { status: 504, errorCode: 'DEADLINE_EXCEEDED' },
   credentials_unavailable: { status: 503, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   shutting_down: { status: 503, errorCode: 'TEMPORARILY_UNAVAILABLE' },
+  // 421: the request was sent to a server that does not answer for the host it names (RFC 9110 §15.5.20).
+  host_not_allowed: { status: 421, errorCode: 'BAD_REQUEST' },
+  origin_not_allowed: { status: 403, errorCode: 'PERMISSION_DENIED' },
+  cross_site_request: { status: 403, errorCode: 'PERMISSION_DENIED' },
 };
 
 export function statusFor(kind: ProxyErrorKind): number {
@@ -39,7 +46,9 @@ export function errorBody(kind: ProxyErrorKind, message: string): string {
 
 const REASONS: Record<number, string> = {
   400: 'Bad Request',
+  403: 'Forbidden',
   405: 'Method Not Allowed',
+  421: 'Misdirected Request',
   501: 'Not Implemented',
   502: 'Bad Gateway',
   503: 'Service Unavailable',

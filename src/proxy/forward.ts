@@ -10,6 +10,8 @@ import { sendProxyError } from './errors.js';
 import type { ProxyErrorKind } from './errors.js';
 import { clientResponseHead, upstreamRequestHead } from './headers.js';
 import type { RequestHeaderPlan } from './headers.js';
+import { HostGuard } from './host-guard.js';
+import type { GuardRefusal } from './host-guard.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { BodySink, ClientRequest } from './wire/client-connection.js';
 import { releaseNow } from './wire/body.js';
@@ -57,6 +59,9 @@ export class Forwarder {
   private readonly retryStatuses: ReadonlySet<number>;
   private readonly replayMaxBytes: number;
   private readonly logRequests: boolean;
+  private readonly guard: HostGuard;
+  /** Checks whose first refusal was logged at info; later ones go to debug (a page can send them in a loop). */
+  private readonly refusalsLogged = new Set<string>();
   private idCounter = 0;
   private readonly idPrefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
 
@@ -73,6 +78,24 @@ export class Forwarder {
     this.retryStatuses = new Set(config.auth.retryOnStatus);
     this.replayMaxBytes = config.auth.replayMaxBodyBytes;
     this.logRequests = config.log.requests && options.logger.enabled('info');
+    this.guard = new HostGuard(config);
+  }
+
+  /** The Host/Origin checks; a refusal is counted and logged here, and answered by the caller. */
+  screen(req: ClientRequest, requestId: string): GuardRefusal | undefined {
+    const refusal = this.guard.check(req.method, req.host, req.rawHeaders);
+    if (refusal === undefined) return undefined;
+    const { metrics, logger } = this.options;
+    metrics.crossSiteRefusal(refusal.reason);
+    const fields = { id: requestId, [refusal.header]: refusal.value, hint: refusal.hint };
+    const what = refusal.kind === 'host_not_allowed' ? 'Host is not a name of this proxy' : refusal.kind === 'bad_request' ? 'more than one Host header' : 'cross-site browser request';
+    if (this.refusalsLogged.has(refusal.kind)) {
+      logger.debug(`request refused: ${what}`, fields);
+    } else {
+      this.refusalsLogged.add(refusal.kind);
+      logger.info(`request refused: ${what} (further ones are logged at debug)`, fields);
+    }
+    return refusal;
   }
 
   readonly handle = (req: ClientRequest): void => {
@@ -171,6 +194,13 @@ class Exchange implements ResponseHandler, BodySink {
     const queryAt = target.indexOf('?');
     if (DOT_SEGMENT.test(queryAt === -1 ? target : target.slice(0, queryAt))) {
       this.fail('bad_request', 'request paths with "." or ".." segments are refused');
+      return;
+    }
+    // Before any credential is obtained: a web page must not get one through a rebound name or a cross-site request.
+    const refusal = forwarder.screen(req, this.requestId);
+    if (refusal !== undefined) {
+      this.errorKind = refusal.kind;
+      this.fail(refusal.kind, refusal.message);
       return;
     }
 

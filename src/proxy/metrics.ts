@@ -31,6 +31,7 @@ export class ProxyMetrics implements AuthMetrics {
   private readonly tokenFetchCounts = new Map<string, { provider: string; result: string; count: number }>();
   private readonly tokenExpiries = new Map<string, number | undefined>();
   private readonly replayCounts = new Map<string, number>();
+  private readonly crossSiteRefusals = new Map<string, number>();
   private promRegistry: Registry | undefined;
   private readonly processMetrics: boolean;
 
@@ -74,6 +75,11 @@ export class ProxyMetrics implements AuthMetrics {
 
   replay(result: 'success' | 'rejected_again' | 'refresh_failed'): void {
     this.replayCounts.set(result, (this.replayCounts.get(result) ?? 0) + 1);
+  }
+
+  /** A request refused by the Host/Origin checks (src/proxy/host-guard.ts). */
+  crossSiteRefusal(reason: 'host' | 'origin' | 'fetch_site'): void {
+    this.crossSiteRefusals.set(reason, (this.crossSiteRefusals.get(reason) ?? 0) + 1);
   }
 
   tokenFetch(provider: string, ok: boolean): void {
@@ -163,6 +169,12 @@ export class ProxyMetrics implements AuthMetrics {
         for (const [provider, at] of expiries) if (at !== undefined) this.set({ provider }, (at - now) / 1000);
       },
     });
+    labelledCounter(
+      'kvx_cross_site_refusals_total',
+      'Requests refused before forwarding because their Host is not a name of the proxy (reason host) or they come from another site (origin, fetch_site).',
+      'reason',
+      this.crossSiteRefusals,
+    );
     labelledCounter('kvx_auth_replays_total', 'Requests replayed after an upstream authentication rejection, by result.', 'result', this.replayCounts);
     if (this.processMetrics) prom.collectDefaultMetrics({ register: registry, prefix: 'kvx_' });
     return registry;

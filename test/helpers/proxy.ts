@@ -29,7 +29,8 @@ export interface TestProxy extends RunningProxy {
 
 /**
  * An in-process proxy on 127.0.0.1:0 with its admin listener on another free port. `settings` are config
- * key paths (as flags would set them); `env` is the process environment the providers see.
+ * key paths (as flags would set them); `env` is the process environment the providers see. Raw-socket tests
+ * address the proxy as `Host: kvx`, a name configured here as a user's own name for the proxy would be.
  */
 export async function startTestProxy(upstream: string, settings: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = {}): Promise<TestProxy> {
   const overrides: ConfigOverride[] = Object.entries({
@@ -37,6 +38,7 @@ export async function startTestProxy(upstream: string, settings: Record<string, 
     'listen.port': 0,
     'admin.port': 0,
     'log.level': 'debug',
+    'server.allowedHosts': ['kvx'],
     ...settings,
   }).map(([path, value]) => ({ path, value, source: `test:${path}` }));
   const loaded = loadConfig({ env, overrides });

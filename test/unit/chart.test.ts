@@ -14,6 +14,7 @@ import YAML from 'yaml';
 import { planProviders } from '../../src/auth/registry.js';
 import '../../src/auth/index.js';
 import { loadConfig } from '../../src/config/load.js';
+import { HostGuard } from '../../src/proxy/host-guard.js';
 import { renderValuesSchema } from '../../scripts/chart-schema.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -203,14 +204,47 @@ describe('Helm chart charts/kvx-proxy', () => {
     });
     after(() => rmSync(dir, { recursive: true, force: true }));
 
-    /** What the kvx-proxy.config template produces: values.config with listen/admin set from ports. */
-    function renderedConfig(merged: Tree): Tree {
+    /**
+     * What the kvx-proxy.config template produces for a release: values.config with listen/admin set from ports and,
+     * with the Deployment, the Service's names added to server.allowedHosts.
+     */
+    function renderedConfig(merged: Tree, release = RELEASE): Tree {
       const ports = merged['ports'] as { proxy: number; admin: number };
-      return coalesce(merged['config'] as Tree, {
+      const owned: Tree = {
         listen: { host: '0.0.0.0', port: ports.proxy, allowNonLoopback: true },
         admin: { enabled: true, host: '0.0.0.0', port: ports.admin },
-      });
+      };
+      if ((merged['deployment'] as { enabled: boolean }).enabled) {
+        const userHosts = ((merged['config'] as { server?: { allowedHosts?: string[] } }).server?.allowedHosts ?? []);
+        owned['server'] = { allowedHosts: [...new Set([...userHosts, ...serviceNames(merged, release)])] };
+      }
+      return coalesce(merged['config'] as Tree, owned);
     }
+
+    it('adds the Service names to server.allowedHosts, after the user\'s own, only with the Deployment', () => {
+      const helpers = sourcesOf('templates/_helpers.tpl');
+      const config = helpers.slice(helpers.indexOf('define "kvx-proxy.config"'));
+      // The template's construction, which renderedConfig mirrors: fullname, namespace, svc, cluster domain.
+      expect(config).to.include('{{- if .Values.deployment.enabled }}');
+      expect(config).to.include('{{- $svc := include "kvx-proxy.fullname" . }}');
+      expect(config).to.include(
+        '{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) }}',
+      );
+      expect(config).to.include('{{- $hosts := concat (dig "server" "allowedHosts" (list) .Values.config) $names | uniq }}');
+      expect(config).to.include('{{- $_ := set $owned "server" (dict "allowedHosts" $hosts) }}');
+      expect(values['clusterDomain']).to.equal('cluster.local');
+
+      const withIngress = coalesce(values, { config: { upstream: { url: 'https://m.example' }, server: { allowedHosts: ['mlflow.corp.example'] } } });
+      expect((renderedConfig(withIngress) as { server: { allowedHosts: string[] } }).server.allowedHosts).to.deep.equal([
+        'mlflow.corp.example',
+        'mlflow-proxy-kvx-proxy',
+        'mlflow-proxy-kvx-proxy.ml',
+        'mlflow-proxy-kvx-proxy.ml.svc',
+        'mlflow-proxy-kvx-proxy.ml.svc.cluster.local',
+      ]);
+      const sidecarOnly = coalesce(values, { deployment: { enabled: false }, config: { upstream: { url: 'https://m.example' } } });
+      expect(renderedConfig(sidecarOnly)['server']).to.equal(undefined);
+    });
 
     it('values.yaml alone leaves upstream.url empty, which the template refuses with a message', () => {
       expect((values['config'] as { upstream: { url: string } }).upstream.url).to.equal('');
@@ -231,10 +265,31 @@ describe('Helm chart charts/kvx-proxy', () => {
         const { plans, problems } = planProviders(loaded.config, env);
         expect(problems).to.deep.equal([]);
         expect(plans).to.have.length.greaterThan(0);
+        // Clients reach the Service by its names (NOTES.txt prints the full one) and pods by IP; a rebound name is refused.
+        const guard = new HostGuard(loaded.config);
+        const port = (merged['service'] as { port: number }).port;
+        const hosts = (merged['deployment'] as { enabled: boolean }).enabled ? serviceNames(merged, RELEASE) : [];
+        for (const host of [...hosts, ...hosts.map((h) => `${h}:${port}`), '10.8.0.12:5001', '127.0.0.1:5001', 'localhost:5001']) {
+          expect(guard.check('GET', host, ['Host', host]), host).to.equal(undefined);
+        }
+        expect(guard.check('GET', 'attacker.example', ['Host', 'attacker.example'])?.kind).to.equal('host_not_allowed');
       });
     }
   });
 });
+
+/** helm install mlflow-proxy charts/kvx-proxy --namespace ml */
+const RELEASE = { name: 'mlflow-proxy', namespace: 'ml' };
+
+/** kvx-proxy.fullname, then the four names the Service answers to in cluster DNS. */
+function serviceNames(merged: Tree, release: { name: string; namespace: string }): string[] {
+  const override = String(merged['fullnameOverride'] ?? '');
+  const name = String(merged['nameOverride'] || 'kvx-proxy');
+  const trim = (s: string) => s.slice(0, 63).replace(/-$/, '');
+  const svc = override ? trim(override) : release.name.includes(name) ? trim(release.name) : trim(`${release.name}-${name}`);
+  const ns = release.namespace;
+  return [svc, `${svc}.${ns}`, `${svc}.${ns}.svc`, `${svc}.${ns}.svc.${String(merged['clusterDomain'])}`];
+}
 
 function sourcesOf(relative: string): string {
   return readFileSync(path.join(CHART, relative), 'utf8');

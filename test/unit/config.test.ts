@@ -7,6 +7,7 @@ import { HeaderInjector } from '../../src/auth/index.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { ConfigOverride, LoadOptions } from '../../src/config/load.js';
 import { redactConfig } from '../../src/config/redact.js';
+import { loadConfigFromOptions } from '../../src/cli/options.js';
 import { ConfigError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log/logger.js';
 
@@ -155,6 +156,33 @@ describe('config: every problem at once, each with its path and fix', () => {
     expect(found).to.include('auth.header: "Bad Header" is not a valid header name');
     expect(found.some((p) => p.startsWith('headers.preserve[1]: "x-custom" is not a credential header'))).to.equal(true);
     expect(found).to.include('auth.retryOnStatus[1]: 500 is not an authentication status; use 401, 403 or 407');
+  });
+
+  it('reads server.allowedHosts and server.allowedOrigins from env (commas) and flags, and refuses entries that are not names or origins', () => {
+    const fromEnv = loadConfig({
+      env: { KVX_UPSTREAM_URL: 'https://m.example', KVX_SERVER_ALLOWED_HOSTS: 'mlflow.internal, *.corp.example', KVX_SERVER_ALLOWED_ORIGINS: 'https://dash.corp.example' },
+    }).config.server;
+    expect(fromEnv.allowedHosts).to.deep.equal(['mlflow.internal', '*.corp.example']);
+    expect(fromEnv.allowedOrigins).to.deep.equal(['https://dash.corp.example']);
+    const io = { stdout: process.stdout, stderr: process.stderr, env: {} };
+    const fromFlags = loadConfigFromOptions({ upstream: 'https://m.example', allowedHosts: '*', allowedOrigins: 'http://localhost:3000,*' }, io, { checkProviders: false }).config.server;
+    expect(fromFlags.allowedHosts).to.deep.equal(['*']);
+    expect(fromFlags.allowedOrigins).to.deep.equal(['http://localhost:3000', '*']);
+
+    const found = problems({
+      env: {},
+      overrides: [
+        flag('upstream.url', 'https://m.example'),
+        flag('server.allowedHosts', ['ok.example', '10.0.0.1', '[::1]', 'http://mlflow.internal', 'mlflow.internal:5001', 'a*.example', '']),
+        flag('server.allowedOrigins', ['https://ok.example', 'http://localhost:3000/', 'https://x.example:443', 'dash.example', 'https://dash.example/app', 'null', 'ftp://x.example']),
+      ],
+    });
+    const hostProblems = found.filter((p) => p.startsWith('server.allowedHosts'));
+    expect(hostProblems.map((p) => p.slice(0, p.indexOf(':')))).to.deep.equal(['server.allowedHosts[3]', 'server.allowedHosts[4]', 'server.allowedHosts[5]', 'server.allowedHosts[6]']);
+    expect(hostProblems[0]).to.include('give a name without scheme or port, e.g. mlflow.internal');
+    const originProblems = found.filter((p) => p.startsWith('server.allowedOrigins'));
+    expect(originProblems.map((p) => p.slice(0, p.indexOf(':')))).to.deep.equal(['server.allowedOrigins[3]', 'server.allowedOrigins[4]', 'server.allowedOrigins[5]', 'server.allowedOrigins[6]']);
+    expect(originProblems[0]).to.include('write scheme://host[:port] with no path');
   });
 
   it('reports unreadable and malformed files by path', () => {

@@ -54,13 +54,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The kvx config file. listen/admin are set here, not by users: in a pod the proxy must listen on the pod's address
-(listen.allowNonLoopback) for the Service, and the admin listener on it for kubelet probes and scraping.
+(listen.allowNonLoopback) for the Service, and the admin listener on it for kubelet probes and scraping. kvx answers
+only a Host that names it (DNS-rebinding guard); IP addresses and localhost always pass, so the Service's names are
+added to the user's server.allowedHosts.
 */}}
 {{- define "kvx-proxy.config" -}}
 {{- $_ := required "config.upstream.url is required: the MLflow tracking server, e.g. https://mlflow.example.com" .Values.config.upstream.url }}
 {{- $owned := dict
       "listen" (dict "host" "0.0.0.0" "port" (int .Values.ports.proxy) "allowNonLoopback" true)
       "admin" (dict "enabled" true "host" "0.0.0.0" "port" (int .Values.ports.admin)) }}
+{{- if .Values.deployment.enabled }}
+{{- $svc := include "kvx-proxy.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) }}
+{{- $hosts := concat (dig "server" "allowedHosts" (list) .Values.config) $names | uniq }}
+{{- $_ := set $owned "server" (dict "allowedHosts" $hosts) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.config) $owned) }}
 {{- end }}
 

@@ -64,7 +64,8 @@ export class Harness {
         '0',
         ...(options.args ?? []),
       ],
-      env: { FAULTS_TOKEN: token, ...FAST_ENV, ...options.env },
+      // Raw requests in the cases say `Host: kvx`: a name configured for the proxy, as a user's own would be.
+      env: { FAULTS_TOKEN: token, KVX_SERVER_ALLOWED_HOSTS: 'kvx', ...FAST_ENV, ...options.env },
       label: options.label ?? 'faults',
     };
     if (options.configYaml !== undefined) spawnOptions.configYaml = options.configYaml;
