@@ -458,6 +458,8 @@ function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: U
         kind: 'reset',
         message: err.beforeResponse ? `${upstream} closed the connection before answering` : `${upstream} closed the connection in the middle of its answer`,
       };
+    case 'KVX_BAD_STATUS':
+      return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response (${err.message})` };
     case 'HPE_INVALID_EOF_STATE':
       return { kind: 'bad_response', message: `${upstream} ended its answer before the body its headers announced` };
     default:

@@ -36,7 +36,9 @@ export type UpstreamErrorCode =
   | 'KVX_BODY_TIMEOUT'
   /** The connection closed, or was reset, before the response was complete. */
   | 'KVX_UPSTREAM_CLOSED'
-  | 'KVX_BAD_RESPONSE';
+  | 'KVX_BAD_RESPONSE'
+  /** A status code outside 100-599. */
+  | 'KVX_BAD_STATUS';
 
 export class UpstreamError extends Error {
   constructor(
@@ -225,9 +227,19 @@ class UpstreamConnection {
           this.fail(new UpstreamError('KVX_BAD_RESPONSE', 'upstream switched protocols unasked', false));
           return SKIP_BODY;
         }
-        // 100 Continue, 103 Early Hints: informational, the real answer follows.
+        if (status < 100) {
+          this.fail(new UpstreamError('KVX_BAD_STATUS', `upstream answered with status ${status}, not an HTTP status code`, false));
+          return SKIP_BODY;
+        }
+        // 100 Continue, 103 Early Hints, any other 1xx: informational, the real answer follows. A 1xx ends at
+        // its blank line whatever its headers say (RFC 9112 §6.3); llhttp would read a Content-Length body
+        // for 104-199, and those bytes belong to no answer.
         this.interim = true;
-        return PARSE_BODY;
+        return SKIP_BODY;
+      }
+      if (status > 599) {
+        this.fail(new UpstreamError('KVX_BAD_STATUS', `upstream answered with status ${status}, not an HTTP status code`, false));
+        return SKIP_BODY;
       }
       this.keepAlive = keepAlive;
       if (keepAlive) this.readKeepAliveHint(headers);
@@ -242,6 +254,7 @@ class UpstreamConnection {
       if (request !== undefined && !request.done) request.handler.onResponseData(chunk);
     };
     parser[kOnMessageComplete] = () => {
+      this.headers.reset();
       if (this.interim) {
         this.interim = false;
         return;
