@@ -36,6 +36,12 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const SMALL_BODY_BYTES = 64 * 1024;
 /** Errors before any response byte that mean a reused keep-alive connection was closed under the request. */
 const STALE_SOCKET_CODES = new Set(['KVX_UPSTREAM_CLOSED', 'ECONNRESET', 'EPIPE']);
+/**
+ * Methods a request can be re-sent with after such an error: the idempotent ones of RFC 9110 §9.2.2 (the safe
+ * methods, PUT and DELETE), plus the safe QUERY, PROPFIND, REPORT and SEARCH. nginx re-sends all but POST,
+ * LOCK and PATCH. A request with any other method may have been processed: it is answered 502, never re-sent.
+ */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'QUERY', 'PROPFIND', 'REPORT', 'SEARCH']);
 /** Methods whose requests carry a body by convention: sent with Content-Length: 0 when they have none (some front ends answer 411 otherwise). */
 const BODY_EXPECTED = new Set(['POST', 'PUT', 'PATCH']);
 const NO_BODY: RequestBody = { kind: 'none' };
@@ -288,7 +294,9 @@ class Exchange implements ResponseHandler, BodySink {
     this.responseStarted = false;
     const streaming = body.kind === 'stream';
     req.waitingOnUpstream = !streaming || req.complete;
-    this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD');
+    // A re-send after a stale connection goes on a new one: another reused one may be just as stale.
+    const reuse = this.retriedStaleSocket ? 'new' : streaming || !IDEMPOTENT.has(req.method) ? 'trusted' : 'any';
+    this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD', reuse);
     if (streaming && !this.upstream.done) {
       req.readBody(this);
       req.resumeBody();
@@ -339,11 +347,12 @@ class Exchange implements ResponseHandler, BodySink {
     if (
       err.beforeResponse &&
       !this.retriedStaleSocket &&
-      (req.method === 'GET' || req.method === 'HEAD') &&
-      this.body.kind === 'none' &&
+      IDEMPOTENT.has(req.method) &&
+      this.body.kind !== 'stream' &&
       STALE_SOCKET_CODES.has(err.code)
     ) {
-      // A keep-alive socket closed by upstream just as the request went out: nothing was processed.
+      // A keep-alive socket closed by upstream just as the request went out. Nothing of an answer came, and
+      // the method makes a second copy harmless; a buffered body is still held whole.
       this.retriedStaleSocket = true;
       this.dispatch();
       return;

@@ -891,6 +891,26 @@ describe('proxy: nothing of one message bleeds into the next (trailers, targets,
     });
   }
 
+  // A proxy-made error sent its JSON body after the head of an answer to HEAD: the client read it as the start of
+  // the next answer.
+  it('a proxy error answering a HEAD (upstream sent garbage) has no body; the next answer on the connection is its own', async () => {
+    upstream.raw = (socket, head) => {
+      if (head.startsWith('HEAD ')) socket.write('SSH-2.0-OpenSSH_9.6\r\n\r\n');
+      else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext');
+    };
+    const c = await connect();
+    c.write('HEAD /garbage HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const bad = await c.readResponse('HEAD');
+    expect(bad.status).to.equal(502);
+    expect(bad.header('x-kvx-error')).to.deep.equal(['upstream_bad_response']);
+    expect(Number(bad.header('content-length')[0])).to.be.above(0);
+    c.write('GET /after HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const after = await c.readResponse();
+    expect(after.status).to.equal(200);
+    expect(after.body.toString()).to.equal('next');
+    expect(c.pending).to.equal('');
+  });
+
   // The method table was node's short list indexed by llhttp's enum: QUERY (46) arrived upstream as UNKNOWN.
   it('every method node:http accepts (QUERY, PROPFIND, SEARCH, M-SEARCH...) reaches upstream as sent, except the refused CONNECT and TRACE', async () => {
     const methods = http.METHODS.filter((m) => m !== 'CONNECT' && m !== 'TRACE');

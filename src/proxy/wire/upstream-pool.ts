@@ -29,6 +29,22 @@ export interface UpstreamPoolOptions {
 const MAX_RESPONSE_HEADER_BYTES = 64 * 1024;
 /** Reuse a connection only this long before the server's announced keep-alive timeout. */
 const KEEP_ALIVE_MARGIN_MS = 2_000;
+/** A server that closes a connection this soon after answering on it is closing after its answers. */
+const EARLY_CLOSE_MS = 1_000;
+/** Early closes, with no reuse that worked in between, after which reuse is no longer trusted (see ReuseMode). */
+const DISTRUST_AFTER_CLOSES = 3;
+
+/**
+ * Which connection a request may go on.
+ * - `any`: an idle one if there is one. For requests that can be re-sent (idempotent, body held whole): if the
+ *   server was closing the connection as the request went out, the re-send goes on a new connection.
+ * - `trusted`: an idle one only while reuse is trusted. A request that cannot be re-sent fails when its reused
+ *   connection turns out to be closing; once the server has been seen closing connections right after its
+ *   answers (DISTRUST_AFTER_CLOSES times, with no reuse that worked in between) such requests get new
+ *   connections, until a reused connection answers again.
+ * - `new`: always a new connection (the re-send after a stale one).
+ */
+export type ReuseMode = 'any' | 'trusted' | 'new';
 
 export type UpstreamErrorCode =
   | 'KVX_CONNECT_TIMEOUT'
@@ -85,6 +101,7 @@ export class UpstreamRequest {
     readonly body: RequestBody,
     /** The answer to a HEAD has no body whatever its headers say. */
     readonly expectsNoBody: boolean,
+    readonly reuse: ReuseMode,
   ) {}
 
   /** @internal the pool assigned a connection */
@@ -192,6 +209,8 @@ class UpstreamConnection {
   request: UpstreamRequest | undefined;
   idleSince = 0;
   lastActivity = 0;
+  /** Exchanges completed on this connection: above 0, the current request went on a reused connection. */
+  exchanges = 0;
   keepAliveMs: number;
   paused = false;
   private keepAlive = true;
@@ -277,6 +296,7 @@ class UpstreamConnection {
     this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (this.request === undefined && this.socketError === undefined) this.closedWhileIdle();
       this.socketError ??= err;
     });
     socket.on('close', this.onClose);
@@ -318,6 +338,7 @@ class UpstreamConnection {
       this.socket.destroy();
       return;
     }
+    if (this.exchanges++ > 0) this.pool.reuseWorked();
     this.request = undefined;
     // The answer may have ended while its client was slow; the next one must be read.
     this.paused = false;
@@ -327,13 +348,19 @@ class UpstreamConnection {
 
   private readonly onEnd = (): void => {
     const request = this.request;
-    if (request !== undefined && !request.done) {
+    if (request === undefined) this.closedWhileIdle();
+    else if (!request.done) {
       // A response delimited by the connection's end completes here.
       const result = this.parser.finish();
       if (result instanceof Error) this.fail(parserFailure(result as ParserError, request));
     }
     this.socket.destroy();
   };
+
+  /** The server ended or reset the connection while it waited in the pool. */
+  private closedWhileIdle(): void {
+    if (this.exchanges > 0 && tick() - this.idleSince < EARLY_CLOSE_MS) this.pool.closedAfterAnswer();
+  }
 
   private readonly onClose = (): void => {
     clearTimeout(this.connectTimer);
@@ -343,6 +370,8 @@ class UpstreamConnection {
     if (request !== undefined && !request.done) {
       const err = this.socketError;
       const beforeResponse = !request.responseStarted;
+      // The server closed the connection it had answered on, just as this request went out on it.
+      if (beforeResponse && this.exchanges > 0) this.pool.closedAfterAnswer();
       request.fail(
         err?.code
           ? new UpstreamError(err.code, err.message, beforeResponse)
@@ -386,6 +415,8 @@ export class UpstreamPool {
   private readonly port: number;
   private readonly secure: boolean;
   private closed = false;
+  /** Early closes since a reused connection last carried a whole exchange (see ReuseMode). */
+  private closesAfterAnswer = 0;
 
   constructor(readonly options: UpstreamPoolOptions) {
     const { origin } = options;
@@ -400,17 +431,49 @@ export class UpstreamPool {
     this.sweeper.start();
   }
 
-  /** Sends a request on an idle connection, a new one, or when one frees up. */
-  request(handler: ResponseHandler, head: string, body: RequestBody, expectsNoBody: boolean): UpstreamRequest {
-    const request = new UpstreamRequest(this, handler, head, body, expectsNoBody);
+  /**
+   * Sends a request on an idle connection, a new one, or when one frees up. A request that may not reuse a
+   * connection (see ReuseMode) gets a new one, an idle connection closed to make room when all
+   * upstream.maxConnections are open.
+   */
+  request(handler: ResponseHandler, head: string, body: RequestBody, expectsNoBody: boolean, reuse: ReuseMode): UpstreamRequest {
+    const request = new UpstreamRequest(this, handler, head, body, expectsNoBody, reuse);
     if (this.closed) {
       request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
       return request;
     }
-    const connection = this.idle.pop() ?? (this.all.size < this.options.maxConnections ? this.connect() : undefined);
+    const mayReuse = this.mayReuse(request);
+    let connection = mayReuse ? this.idle.pop() : undefined;
+    if (connection === undefined) {
+      if (this.all.size < this.options.maxConnections) connection = this.connect();
+      else if (!mayReuse && this.idle.length > 0) {
+        this.retire(this.idle.shift()!);
+        connection = this.connect();
+      }
+    }
     if (connection === undefined) this.waiting.push(request);
     else this.assign(connection, request);
     return request;
+  }
+
+  private mayReuse(request: UpstreamRequest): boolean {
+    return request.reuse === 'any' || (request.reuse === 'trusted' && this.closesAfterAnswer < DISTRUST_AFTER_CLOSES);
+  }
+
+  /** @internal the server closed a connection right after answering on it */
+  closedAfterAnswer(): void {
+    this.closesAfterAnswer++;
+  }
+
+  /** @internal a reused connection carried a whole exchange */
+  reuseWorked(): void {
+    this.closesAfterAnswer = 0;
+  }
+
+  /** Closes a connection and frees its slot at once, for a request that must have a new connection. */
+  private retire(connection: UpstreamConnection): void {
+    this.all.delete(connection);
+    connection.socket.destroy();
   }
 
   private assign(connection: UpstreamConnection, request: UpstreamRequest): void {
@@ -439,7 +502,10 @@ export class UpstreamPool {
   release(connection: UpstreamConnection): void {
     const next = this.waiting.shift();
     if (next !== undefined) {
-      this.assign(connection, next);
+      if (!this.mayReuse(next)) {
+        this.retire(connection);
+        this.assign(this.connect(), next);
+      } else this.assign(connection, next);
       return;
     }
     connection.idleSince = tick();
