@@ -75,6 +75,7 @@ export class Forwarder {
     this.headerPlan = {
       stripped: new Set(CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))),
       upstreamHost: url.host,
+      dropUnderscored: !config.headers.allowUnderscores,
     };
     this.retryStatuses = new Set(config.auth.retryOnStatus);
     this.replayMaxBytes = config.auth.replayMaxBodyBytes;
@@ -450,6 +451,11 @@ function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: U
       return { kind: 'connect_timeout', message: `connecting to ${upstream} took longer than upstream.connectTimeoutMs (${config.upstream.connectTimeoutMs} ms); check the network path to the server` };
     case 'KVX_HEADERS_TIMEOUT':
       return { kind: 'headers_timeout', message: `${upstream} sent no response within upstream.headersTimeoutMs (${config.upstream.headersTimeoutMs} ms)` };
+    case 'KVX_QUEUE_TIMEOUT':
+      return {
+        kind: 'headers_timeout',
+        message: `no answer from ${upstream} within upstream.headersTimeoutMs (${config.upstream.headersTimeoutMs} ms): the request ${err.message}; raise upstream.maxConnections or check why answers are slow`,
+      };
     case 'KVX_BODY_TIMEOUT':
       return { kind: 'body_timeout', message: `${upstream} stalled for longer than upstream.idleTimeoutMs (${config.upstream.idleTimeoutMs} ms)` };
     case 'ECONNREFUSED':
@@ -467,6 +473,18 @@ function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: U
         kind: 'reset',
         message: err.beforeResponse ? `${upstream} closed the connection before answering` : `${upstream} closed the connection in the middle of its answer`,
       };
+    case 'EPROTO': {
+      // OpenSSL's failures during the handshake arrive as EPROTO with its reason in the message.
+      if (!upstream.startsWith('https:')) return { kind: 'unreachable', message: `request to ${upstream} failed (${code})` };
+      const reason = /SSL routines:[^:]*:([^:]+)/.exec(err.message)?.[1] ?? 'protocol error';
+      const plainText = reason === 'wrong version number' || reason === 'packet length too long' || reason === 'http request';
+      return {
+        kind: 'tls',
+        message: plainText
+          ? `TLS with ${upstream} failed (${reason}): the server answered in plain text, not TLS; if it serves plain HTTP, use an http:// upstream.url`
+          : `TLS with ${upstream} failed (${reason}); check the TLS versions and ciphers the server accepts, and upstream.caFile`,
+      };
+    }
     case 'KVX_BAD_STATUS':
       return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response (${err.message})` };
     case 'HPE_INVALID_EOF_STATE':

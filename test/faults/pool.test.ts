@@ -1,7 +1,8 @@
 /**
- * An upstream that closes every keep-alive connection right after its answer, without `Connection: close`:
- * each reused connection is one the server is closing, so a request sent on it meets a reset or an EOF. The
- * proxy must re-send idempotent requests on a new connection, and never send a POST twice.
+ * The upstream connection pool under pressure. An upstream that closes every keep-alive connection right after
+ * its answer, without `Connection: close`: each reused connection is one the server is closing, so a request
+ * sent on it meets a reset or an EOF; the proxy must re-send idempotent requests on a new connection, and never
+ * send a POST twice. And requests queued above upstream.maxConnections: the wait counts against the headers timeout.
  */
 import { expect } from 'chai';
 import http from 'node:http';
@@ -97,5 +98,44 @@ describe('faults: upstream closes every connection after its answer', function (
       }
     }
     await h.assertHealthy('after an upstream closing every connection');
+  });
+});
+
+describe('faults: requests queued above upstream.maxConnections', function () {
+  this.timeout(60_000);
+  const timeoutMs = 2000;
+  let h: Harness;
+
+  before(async () => {
+    h = await Harness.start({ label: 'faults-queue', env: { KVX_UPSTREAM_MAX_CONNECTIONS: '1', KVX_UPSTREAM_HEADERS_TIMEOUT_MS: String(timeoutMs) } });
+  });
+  after(async () => {
+    await h?.stop();
+  });
+
+  // Measured before: a queued request waited for the slot and then the whole headers timeout on top (10.8 s for
+  // a 5 s timeout); the third of three waited three timeouts.
+  it('an upstream that never answers: three concurrent requests on one connection all get their 504 within about upstream.headersTimeoutMs', async () => {
+    h.upstream.behaviour = (req) => {
+      req.resume();
+      return true;
+    };
+    const started = performance.now();
+    const answers = await Promise.all(
+      Array.from({ length: 3 }, (_, i) =>
+        request(h.url, `/api/2.0/mlflow/runs/get?run_id=${i}`, { headers: { 'x-request-id': `queued-${i}` } }).then((a) => ({ a, ms: performance.now() - started })),
+      ),
+    );
+    for (const { a, ms } of answers) {
+      expect(a.status, a.text).to.equal(504);
+      expect(a.headers['x-kvx-error']).to.equal('upstream_timeout');
+      expect(mlflowError(a).message).to.include('upstream.headersTimeoutMs');
+      // The sweep runs every tenth of the timeout; twice the timeout would be the old behaviour.
+      expect(ms, 'answered within about the headers timeout').to.be.below(timeoutMs * 1.5);
+    }
+    const queued = answers.filter(({ a }) => mlflowError(a).message.includes('upstream.maxConnections (1)'));
+    console.log(`      answered after ${answers.map(({ ms }) => Math.round(ms)).join(', ')} ms; ${queued.length} timed out while queued`);
+    h.upstream.behaviour = undefined;
+    await h.assertHealthy('after queued requests timed out');
   });
 });

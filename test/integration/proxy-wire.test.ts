@@ -933,6 +933,31 @@ describe('proxy: nothing of one message bleeds into the next (trailers, targets,
     expect(upstream.requests[0]!.body.toString()).to.equal('{"q":"runs"}\n');
   });
 
+  // nginx drops them (underscores_in_headers off); WSGI servers such as MLflow's read `_` and `-` alike.
+  it('request headers whose names contain "_" are dropped unless headers.allowUnderscores is set', async () => {
+    const head = 'GET /underscores HTTP/1.1\r\nHost: kvx\r\nTransfer_Encoding: chunked\r\nX_Serverless_Authorization: client-secret\r\nX_Custom: custom\r\nX-Dashed: dashed\r\n\r\n';
+    const c = await connect();
+    c.write(head);
+    expect((await c.readResponse()).status).to.equal(200);
+    const seen = upstream.requests[0]!.rawHeaders;
+    expect(seen.filter((_, i) => i % 2 === 0 && seen[i]!.includes('_')), 'underscored names forwarded').to.deep.equal([]);
+    expect(header(seen, 'x-dashed')).to.deep.equal(['dashed']);
+
+    const allowing = await startTestProxy(upstream.url, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_WIRE_TOKEN', 'headers.allowUnderscores': true }, env);
+    try {
+      const d = await RawClient.connect(allowing.address.port);
+      clients.push(d);
+      d.write(head);
+      expect((await d.readResponse()).status).to.equal(200);
+      const allowed = upstream.requests[1]!.rawHeaders;
+      expect(header(allowed, 'x_custom')).to.deep.equal(['custom']);
+      expect(header(allowed, 'x_serverless_authorization')).to.deep.equal(['client-secret']);
+      expect(header(allowed, 'transfer_encoding')).to.deep.equal(['chunked']);
+    } finally {
+      await allowing.close(500);
+    }
+  });
+
   // Number('9007199254740993') is 9007199254740992: the length was forwarded rounded, so upstream would frame a
   // different body than the client sent.
   it('a Content-Length above 2^53 - 1 gets 413 naming the limit, the connection is closed, nothing reaches upstream', async () => {

@@ -16,7 +16,10 @@ export interface UpstreamPoolOptions {
   origin: URL;
   maxConnections: number;
   connectTimeoutMs: number;
-  /** From the request fully sent to the response headers. */
+  /**
+   * From the request fully sent to the response headers, plus the time it waited for a connection when all
+   * maxConnections were busy: how long kvx waits on upstream for an answer, the client's own upload excluded.
+   */
   headersTimeoutMs: number;
   /** Silence in the middle of a response body. */
   idleTimeoutMs: number;
@@ -49,6 +52,8 @@ export type ReuseMode = 'any' | 'trusted' | 'new';
 export type UpstreamErrorCode =
   | 'KVX_CONNECT_TIMEOUT'
   | 'KVX_HEADERS_TIMEOUT'
+  /** The headers timeout passed while the request waited for a connection (all maxConnections busy). */
+  | 'KVX_QUEUE_TIMEOUT'
   | 'KVX_BODY_TIMEOUT'
   /** The connection closed, or was reset, before the response was complete. */
   | 'KVX_UPSTREAM_CLOSED'
@@ -85,6 +90,9 @@ export class UpstreamRequest {
   /** The whole request, body included, has been written. */
   sent = false;
   sentAt = 0;
+  /** When it started waiting for a connection, and how long it waited: both count against the headers timeout. */
+  queuedAt = 0;
+  queuedMs = 0;
   private pending: Buffer[] | undefined;
   private bodyEnded = false;
   private drainWaiter: (() => void) | undefined;
@@ -392,7 +400,7 @@ class UpstreamConnection {
     if (request === undefined) return now - this.idleSince >= this.keepAliveMs;
     if (request.done) return false;
     if (!request.responseStarted) {
-      if (request.sent && now - request.sentAt >= options.headersTimeoutMs) {
+      if (request.sent && now - request.sentAt + request.queuedMs >= options.headersTimeoutMs) {
         this.fail(new UpstreamError('KVX_HEADERS_TIMEOUT', 'headers timeout', true));
       }
     } else if (!this.paused && now - this.lastActivity >= options.idleTimeoutMs) {
@@ -427,6 +435,7 @@ export class UpstreamPool {
       for (const connection of this.all) {
         if (connection.sweep(now)) connection.socket.destroy();
       }
+      this.sweepWaiting(now);
     });
     this.sweeper.start();
   }
@@ -451,9 +460,28 @@ export class UpstreamPool {
         connection = this.connect();
       }
     }
-    if (connection === undefined) this.waiting.push(request);
-    else this.assign(connection, request);
+    if (connection === undefined) {
+      request.queuedAt = tick();
+      this.waiting.push(request);
+    } else this.assign(connection, request);
     return request;
+  }
+
+  /** The next waiting request that has time left, if any; those whose headers timeout passed fail. */
+  private nextWaiting(): UpstreamRequest | undefined {
+    if (this.waiting.length === 0) return undefined;
+    this.sweepWaiting(tick());
+    return this.waiting.shift();
+  }
+
+  /** Requests wait in arrival order, so the expired ones are at the front. */
+  private sweepWaiting(now: number): void {
+    const { headersTimeoutMs, maxConnections } = this.options;
+    let request: UpstreamRequest | undefined;
+    while ((request = this.waiting[0]) !== undefined && now - request.queuedAt >= headersTimeoutMs) {
+      this.waiting.shift();
+      request.fail(new UpstreamError('KVX_QUEUE_TIMEOUT', `waited ${now - request.queuedAt} ms for a connection: all upstream.maxConnections (${maxConnections}) were busy`, true));
+    }
   }
 
   private mayReuse(request: UpstreamRequest): boolean {
@@ -477,6 +505,7 @@ export class UpstreamPool {
   }
 
   private assign(connection: UpstreamConnection, request: UpstreamRequest): void {
+    if (request.queuedAt !== 0) request.queuedMs = tick() - request.queuedAt;
     connection.request = request;
     connection.lastActivity = coarseNow();
     request.attach(connection);
@@ -500,7 +529,7 @@ export class UpstreamPool {
 
   /** @internal a connection finished an exchange cleanly */
   release(connection: UpstreamConnection): void {
-    const next = this.waiting.shift();
+    const next = this.nextWaiting();
     if (next !== undefined) {
       if (!this.mayReuse(next)) {
         this.retire(connection);
@@ -517,8 +546,11 @@ export class UpstreamPool {
     if (!this.all.delete(connection)) return;
     const at = this.idle.indexOf(connection);
     if (at !== -1) this.idle.splice(at, 1);
-    const next = this.closed ? undefined : this.waiting.shift();
-    if (next !== undefined) this.assign(this.connect(), next);
+    const next = this.closed ? undefined : this.nextWaiting();
+    if (next === undefined) return;
+    // The answers to expired requests may have let a pipelined request take the freed slot already.
+    if (this.all.size < this.options.maxConnections) this.assign(this.connect(), next);
+    else this.waiting.unshift(next);
   }
 
   /** @internal a waiting request was given up */
