@@ -95,7 +95,12 @@ export const SCHEMA = {
     fields: {
       url: { kind: 'string', default: '', doc: 'MLflow server URL, http or https, optionally with a path prefix (https://host/mlflow). Required.' },
       connectTimeoutMs: { kind: 'int', default: 10_000, min: 1, doc: 'Time allowed to open a connection to upstream.' },
-      headersTimeoutMs: { kind: 'int', default: 300_000, min: 1, doc: 'Time allowed for upstream response headers after the request was sent.' },
+      headersTimeoutMs: {
+        kind: 'int',
+        default: 300_000,
+        min: 1,
+        doc: 'Time allowed for upstream response headers after the request was sent, including any wait for a free connection (upstream.maxConnections).',
+      },
       idleTimeoutMs: {
         kind: 'int',
         default: 300_000,
@@ -103,7 +108,7 @@ export const SCHEMA = {
         doc: 'Longest pause allowed while a body streams in either direction; a multi-GB transfer may take longer in total.',
       },
       maxConnections: { kind: 'int', default: 256, min: 1, doc: 'Most upstream connections kept open at once.' },
-      caFile: { kind: 'string', default: '', path: true, doc: 'PEM bundle of CAs trusted for upstream TLS (replaces the system list).' },
+      caFile: { kind: 'string', default: '', path: true, doc: 'PEM bundle of CAs trusted for upstream TLS (replaces the system list); an empty or non-PEM file is refused at start.' },
       certFile: { kind: 'string', default: '', path: true, doc: 'Client certificate (PEM) for mutual TLS; needs upstream.keyFile.' },
       keyFile: { kind: 'string', default: '', path: true, doc: 'Client key (PEM) for mutual TLS; needs upstream.certFile.' },
       insecure: { kind: 'bool', default: false, doc: 'Skip upstream TLS verification. For debugging only; cannot be combined with upstream.caFile.' },
@@ -144,6 +149,13 @@ export const SCHEMA = {
         doc:
           'Client credential headers (authorization, proxy-authorization, x-serverless-authorization, cookie) to forward anyway. ' +
           'They are dropped by default; a header a provider sets is always replaced.',
+      },
+      allowUnderscores: {
+        kind: 'bool',
+        default: false,
+        doc:
+          'Forward client request headers whose names contain "_" (X_Forwarded_For). Dropped by default, as nginx does: WSGI servers such as ' +
+          "MLflow's read X_Auth and X-Auth as one header, so a name with _ could pass for one kvx strips.",
       },
     },
   },

@@ -1,4 +1,5 @@
-import { accessSync, constants } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ConfigProblem } from '../errors.js';
 import type { KvxConfig } from './schema.js';
@@ -44,6 +45,10 @@ export function validateConfig(config: KvxConfig, options: { requireUpstream: bo
   for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
     const file = upstream[key];
     if (file && !readable(file)) add(`upstream.${key}`, `cannot read ${file}; check the path and permissions`);
+    else if (key === 'caFile' && file) {
+      const problem = caBundleProblem(file);
+      if (problem) add('upstream.caFile', problem);
+    }
   }
   if ((upstream.caFile || upstream.certFile) && upstream.url.startsWith('http:')) {
     add('upstream.url', 'TLS files are set but the upstream is plain http; use an https:// URL');
@@ -115,6 +120,31 @@ export function isLoopbackHost(host: string): boolean {
   if (isIP(bare) === 4) return bare.startsWith('127.');
   if (isIP(bare) === 6) return bare === '::1' || bare.startsWith('::ffff:127.');
   return false;
+}
+
+/** The PEM labels OpenSSL reads as a CA certificate; only plain CERTIFICATE blocks are checked further. */
+const PEM_CERTIFICATE = /-----BEGIN ((?:TRUSTED |X509 )?CERTIFICATE)-----[^-]*-----END \1-----/g;
+
+/**
+ * Node takes any bytes as `ca` without a word and then trusts nothing: an empty or DER file would only show up
+ * as a certificate error on every request. Every PEM certificate in the bundle must parse.
+ */
+function caBundleProblem(file: string): string | undefined {
+  const text = readFileSync(file, 'latin1');
+  if (text.trim() === '') return `${file} is empty; it must hold the PEM certificates (-----BEGIN CERTIFICATE-----) of the CAs to trust`;
+  const blocks = [...text.matchAll(PEM_CERTIFICATE)];
+  if (blocks.length === 0) {
+    return `${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert a DER file with: openssl x509 -inform der -in ca.der -out ca.pem`;
+  }
+  for (const [i, block] of blocks.entries()) {
+    if (block[1] !== 'CERTIFICATE') continue;
+    try {
+      new X509Certificate(block[0]);
+    } catch (err) {
+      return `certificate ${i + 1} of ${blocks.length} in ${file} is not a valid PEM certificate (${(err as Error).message})`;
+    }
+  }
+  return undefined;
 }
 
 function readable(file: string): boolean {

@@ -72,7 +72,8 @@ export function sendProxyError(
   let lines = `content-type: application/json\r\ncontent-length: ${body.length}\r\nx-kvx-error: ${kind}\r\n`;
   for (const name in extraHeaders) lines += `${name}: ${extraHeaders[name]}\r\n`;
   response.writeHead(status, REASONS[status] ?? 'Error', lines, 'length');
-  response.write(body);
+  // The answer to a HEAD has no body: bytes written after it would be read as the start of the next answer.
+  if (response.method !== 'HEAD') response.write(body);
   response.end();
   return status;
 }

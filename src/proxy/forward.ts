@@ -38,6 +38,12 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const SMALL_BODY_BYTES = 64 * 1024;
 /** Errors before any response byte that mean a reused keep-alive connection was closed under the request. */
 const STALE_SOCKET_CODES = new Set(['KVX_UPSTREAM_CLOSED', 'ECONNRESET', 'EPIPE']);
+/**
+ * Methods a request can be re-sent with after such an error: the idempotent ones of RFC 9110 §9.2.2 (the safe
+ * methods, PUT and DELETE), plus the safe QUERY, PROPFIND, REPORT and SEARCH. nginx re-sends all but POST,
+ * LOCK and PATCH. A request with any other method may have been processed: it is answered 502, never re-sent.
+ */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'QUERY', 'PROPFIND', 'REPORT', 'SEARCH']);
 /** Methods whose requests carry a body by convention: sent with Content-Length: 0 when they have none (some front ends answer 411 otherwise). */
 const BODY_EXPECTED = new Set(['POST', 'PUT', 'PATCH']);
 const NO_BODY: RequestBody = { kind: 'none' };
@@ -74,6 +80,7 @@ export class Forwarder {
     this.headerPlan = {
       stripped: new Set(CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))),
       upstreamHost: url.host,
+      dropUnderscored: !config.headers.allowUnderscores,
     };
     this.retryStatuses = new Set(config.auth.retryOnStatus);
     this.replayMaxBytes = config.auth.replayMaxBodyBytes;
@@ -318,7 +325,9 @@ class Exchange implements ResponseHandler, BodySink {
     this.responseStarted = false;
     const streaming = body.kind === 'stream';
     req.waitingOnUpstream = !streaming || req.complete;
-    this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD');
+    // A re-send after a stale connection goes on a new one: another reused one may be just as stale.
+    const reuse = this.retriedStaleSocket ? 'new' : streaming || !IDEMPOTENT.has(req.method) ? 'trusted' : 'any';
+    this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD', reuse);
     if (streaming && !this.upstream.done) {
       req.readBody(this);
       req.resumeBody();
@@ -369,11 +378,12 @@ class Exchange implements ResponseHandler, BodySink {
     if (
       err.beforeResponse &&
       !this.retriedStaleSocket &&
-      (req.method === 'GET' || req.method === 'HEAD') &&
-      this.body.kind === 'none' &&
+      IDEMPOTENT.has(req.method) &&
+      this.body.kind !== 'stream' &&
       STALE_SOCKET_CODES.has(err.code)
     ) {
-      // A keep-alive socket closed by upstream just as the request went out: nothing was processed.
+      // A keep-alive socket closed by upstream just as the request went out. Nothing of an answer came, and
+      // the method makes a second copy harmless; a buffered body is still held whole.
       this.retriedStaleSocket = true;
       this.dispatch();
       return;
@@ -471,6 +481,11 @@ function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: U
       return { kind: 'connect_timeout', message: `connecting to ${upstream} took longer than upstream.connectTimeoutMs (${config.upstream.connectTimeoutMs} ms); check the network path to the server` };
     case 'KVX_HEADERS_TIMEOUT':
       return { kind: 'headers_timeout', message: `${upstream} sent no response within upstream.headersTimeoutMs (${config.upstream.headersTimeoutMs} ms)` };
+    case 'KVX_QUEUE_TIMEOUT':
+      return {
+        kind: 'headers_timeout',
+        message: `no answer from ${upstream} within upstream.headersTimeoutMs (${config.upstream.headersTimeoutMs} ms): the request ${err.message}; raise upstream.maxConnections or check why answers are slow`,
+      };
     case 'KVX_BODY_TIMEOUT':
       return { kind: 'body_timeout', message: `${upstream} stalled for longer than upstream.idleTimeoutMs (${config.upstream.idleTimeoutMs} ms)` };
     case 'ECONNREFUSED':
@@ -488,6 +503,20 @@ function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: U
         kind: 'reset',
         message: err.beforeResponse ? `${upstream} closed the connection before answering` : `${upstream} closed the connection in the middle of its answer`,
       };
+    case 'EPROTO': {
+      // OpenSSL's failures during the handshake arrive as EPROTO with its reason in the message.
+      if (!upstream.startsWith('https:')) return { kind: 'unreachable', message: `request to ${upstream} failed (${code})` };
+      const reason = /SSL routines:[^:]*:([^:]+)/.exec(err.message)?.[1] ?? 'protocol error';
+      const plainText = reason === 'wrong version number' || reason === 'packet length too long' || reason === 'http request';
+      return {
+        kind: 'tls',
+        message: plainText
+          ? `TLS with ${upstream} failed (${reason}): the server answered in plain text, not TLS; if it serves plain HTTP, use an http:// upstream.url`
+          : `TLS with ${upstream} failed (${reason}); check the TLS versions and ciphers the server accepts, and upstream.caFile`,
+      };
+    }
+    case 'KVX_BAD_STATUS':
+      return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response (${err.message})` };
     case 'HPE_INVALID_EOF_STATE':
       return { kind: 'bad_response', message: `${upstream} ended its answer before the body its headers announced` };
     default:

@@ -24,6 +24,12 @@ export interface RequestHeaderPlan {
   /** Lower-case names never forwarded from the client (credential headers not preserved). */
   stripped: ReadonlySet<string>;
   upstreamHost: string;
+  /**
+   * Drop client headers whose names contain `_` (headers.allowUnderscores off), as nginx's underscores_in_headers
+   * off does: CGI and WSGI servers map `-` to `_`, so `X_Serverless_Authorization` would reach MLflow as the
+   * credential header kvx strips under its dashed name.
+   */
+  dropUnderscored: boolean;
 }
 
 /** The tokens of every Connection header: more hop-by-hop headers, named by the sender. */
@@ -59,6 +65,7 @@ export function upstreamRequestHead(
     const name = raw[i]!;
     const lower = name.toLowerCase();
     if (DROPPED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (plan.dropUnderscored && name.includes('_')) continue;
     if (hopByHop?.has(lower)) continue;
     head += `${name}: ${raw[i + 1]!}\r\n`;
   }

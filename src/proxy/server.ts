@@ -15,6 +15,7 @@ import { createAdminHandler } from './admin.js';
 import { Forwarder } from './forward.js';
 import { ProxyMetrics } from './metrics.js';
 import { ClientListener } from './wire/client-connection.js';
+import type { RefusalKind } from './wire/client-connection.js';
 import { UpstreamPool } from './wire/upstream-pool.js';
 
 /**
@@ -154,13 +155,15 @@ function poolOptions(config: KvxConfig): ConstructorParameters<typeof UpstreamPo
 }
 
 function createClientListener(config: KvxConfig, forwarder: Forwarder, logger: Logger): ClientListener {
-  const refusal = (kind: 'bad_request' | 'header_overflow' | 'timeout'): { status: string; body: string } => {
+  const refusal = (kind: RefusalKind): { status: string; body: string } => {
     const [status, message] =
       kind === 'header_overflow'
         ? ['431 Request Header Fields Too Large', `request headers exceed server.maxHeaderSize (${config.server.maxHeaderSize} bytes) or number more than 500`]
         : kind === 'timeout'
           ? ['408 Request Timeout', 'the request was not received in time']
-          : ['400 Bad Request', 'malformed HTTP request'];
+          : kind === 'too_large'
+            ? ['413 Content Too Large', `the request's Content-Length exceeds ${Number.MAX_SAFE_INTEGER} bytes (2^53 - 1), the largest length kvx-proxy forwards exactly`]
+            : ['400 Bad Request', 'malformed HTTP request'];
     return { status, body: JSON.stringify({ error_code: 'BAD_REQUEST', message: `kvx-proxy: ${message}` }) };
   };
   return new ClientListener({

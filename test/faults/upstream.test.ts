@@ -154,7 +154,7 @@ describe('faults: upstream', function () {
     await h.assertHealthy('after surplus body bytes');
   });
 
-  it('closes a reused keep-alive connection instead of answering: a GET is re-sent once and succeeds, a POST gets 502 and is not re-sent', async () => {
+  it('closes a reused keep-alive connection instead of answering: a GET is re-sent once and succeeds, a POST is never re-sent', async () => {
     // From the proxy's side this is the stale-socket race made deterministic: the request went out on a
     // reused connection and the server closed it. Sequential requests, so the retry finds no idle socket.
     const served = new WeakMap<Socket, number>();
@@ -183,9 +183,15 @@ describe('faults: upstream', function () {
           headers: { 'x-request-id': `stale-post-${i}`, 'content-type': 'application/json' },
           body: '{"run_id":"x","key":"m","value":1,"timestamp":1}',
         });
-        expect(post.status).to.equal(502);
-        expect(mlflowError(post).error_code).to.equal('TEMPORARILY_UNAVAILABLE');
         expect(h.upstream.byId(`stale-post-${i}`), 'a POST must never be re-sent').to.have.length(1);
+        if (i === 0) {
+          // It met the closing connection: a 502, or a 200 if the pool already distrusted reuse.
+          expect(post.status).to.be.oneOf([200, 502]);
+          if (post.status === 502) expect(mlflowError(post).error_code).to.equal('TEMPORARILY_UNAVAILABLE');
+        } else {
+          // By now the pool has seen this upstream close connections after its answers: a POST gets a new one.
+          expect(post.status, post.text).to.equal(200);
+        }
       }
     } finally {
       agent.destroy();

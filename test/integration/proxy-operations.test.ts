@@ -151,6 +151,24 @@ describe('proxy: upstream TLS', () => {
     }
   });
 
+  it('an https:// upstream.url on a server speaking plain HTTP: 502 upstream_tls saying so, with the http:// fix', async () => {
+    const plain = http.createServer((_req, res) => res.end('plain'));
+    await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
+    const plainUrl = `https://127.0.0.1:${(plain.address() as AddressInfo).port}`;
+    const proxy = await startTestProxy(plainUrl, { 'auth.provider': 'none' });
+    try {
+      const res = await request(`${proxy.url}/health`);
+      expect(res.status).to.equal(502);
+      expect(res.headers['x-kvx-error']).to.equal('upstream_tls');
+      const message = (JSON.parse(res.body) as { message: string }).message;
+      expect(message).to.contain('plain text, not TLS').and.contain('http:// upstream.url').and.not.contain('SSL routines');
+    } finally {
+      await proxy.close(500);
+      plain.closeAllConnections();
+      await new Promise<void>((resolve) => plain.close(() => resolve()));
+    }
+  });
+
   it('skips verification only when upstream.insecure is set', async () => {
     const proxy = await startTestProxy(url, { 'auth.provider': 'none', 'upstream.insecure': true });
     try {

@@ -756,3 +756,226 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     await onlyBarrierReachedUpstream();
   });
 });
+
+describe('proxy: nothing of one message bleeds into the next (trailers, targets, status codes, methods)', function () {
+  this.timeout(10_000);
+  let upstream: Upstream;
+  let proxy: TestProxy;
+  const clients: RawClient[] = [];
+
+  const connect = async (): Promise<RawClient> => {
+    const c = await RawClient.connect(proxy.address.port);
+    clients.push(c);
+    return c;
+  };
+  /** `count` request or response header lines: more than 32 makes llhttp hand them over in batches. */
+  const manyHeaders = (count: number) => Array.from({ length: count }, (_, i) => `X-Many-${i}: value-${i}\r\n`).join('');
+
+  beforeEach(async () => {
+    upstream = await Upstream.start();
+    proxy = await startTestProxy(upstream.url, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_WIRE_TOKEN' }, env);
+  });
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.destroy();
+    await proxy?.close(500);
+    await upstream?.close();
+  });
+
+  // The trailer and the first target used to stay in the header accumulator and join the next request whose
+  // headers came in batches: upstream got `GET /first-target/second-target` carrying the first request's trailer.
+  it('a chunked request with a trailer, then a request with 40 headers on the same connection: upstream gets the second target alone and no trailer', async () => {
+    const c = await connect();
+    c.write('POST /first-target HTTP/1.1\r\nHost: kvx\r\nTransfer-Encoding: chunked\r\nTrailer: X-Client-Trailer\r\n\r\n3\r\nabc\r\n0\r\nX-Client-Trailer: first-request-trailer\r\n\r\n');
+    expect((await c.readResponse('POST')).status).to.equal(200);
+    c.write(`GET /second-target HTTP/1.1\r\nHost: kvx\r\n${manyHeaders(40)}\r\n`);
+    const second = await c.readResponse();
+    expect(second.status).to.equal(200);
+    expect(JSON.parse(second.body.toString())).to.deep.equal({ method: 'GET', url: '/second-target' });
+    expect(upstream.requests.map((r) => `${r.method} ${r.url}`)).to.deep.equal(['POST /first-target', 'GET /second-target']);
+    const seen = upstream.requests[1]!.rawHeaders;
+    expect(header(seen, 'x-client-trailer')).to.deep.equal([]);
+    expect(header(seen, 'x-many-0')).to.deep.equal(['value-0']);
+    expect(header(seen, 'x-many-39')).to.deep.equal(['value-39']);
+    expect(upstream.requests[0]!.body.toString()).to.equal('abc');
+  });
+
+  it("client A's response trailers never appear in client B's answer (40 headers) on the reused upstream connection", async () => {
+    upstream.raw = (socket, head) => {
+      if (head.startsWith('GET /a ')) {
+        socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Upstream-Trailer\r\n\r\n2\r\nok\r\n0\r\nX-Upstream-Trailer: for-client-a\r\n\r\n');
+      } else {
+        socket.write(`HTTP/1.1 200 OK\r\n${manyHeaders(40)}Content-Length: 6\r\n\r\nfor-b!`);
+      }
+    };
+    const a = await connect();
+    a.write('GET /a HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const answerA = await a.readResponse();
+    expect(answerA.body.toString()).to.equal('ok');
+    const b = await connect();
+    b.write('GET /b HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const answerB = await b.readResponse();
+    expect(answerB.status).to.equal(200);
+    expect(answerB.body.toString()).to.equal('for-b!');
+    expect(answerB.header('x-upstream-trailer'), answerB.head).to.deep.equal([]);
+    expect(answerB.header('x-many-0')).to.deep.equal(['value-0']);
+    expect(answerB.header('x-many-39')).to.deep.equal(['value-39']);
+    expect(upstream.connections, 'the upstream connection was reused').to.equal(1);
+  });
+
+  // A 1xx with a Content-Length had its "body" written to the client ahead of any status line, and every later
+  // answer on that connection was off by one. A 1xx ends at its blank line (RFC 9112 §6.3); 000-099 and 600-999
+  // are not HTTP status codes.
+  for (const [status, label] of [
+    ['150', 'an unknown 1xx'],
+    ['199', 'an unknown 1xx'],
+    ['104', 'an unknown 1xx'],
+  ] as const) {
+    it(`${label} (${status}) from upstream carrying a Content-Length: no byte of it reaches the client; the final answer follows it`, async () => {
+      upstream.raw = (socket, head) => {
+        const url = head.split(' ')[1]!;
+        // Without a body of its own the 1xx ends at the blank line: what follows is the final answer.
+        socket.write(`HTTP/1.1 ${status} Odd\r\nContent-Length: 5\r\n\r\n`);
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${url.length}\r\n\r\n${url}`);
+      };
+      const c = await connect();
+      c.write(`GET /first HTTP/1.1\r\nHost: kvx\r\n\r\n`);
+      const { final } = await c.readFinal();
+      expect(final.status).to.equal(200);
+      expect(final.body.toString()).to.equal('/first');
+      c.write(`GET /second HTTP/1.1\r\nHost: kvx\r\n\r\n`);
+      const next = await c.readFinal();
+      expect(next.final.status).to.equal(200);
+      expect(next.final.body.toString()).to.equal('/second');
+      expect(c.pending).to.equal('');
+    });
+  }
+
+  it('an unknown 1xx followed by body bytes: 502 upstream_bad_response, the bytes never reach the client, the next answer is its own', async () => {
+    upstream.raw = (socket, head) => {
+      if (head.startsWith('GET /odd ')) socket.write('HTTP/1.1 150 Odd\r\nContent-Length: 10\r\n\r\nraw-bytes!');
+      else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext');
+    };
+    const c = await connect();
+    c.write('GET /odd HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const bad = await c.readResponse();
+    expect(bad.status).to.equal(502);
+    expect(bad.header('x-kvx-error')).to.deep.equal(['upstream_bad_response']);
+    expect(bad.body.toString()).not.to.include('raw-bytes');
+    c.write('GET /after HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const after = await c.readResponse();
+    expect(after.status).to.equal(200);
+    expect(after.body.toString()).to.equal('next');
+    expect(c.pending).to.equal('');
+    expect(upstream.connections, 'the connection that sent the bad answer is not reused').to.equal(2);
+  });
+
+  for (const status of ['000', '099', '600', '999']) {
+    it(`an invalid status code ${status} with a body: 502 upstream_bad_response, the connection is not reused, the next answer is its own`, async () => {
+      upstream.raw = (socket, head) => {
+        if (head.startsWith('GET /bad ')) socket.write(`HTTP/1.1 ${status} Weird\r\nContent-Length: 9\r\n\r\nraw-bytes`);
+        else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext');
+      };
+      const c = await connect();
+      c.write('GET /bad HTTP/1.1\r\nHost: kvx\r\n\r\n');
+      const bad = await c.readResponse();
+      expect(bad.status).to.equal(502);
+      expect(bad.header('x-kvx-error')).to.deep.equal(['upstream_bad_response']);
+      expect(bad.body.toString()).to.include('status').and.not.include('raw-bytes');
+      c.write('GET /after HTTP/1.1\r\nHost: kvx\r\n\r\n');
+      const after = await c.readResponse();
+      expect(after.status).to.equal(200);
+      expect(after.body.toString()).to.equal('next');
+      expect(c.pending).to.equal('');
+      expect(upstream.connections, 'the connection that sent the bad answer is not reused').to.equal(2);
+    });
+  }
+
+  // A proxy-made error sent its JSON body after the head of an answer to HEAD: the client read it as the start of
+  // the next answer.
+  it('a proxy error answering a HEAD (upstream sent garbage) has no body; the next answer on the connection is its own', async () => {
+    upstream.raw = (socket, head) => {
+      if (head.startsWith('HEAD ')) socket.write('SSH-2.0-OpenSSH_9.6\r\n\r\n');
+      else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext');
+    };
+    const c = await connect();
+    c.write('HEAD /garbage HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const bad = await c.readResponse('HEAD');
+    expect(bad.status).to.equal(502);
+    expect(bad.header('x-kvx-error')).to.deep.equal(['upstream_bad_response']);
+    expect(Number(bad.header('content-length')[0])).to.be.above(0);
+    c.write('GET /after HTTP/1.1\r\nHost: kvx\r\n\r\n');
+    const after = await c.readResponse();
+    expect(after.status).to.equal(200);
+    expect(after.body.toString()).to.equal('next');
+    expect(c.pending).to.equal('');
+  });
+
+  // The method table was node's short list indexed by llhttp's enum: QUERY (46) arrived upstream as UNKNOWN.
+  it('every method node:http accepts (QUERY, PROPFIND, SEARCH, M-SEARCH...) reaches upstream as sent, except the refused CONNECT and TRACE', async () => {
+    const methods = http.METHODS.filter((m) => m !== 'CONNECT' && m !== 'TRACE');
+    expect(methods).to.include.members(['QUERY', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'REPORT', 'SEARCH', 'M-SEARCH', 'PURGE']);
+    const c = await connect();
+    for (const method of methods) {
+      c.write(`${method} /m/${method} HTTP/1.1\r\nHost: kvx\r\n\r\n`);
+      const answer = await c.readResponse(method);
+      expect(answer.status, method).to.equal(200);
+    }
+    expect(upstream.requests.map((r) => r.method)).to.deep.equal(methods);
+    expect(upstream.requests.map((r) => r.url)).to.deep.equal(methods.map((m) => `/m/${m}`));
+  });
+
+  it('QUERY with a body reaches upstream as QUERY with the exact body', async () => {
+    const c = await connect();
+    c.write('QUERY /search HTTP/1.1\r\nHost: kvx\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"q":"runs"}\n');
+    const answer = await c.readResponse();
+    expect(JSON.parse(answer.body.toString())).to.deep.equal({ method: 'QUERY', url: '/search' });
+    expect(upstream.requests[0]!.body.toString()).to.equal('{"q":"runs"}\n');
+  });
+
+  // nginx drops them (underscores_in_headers off); WSGI servers such as MLflow's read `_` and `-` alike.
+  it('request headers whose names contain "_" are dropped unless headers.allowUnderscores is set', async () => {
+    const head = 'GET /underscores HTTP/1.1\r\nHost: kvx\r\nTransfer_Encoding: chunked\r\nX_Serverless_Authorization: client-secret\r\nX_Custom: custom\r\nX-Dashed: dashed\r\n\r\n';
+    const c = await connect();
+    c.write(head);
+    expect((await c.readResponse()).status).to.equal(200);
+    const seen = upstream.requests[0]!.rawHeaders;
+    expect(seen.filter((_, i) => i % 2 === 0 && seen[i]!.includes('_')), 'underscored names forwarded').to.deep.equal([]);
+    expect(header(seen, 'x-dashed')).to.deep.equal(['dashed']);
+
+    const allowing = await startTestProxy(upstream.url, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_WIRE_TOKEN', 'headers.allowUnderscores': true }, env);
+    try {
+      const d = await RawClient.connect(allowing.address.port);
+      clients.push(d);
+      d.write(head);
+      expect((await d.readResponse()).status).to.equal(200);
+      const allowed = upstream.requests[1]!.rawHeaders;
+      expect(header(allowed, 'x_custom')).to.deep.equal(['custom']);
+      expect(header(allowed, 'x_serverless_authorization')).to.deep.equal(['client-secret']);
+      expect(header(allowed, 'transfer_encoding')).to.deep.equal(['chunked']);
+    } finally {
+      await allowing.close(500);
+    }
+  });
+
+  // Number('9007199254740993') is 9007199254740992: the length was forwarded rounded, so upstream would frame a
+  // different body than the client sent.
+  it('a Content-Length above 2^53 - 1 gets 413 naming the limit, the connection is closed, nothing reaches upstream', async () => {
+    for (const length of ['9007199254740992', '9007199254740993', '1000000000000000000']) {
+      const c = await connect();
+      c.write(`PUT /huge HTTP/1.1\r\nHost: kvx\r\nContent-Length: ${length}\r\n\r\nsome bytes`);
+      const answer = await c.readResponse('PUT');
+      expect(answer.status, length).to.equal(413);
+      expect(JSON.parse(answer.body.toString()).message).to.include('Content-Length').and.include('9007199254740991');
+      await c.closedByServer();
+    }
+    expect(upstream.requests).to.deep.equal([]);
+    // The largest exact length is forwarded as sent (the upstream script records the head; no answer is needed).
+    upstream.raw = () => {};
+    const c = await connect();
+    c.write('PUT /largest HTTP/1.1\r\nHost: kvx\r\nContent-Length: 9007199254740991\r\n\r\nfirst bytes');
+    for (let i = 0; i < 100 && upstream.requests.length === 0; i++) await sleep(10);
+    expect(upstream.requests.map((r) => `${r.method} ${r.url}`)).to.deep.equal(['PUT /largest']);
+    expect(header(upstream.requests[0]!.rawHeaders, 'content-length')).to.deep.equal(['9007199254740991']);
+  });
+});

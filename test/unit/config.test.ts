@@ -185,6 +185,17 @@ describe('config: every problem at once, each with its path and fix', () => {
     expect(originProblems[0]).to.include('write scheme://host[:port] with no path');
   });
 
+  it('refuses an upstream.caFile that is empty, not PEM, or holds a broken certificate', () => {
+    const caProblem = (text: string, name: string) =>
+      problems({ env: {}, overrides: [flag('upstream.url', 'https://m.example'), flag('upstream.caFile', file(name, text))] }).filter((p) => p.startsWith('upstream.caFile: '));
+    expect(caProblem('', 'empty.pem')[0]).to.match(/empty\.pem is empty; it must hold the PEM certificates/);
+    expect(caProblem('\n  \n', 'blank.pem')[0]).to.match(/blank\.pem is empty/);
+    expect(caProblem('0\x82\x03\x1d0\x82\x02\x05\xa0\x03', 'ca.der')[0]).to.match(/ca\.der holds no PEM certificate \(-----BEGIN CERTIFICATE-----\); convert a DER file with: openssl x509 -inform der/);
+    expect(caProblem('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n', 'broken.pem')[0]).to.match(/certificate 1 of 1 in .*broken\.pem is not a valid PEM certificate/);
+    // OpenSSL's trusted form, which node reads as a CA too, is accepted.
+    expect(caProblem('-----BEGIN TRUSTED CERTIFICATE-----\nAAAA\n-----END TRUSTED CERTIFICATE-----\n', 'trusted.pem')).to.deep.equal([]);
+  });
+
   it('reports unreadable and malformed files by path', () => {
     expect(problems({ files: [path.join(dir, 'missing.yaml')], env: {} })[0]).to.match(/^--config .*missing\.yaml: cannot read the file \(no such file\)/);
     expect(problems({ files: [file('broken.yaml', 'a: [1, 2\n')], env: {} })[0]).to.match(/is not valid YAML or JSON/);
@@ -243,10 +254,11 @@ describe('config: paths', () => {
 
   it('resolves a flag or KVX_* path against the working directory, a file path against that file\'s folder', () => {
     inProject((root) => {
-      writeFileSync(path.join(root, 'conf/kvx.yaml'), 'upstream: {url: "https://mlflow.example", caFile: ca.pem}\nauth: {params: {token_file: token.txt}}\n');
-      for (const name of ['conf/ca.pem', 'client.pem']) writeFileSync(path.join(root, name), '');
+      writeFileSync(path.join(root, 'conf/kvx.yaml'), 'upstream: {url: "https://mlflow.example", certFile: cert.pem, keyFile: key.pem}\nauth: {params: {token_file: token.txt}}\n');
+      for (const name of ['conf/cert.pem', 'conf/key.pem', 'client.pem']) writeFileSync(path.join(root, name), '');
       const fromFile = loadConfig({ files: ['conf/kvx.yaml'], require: { upstream: false } }).config;
-      expect(fromFile.upstream.caFile).to.equal(path.join(root, 'conf/ca.pem'));
+      expect(fromFile.upstream.certFile).to.equal(path.join(root, 'conf/cert.pem'));
+      expect(fromFile.upstream.keyFile).to.equal(path.join(root, 'conf/key.pem'));
       expect(fromFile.auth.params['token_file']).to.equal(path.join(root, 'conf/token.txt'));
 
       const { config } = loadConfig({

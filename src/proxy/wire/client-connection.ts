@@ -24,8 +24,11 @@ export interface ClientListenerOptions {
   /** A request the parser refused, or a connection timed out; for the debug log. */
   onClientError(code: string): void;
   /** Answers for requests refused before they reach the handler (malformed, too large, too slow). */
-  refusal(kind: 'bad_request' | 'header_overflow' | 'timeout'): { status: string; body: string };
+  refusal(kind: RefusalKind): { status: string; body: string };
 }
+
+/** Requests refused before they reach the handler: malformed, headers too large, too slow, a length too large to forward exactly. */
+export type RefusalKind = 'bad_request' | 'header_overflow' | 'timeout' | 'too_large';
 
 export type ResponseFraming = 'length' | 'chunked' | 'none';
 
@@ -255,7 +258,7 @@ export class ClientConnection {
   bodyPaused = false;
   closing = false;
   private stopped = false;
-  private pendingRefusal: 'bad_request' | 'header_overflow' | undefined;
+  private pendingRefusal: Exclude<RefusalKind, 'timeout'> | undefined;
   private phase: Phase = 'headers';
   private phaseStarted: number;
   lastActivity: number;
@@ -277,6 +280,14 @@ export class ClientConnection {
         return SKIP_BODY;
       }
       const request = new ClientRequest(this, METHODS[method] ?? 'UNKNOWN', target, headers, minor, keepAlive, upgrade);
+      if (request.contentLength > Number.MAX_SAFE_INTEGER) {
+        // llhttp frames lengths up to 2^64 - 1, but a JavaScript number holds them exactly only up to 2^53 - 1:
+        // forwarded, a rounded length would make upstream frame a different body than the client sent.
+        this.stopped = true;
+        this.listener.options.onClientError('content_length_too_large');
+        this.pendingRefusal = 'too_large';
+        return SKIP_BODY;
+      }
       this.receiving = request;
       this.queue.push(request);
       this.phase = 'busy';
@@ -290,6 +301,7 @@ export class ClientConnection {
     parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = (chunk: Buffer) => this.receiving?.receive(chunk);
     parser[kOnMessageComplete] = () => {
+      this.headers.reset();
       const request = this.receiving;
       this.receiving = undefined;
       request?.receiveEnd();
@@ -397,7 +409,7 @@ export class ClientConnection {
     this.reader.set(this.phase === 'linger' || (!this.stopped && !this.bodyPaused && this.queue.length <= 1));
   }
 
-  private refuse(kind: 'bad_request' | 'header_overflow' | 'timeout'): void {
+  private refuse(kind: RefusalKind): void {
     const { status, body } = this.listener.options.refusal(kind);
     this.stopped = true;
     this.closing = true;

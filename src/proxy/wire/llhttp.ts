@@ -40,6 +40,10 @@ interface HttpCommon {
   methods: readonly string[];
 }
 
+/** What a kOnHeadersComplete callback may return: go on, or expect no body (the answer to a HEAD). */
+export const PARSE_BODY = 0;
+export const SKIP_BODY = 1;
+
 function loadHttpCommon(): HttpCommon {
   // Written as `createRequire(import.meta.url)(...)`: the standalone build rewrites exactly that form.
   const common = createRequire(import.meta.url)('_http_common') as Partial<HttpCommon>;
@@ -62,7 +66,36 @@ function loadHttpCommon(): HttpCommon {
 
 const common = loadHttpCommon();
 export const HTTPParser = common.HTTPParser;
-export const METHODS = common.methods;
+
+/**
+ * Method names indexed by the number llhttp reports for them. `_http_common`'s `methods` is node's list of HTTP
+ * methods without the gaps llhttp's enum has (RTSP methods sit between SOURCE and QUERY), so indexing it with
+ * the enum turned QUERY into a missing entry; node:http itself uses an internal `allMethods` that is not
+ * exported. llhttp is asked once, at load, which number it gives each name node lists.
+ */
+function methodTable(names: readonly string[]): string[] {
+  const table: string[] = [];
+  const parser = new HTTPParser();
+  let reported: number;
+  parser[HTTPParser.kOnHeadersComplete | 0] = (_major: number, _minor: number, _headers: unknown, method: number): number => {
+    reported = method;
+    return SKIP_BODY;
+  };
+  try {
+    for (const name of names) {
+      reported = -1;
+      parser.initialize(HTTPParser.REQUEST, {}, 1024, HTTPParser.kLenientNone | 0);
+      parser.execute(Buffer.from(`${name} ${name === 'CONNECT' ? 'host:1' : '/'} HTTP/1.1\r\n\r\n`, 'latin1'));
+      if (reported >= 0) table[reported] = name;
+    }
+  } finally {
+    (parser as unknown as { close(): void }).close();
+  }
+  if (table[1] !== 'GET' || table[3] !== 'POST') throw new Error(`this Node.js (${process.version}) reports HTTP methods in an unknown way; kvx-proxy needs Node.js 22.19 or later`);
+  return table;
+}
+
+export const METHODS: readonly string[] = methodTable(common.methods);
 export const kOnMessageBegin = HTTPParser.kOnMessageBegin | 0;
 export const kOnHeaders = HTTPParser.kOnHeaders | 0;
 export const kOnHeadersComplete = HTTPParser.kOnHeadersComplete | 0;
@@ -82,10 +115,6 @@ export type HeadersComplete = (
   upgrade: boolean,
   shouldKeepAlive: boolean,
 ) => number;
-
-/** What a kOnHeadersComplete callback may return: go on, or expect no body (the answer to a HEAD). */
-export const PARSE_BODY = 0;
-export const SKIP_BODY = 1;
 
 export function newParser(type: 'request' | 'response', maxHeaderSize: number): NativeParser {
   const parser = new HTTPParser();
@@ -112,6 +141,17 @@ export class HeaderAccumulator {
     if (headers === undefined) this.headers = [];
     if (url === undefined) this.url = '';
     return [h, u];
+  }
+
+  /**
+   * Called when a message completes. Trailers arrive through kOnHeaders after the body, together with the
+   * message's target (llhttp keeps it until the next message begins); left here they would join the next
+   * message whose headers come in batches. kvx forwards no trailers on either side: they are dropped, as
+   * node:http's own parser state is reset at message completion.
+   */
+  reset(): void {
+    if (this.headers.length !== 0) this.headers = [];
+    this.url = '';
   }
 }
 

@@ -16,7 +16,10 @@ export interface UpstreamPoolOptions {
   origin: URL;
   maxConnections: number;
   connectTimeoutMs: number;
-  /** From the request fully sent to the response headers. */
+  /**
+   * From the request fully sent to the response headers, plus the time it waited for a connection when all
+   * maxConnections were busy: how long kvx waits on upstream for an answer, the client's own upload excluded.
+   */
   headersTimeoutMs: number;
   /** Silence in the middle of a response body. */
   idleTimeoutMs: number;
@@ -29,14 +32,34 @@ export interface UpstreamPoolOptions {
 const MAX_RESPONSE_HEADER_BYTES = 64 * 1024;
 /** Reuse a connection only this long before the server's announced keep-alive timeout. */
 const KEEP_ALIVE_MARGIN_MS = 2_000;
+/** A server that closes a connection this soon after answering on it is closing after its answers. */
+const EARLY_CLOSE_MS = 1_000;
+/** Early closes, with no reuse that worked in between, after which reuse is no longer trusted (see ReuseMode). */
+const DISTRUST_AFTER_CLOSES = 3;
+
+/**
+ * Which connection a request may go on.
+ * - `any`: an idle one if there is one. For requests that can be re-sent (idempotent, body held whole): if the
+ *   server was closing the connection as the request went out, the re-send goes on a new connection.
+ * - `trusted`: an idle one only while reuse is trusted. A request that cannot be re-sent fails when its reused
+ *   connection turns out to be closing; once the server has been seen closing connections right after its
+ *   answers (DISTRUST_AFTER_CLOSES times, with no reuse that worked in between) such requests get new
+ *   connections, until a reused connection answers again.
+ * - `new`: always a new connection (the re-send after a stale one).
+ */
+export type ReuseMode = 'any' | 'trusted' | 'new';
 
 export type UpstreamErrorCode =
   | 'KVX_CONNECT_TIMEOUT'
   | 'KVX_HEADERS_TIMEOUT'
+  /** The headers timeout passed while the request waited for a connection (all maxConnections busy). */
+  | 'KVX_QUEUE_TIMEOUT'
   | 'KVX_BODY_TIMEOUT'
   /** The connection closed, or was reset, before the response was complete. */
   | 'KVX_UPSTREAM_CLOSED'
-  | 'KVX_BAD_RESPONSE';
+  | 'KVX_BAD_RESPONSE'
+  /** A status code outside 100-599. */
+  | 'KVX_BAD_STATUS';
 
 export class UpstreamError extends Error {
   constructor(
@@ -67,6 +90,9 @@ export class UpstreamRequest {
   /** The whole request, body included, has been written. */
   sent = false;
   sentAt = 0;
+  /** When it started waiting for a connection, and how long it waited: both count against the headers timeout. */
+  queuedAt = 0;
+  queuedMs = 0;
   private pending: Buffer[] | undefined;
   private bodyEnded = false;
   private drainWaiter: (() => void) | undefined;
@@ -83,6 +109,7 @@ export class UpstreamRequest {
     readonly body: RequestBody,
     /** The answer to a HEAD has no body whatever its headers say. */
     readonly expectsNoBody: boolean,
+    readonly reuse: ReuseMode,
   ) {}
 
   /** @internal the pool assigned a connection */
@@ -190,6 +217,8 @@ class UpstreamConnection {
   request: UpstreamRequest | undefined;
   idleSince = 0;
   lastActivity = 0;
+  /** Exchanges completed on this connection: above 0, the current request went on a reused connection. */
+  exchanges = 0;
   keepAliveMs: number;
   paused = false;
   private keepAlive = true;
@@ -225,9 +254,19 @@ class UpstreamConnection {
           this.fail(new UpstreamError('KVX_BAD_RESPONSE', 'upstream switched protocols unasked', false));
           return SKIP_BODY;
         }
-        // 100 Continue, 103 Early Hints: informational, the real answer follows.
+        if (status < 100) {
+          this.fail(new UpstreamError('KVX_BAD_STATUS', `upstream answered with status ${status}, not an HTTP status code`, false));
+          return SKIP_BODY;
+        }
+        // 100 Continue, 103 Early Hints, any other 1xx: informational, the real answer follows. A 1xx ends at
+        // its blank line whatever its headers say (RFC 9112 §6.3); llhttp would read a Content-Length body
+        // for 104-199, and those bytes belong to no answer.
         this.interim = true;
-        return PARSE_BODY;
+        return SKIP_BODY;
+      }
+      if (status > 599) {
+        this.fail(new UpstreamError('KVX_BAD_STATUS', `upstream answered with status ${status}, not an HTTP status code`, false));
+        return SKIP_BODY;
       }
       this.keepAlive = keepAlive;
       if (keepAlive) this.readKeepAliveHint(headers);
@@ -242,6 +281,7 @@ class UpstreamConnection {
       if (request !== undefined && !request.done) request.handler.onResponseData(chunk);
     };
     parser[kOnMessageComplete] = () => {
+      this.headers.reset();
       if (this.interim) {
         this.interim = false;
         return;
@@ -264,6 +304,7 @@ class UpstreamConnection {
     this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (this.request === undefined && this.socketError === undefined) this.closedWhileIdle();
       this.socketError ??= err;
     });
     socket.on('close', this.onClose);
@@ -305,6 +346,7 @@ class UpstreamConnection {
       this.socket.destroy();
       return;
     }
+    if (this.exchanges++ > 0) this.pool.reuseWorked();
     this.request = undefined;
     // The answer may have ended while its client was slow; the next one must be read.
     this.paused = false;
@@ -314,13 +356,19 @@ class UpstreamConnection {
 
   private readonly onEnd = (): void => {
     const request = this.request;
-    if (request !== undefined && !request.done) {
+    if (request === undefined) this.closedWhileIdle();
+    else if (!request.done) {
       // A response delimited by the connection's end completes here.
       const result = this.parser.finish();
       if (result instanceof Error) this.fail(parserFailure(result as ParserError, request));
     }
     this.socket.destroy();
   };
+
+  /** The server ended or reset the connection while it waited in the pool. */
+  private closedWhileIdle(): void {
+    if (this.exchanges > 0 && tick() - this.idleSince < EARLY_CLOSE_MS) this.pool.closedAfterAnswer();
+  }
 
   private readonly onClose = (): void => {
     clearTimeout(this.connectTimer);
@@ -330,6 +378,8 @@ class UpstreamConnection {
     if (request !== undefined && !request.done) {
       const err = this.socketError;
       const beforeResponse = !request.responseStarted;
+      // The server closed the connection it had answered on, just as this request went out on it.
+      if (beforeResponse && this.exchanges > 0) this.pool.closedAfterAnswer();
       request.fail(
         err?.code
           ? new UpstreamError(err.code, err.message, beforeResponse)
@@ -350,7 +400,7 @@ class UpstreamConnection {
     if (request === undefined) return now - this.idleSince >= this.keepAliveMs;
     if (request.done) return false;
     if (!request.responseStarted) {
-      if (request.sent && now - request.sentAt >= options.headersTimeoutMs) {
+      if (request.sent && now - request.sentAt + request.queuedMs >= options.headersTimeoutMs) {
         this.fail(new UpstreamError('KVX_HEADERS_TIMEOUT', 'headers timeout', true));
       }
     } else if (!this.paused && now - this.lastActivity >= options.idleTimeoutMs) {
@@ -373,6 +423,8 @@ export class UpstreamPool {
   private readonly port: number;
   private readonly secure: boolean;
   private closed = false;
+  /** Early closes since a reused connection last carried a whole exchange (see ReuseMode). */
+  private closesAfterAnswer = 0;
 
   constructor(readonly options: UpstreamPoolOptions) {
     const { origin } = options;
@@ -383,24 +435,77 @@ export class UpstreamPool {
       for (const connection of this.all) {
         if (connection.sweep(now)) connection.socket.destroy();
       }
+      this.sweepWaiting(now);
     });
     this.sweeper.start();
   }
 
-  /** Sends a request on an idle connection, a new one, or when one frees up. */
-  request(handler: ResponseHandler, head: string, body: RequestBody, expectsNoBody: boolean): UpstreamRequest {
-    const request = new UpstreamRequest(this, handler, head, body, expectsNoBody);
+  /**
+   * Sends a request on an idle connection, a new one, or when one frees up. A request that may not reuse a
+   * connection (see ReuseMode) gets a new one, an idle connection closed to make room when all
+   * upstream.maxConnections are open.
+   */
+  request(handler: ResponseHandler, head: string, body: RequestBody, expectsNoBody: boolean, reuse: ReuseMode): UpstreamRequest {
+    const request = new UpstreamRequest(this, handler, head, body, expectsNoBody, reuse);
     if (this.closed) {
       request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
       return request;
     }
-    const connection = this.idle.pop() ?? (this.all.size < this.options.maxConnections ? this.connect() : undefined);
-    if (connection === undefined) this.waiting.push(request);
-    else this.assign(connection, request);
+    const mayReuse = this.mayReuse(request);
+    let connection = mayReuse ? this.idle.pop() : undefined;
+    if (connection === undefined) {
+      if (this.all.size < this.options.maxConnections) connection = this.connect();
+      else if (!mayReuse && this.idle.length > 0) {
+        this.retire(this.idle.shift()!);
+        connection = this.connect();
+      }
+    }
+    if (connection === undefined) {
+      request.queuedAt = tick();
+      this.waiting.push(request);
+    } else this.assign(connection, request);
     return request;
   }
 
+  /** The next waiting request that has time left, if any; those whose headers timeout passed fail. */
+  private nextWaiting(): UpstreamRequest | undefined {
+    if (this.waiting.length === 0) return undefined;
+    this.sweepWaiting(tick());
+    return this.waiting.shift();
+  }
+
+  /** Requests wait in arrival order, so the expired ones are at the front. */
+  private sweepWaiting(now: number): void {
+    const { headersTimeoutMs, maxConnections } = this.options;
+    let request: UpstreamRequest | undefined;
+    while ((request = this.waiting[0]) !== undefined && now - request.queuedAt >= headersTimeoutMs) {
+      this.waiting.shift();
+      request.fail(new UpstreamError('KVX_QUEUE_TIMEOUT', `waited ${now - request.queuedAt} ms for a connection: all upstream.maxConnections (${maxConnections}) were busy`, true));
+    }
+  }
+
+  private mayReuse(request: UpstreamRequest): boolean {
+    return request.reuse === 'any' || (request.reuse === 'trusted' && this.closesAfterAnswer < DISTRUST_AFTER_CLOSES);
+  }
+
+  /** @internal the server closed a connection right after answering on it */
+  closedAfterAnswer(): void {
+    this.closesAfterAnswer++;
+  }
+
+  /** @internal a reused connection carried a whole exchange */
+  reuseWorked(): void {
+    this.closesAfterAnswer = 0;
+  }
+
+  /** Closes a connection and frees its slot at once, for a request that must have a new connection. */
+  private retire(connection: UpstreamConnection): void {
+    this.all.delete(connection);
+    connection.socket.destroy();
+  }
+
   private assign(connection: UpstreamConnection, request: UpstreamRequest): void {
+    if (request.queuedAt !== 0) request.queuedMs = tick() - request.queuedAt;
     connection.request = request;
     connection.lastActivity = coarseNow();
     request.attach(connection);
@@ -424,9 +529,12 @@ export class UpstreamPool {
 
   /** @internal a connection finished an exchange cleanly */
   release(connection: UpstreamConnection): void {
-    const next = this.waiting.shift();
+    const next = this.nextWaiting();
     if (next !== undefined) {
-      this.assign(connection, next);
+      if (!this.mayReuse(next)) {
+        this.retire(connection);
+        this.assign(this.connect(), next);
+      } else this.assign(connection, next);
       return;
     }
     connection.idleSince = tick();
@@ -438,8 +546,11 @@ export class UpstreamPool {
     if (!this.all.delete(connection)) return;
     const at = this.idle.indexOf(connection);
     if (at !== -1) this.idle.splice(at, 1);
-    const next = this.closed ? undefined : this.waiting.shift();
-    if (next !== undefined) this.assign(this.connect(), next);
+    const next = this.closed ? undefined : this.nextWaiting();
+    if (next === undefined) return;
+    // The answers to expired requests may have let a pipelined request take the freed slot already.
+    if (this.all.size < this.options.maxConnections) this.assign(this.connect(), next);
+    else this.waiting.unshift(next);
   }
 
   /** @internal a waiting request was given up */
