@@ -55,7 +55,7 @@ const BATCH_MAX_BYTES = 64 * 1024;
  * Gathers the body pieces llhttp delivers during one parse of a read, so that they leave in one write with
  * one chunk frame. MLflow's server sends an artifact as HTTP chunks of about 255 bytes, some 250 of them per
  * 64 KiB read: written one by one they cost a system call and a chunk frame each (a writev per 255 bytes,
- * 15 ms of CPU per MB, a third of node:http's speed). The owner calls `flush` at the end of every parse
+ * about 16 ms of CPU per MB, a third of node:http's speed). The owner calls `flush` at the end of every parse
  * (kOnExecute, or after `execute` returns) and before the message completes, so nothing waits for a timer
  * and what is held never exceeds one read. Small pieces are copied into one buffer (which, being large and
  * owning its memory, is freed as soon as it is written, see writeBodyChunk) and freed; a large piece goes on
