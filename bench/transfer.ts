@@ -16,6 +16,8 @@ export interface TransferSpec {
   clientReadBps?: number;
   /** Upstream reads the upload at most this fast (0: as fast as it can). */
   upstreamReadBps?: number;
+  /** Upstream sends the download as HTTP chunks of this many bytes, as MLflow's server does (0: 1 MiB writes, Content-Length). */
+  chunkBytes?: number;
 }
 
 export interface TransferResult {
@@ -29,7 +31,7 @@ const agent = new http.Agent({ keepAlive: false });
 
 function one(spec: TransferSpec, index: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    const query = spec.mode === 'get' ? `bytes=${spec.bytes}` : `slow_read_bps=${spec.upstreamReadBps ?? 0}`;
+    const query = spec.mode === 'get' ? `bytes=${spec.bytes}&chunk_bytes=${spec.chunkBytes ?? 0}` : `slow_read_bps=${spec.upstreamReadBps ?? 0}`;
     const url = new URL(`${spec.url}/api/2.0/mlflow-artifacts/artifacts/1/bench/artifacts/blob-${index}.bin?${query}`);
     const headers: Record<string, string> = { ...spec.headers };
     if (spec.mode === 'put') {

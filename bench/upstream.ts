@@ -26,6 +26,35 @@ const NOT_FOUND_HEADERS = JSON_HEADERS(NOT_FOUND.length);
 const BLOCK = Buffer.alloc(1 << 20, 'kvx-bench-artifact-');
 
 const ARTIFACTS = '/api/2.0/mlflow-artifacts/artifacts/';
+const ARTIFACT_LISTING = '/api/2.0/mlflow-artifacts/artifacts?';
+
+/**
+ * The rest of the MLflow client's tracking workflow (bench/workflow.ts), with answers shaped as MLflow 2.x
+ * sends them. Stateless: the bench times the proxies, not a tracking store.
+ */
+const json = (value: unknown): Buffer => Buffer.from(JSON.stringify(value));
+const RUN_INFO = (JSON.parse(RUN_GET.toString()) as { run: { info: unknown } }).run.info;
+const WORKFLOW = new Map<string, { status: number; body: Buffer }>(Object.entries({
+  '/api/2.0/mlflow/experiments/get-by-name': {
+    status: 404,
+    body: json({ error_code: 'RESOURCE_DOES_NOT_EXIST', message: "Could not find experiment with name 'bench'" }),
+  },
+  '/api/2.0/mlflow/experiments/create': { status: 200, body: json({ experiment_id: '1' }) },
+  '/api/2.0/mlflow/experiments/get': {
+    status: 200,
+    body: json({ experiment: { experiment_id: '1', name: 'bench', artifact_location: 'mlflow-artifacts:/1', lifecycle_stage: 'active', creation_time: 1718101234567, last_update_time: 1718101234567 } }),
+  },
+  '/api/2.0/mlflow/runs/create': { status: 200, body: RUN_GET },
+  '/api/2.0/mlflow/runs/log-parameter': { status: 200, body: EMPTY },
+  '/api/2.0/mlflow/runs/log-metric': { status: 200, body: EMPTY },
+  '/api/2.0/mlflow/runs/set-tag': { status: 200, body: EMPTY },
+  '/api/2.0/mlflow/runs/update': { status: 200, body: json({ run_info: { ...(RUN_INFO as object), status: 'FINISHED', end_time: 1718101299999 } }) },
+  '/api/2.0/mlflow/metrics/get-history': {
+    status: 200,
+    body: json({ metrics: Array.from({ length: 30 }, (_, i) => ({ key: 'm1', value: i / 3, timestamp: 1718101234567 + i, step: i })) }),
+  },
+  '/api/2.0/mlflow/runs/search': { status: 200, body: json({ runs: [(JSON.parse(RUN_GET.toString()) as { run: unknown }).run] }) },
+}));
 
 function send(res: http.ServerResponse, status: number, headers: string[], body: Buffer): void {
   res.writeHead(status, headers);
@@ -64,6 +93,53 @@ function stream(res: http.ServerResponse, total: number): void {
   pump();
 }
 
+/**
+ * How MLflow's server streams an artifact: each piece of the file as its own HTTP chunk, about 255 bytes for
+ * binary data (its tracking server iterates the file line by line; see shared/reference). The frames are built
+ * once, about 64 KiB of them per block, and written raw, so producing them costs this process next to nothing.
+ */
+const chunkBlocks = new Map<number, { block: Buffer; perBlock: number }>();
+function chunkFrames(chunkBytes: number, count: number): Buffer {
+  const frame = Buffer.concat([Buffer.from(`${chunkBytes.toString(16)}\r\n`, 'latin1'), BLOCK.subarray(0, chunkBytes), Buffer.from('\r\n', 'latin1')]);
+  return Buffer.concat(Array.from({ length: count }, () => frame));
+}
+
+function streamChunked(res: http.ServerResponse, total: number, chunkBytes: number): void {
+  let cached = chunkBlocks.get(chunkBytes);
+  if (cached === undefined) {
+    const perBlock = Math.max(1, Math.floor((64 * 1024) / (chunkBytes + 8)));
+    cached = { block: chunkFrames(chunkBytes, perBlock), perBlock };
+    chunkBlocks.set(chunkBytes, cached);
+  }
+  const { block, perBlock } = cached;
+  res.writeHead(200, ['content-type', 'application/octet-stream', 'transfer-encoding', 'chunked']);
+  // The frames are already in the bytes: node must not frame them again (nor add its own last chunk).
+  res.chunkedEncoding = false;
+  let left = total;
+  const pump = (): void => {
+    while (left >= perBlock * chunkBytes) {
+      left -= perBlock * chunkBytes;
+      if (!res.write(block)) {
+        res.once('drain', pump);
+        return;
+      }
+    }
+    const whole = Math.floor(left / chunkBytes);
+    const rest = left - whole * chunkBytes;
+    const tail = [block.subarray(0, whole * (block.length / perBlock))];
+    if (rest > 0) tail.push(Buffer.from(`${rest.toString(16)}\r\n`, 'latin1'), BLOCK.subarray(0, rest), Buffer.from('\r\n', 'latin1'));
+    tail.push(Buffer.from('0\r\n\r\n', 'latin1'));
+    left = 0;
+    res.end(Buffer.concat(tail));
+  };
+  pump();
+}
+
+function pathOf(url: string): string {
+  const at = url.indexOf('?');
+  return at === -1 ? url : url.slice(0, at);
+}
+
 function queryNumber(url: string, key: string): number {
   const at = url.indexOf(key + '=');
   if (at === -1) return 0;
@@ -84,7 +160,15 @@ const server = http.createServer({ keepAliveTimeout: 120_000, noDelay: true }, (
   } else if (url.startsWith(ARTIFACTS) && req.method === 'PUT') {
     drain(req, queryNumber(url, 'slow_read_bps'), () => send(res, 200, EMPTY_HEADERS, EMPTY));
   } else if (url.startsWith(ARTIFACTS) && req.method === 'GET') {
-    stream(res, queryNumber(url, 'bytes'));
+    const chunkBytes = queryNumber(url, 'chunk_bytes');
+    if (chunkBytes > 0) streamChunked(res, queryNumber(url, 'bytes'), chunkBytes);
+    else stream(res, queryNumber(url, 'bytes'));
+  } else if (url.startsWith(ARTIFACT_LISTING)) {
+    const body = json({ files: [{ path: 'weights.bin', is_dir: false, file_size: queryNumber(url, 'bytes') }] });
+    send(res, 200, JSON_HEADERS(body.length), body);
+  } else if (WORKFLOW.has(pathOf(url))) {
+    const answer = WORKFLOW.get(pathOf(url))!;
+    drain(req, 0, () => send(res, answer.status, JSON_HEADERS(answer.body.length), answer.body));
   } else {
     req.resume();
     send(res, 404, NOT_FOUND_HEADERS, NOT_FOUND);

@@ -36,10 +36,60 @@ export function writeBodyChunk(socket: Socket, chunk: Buffer, chunked: boolean):
 
 /** Whether the chunk owns all of its memory and is worth freeing early. */
 function releasable(chunk: Buffer): boolean {
-  return chunk.length >= RELEASE_MIN_BYTES && chunk.byteOffset === 0 && chunk.buffer.byteLength === chunk.length;
+  return chunk.length >= RELEASE_MIN_BYTES && ownsMemory(chunk);
 }
+
+const ownsMemory = (chunk: Buffer): boolean => chunk.byteOffset === 0 && chunk.buffer.byteLength === chunk.length;
 
 /** Frees a chunk nothing will read again, now rather than at the next garbage collection (see writeBodyChunk). */
 export function releaseNow(chunk: Buffer): void {
   if (releasable(chunk)) release(chunk);
+}
+
+/** Pieces smaller than this are gathered; larger ones are worth their own write and are not copied. */
+const GATHER_MAX_PIECE = RELEASE_MIN_BYTES;
+/** A batch is passed on once it holds this much, whatever the read still delivers. */
+const BATCH_MAX_BYTES = 64 * 1024;
+
+/**
+ * Gathers the body pieces llhttp delivers during one parse of a read, so that they leave in one write with
+ * one chunk frame. MLflow's server sends an artifact as HTTP chunks of about 255 bytes, some 250 of them per
+ * 64 KiB read: written one by one they cost a system call and a chunk frame each (a writev per 255 bytes,
+ * about 16 ms of CPU per MB, a third of node:http's speed). The owner calls `flush` at the end of every parse
+ * (kOnExecute, or after `execute` returns) and before the message completes, so nothing waits for a timer
+ * and what is held never exceeds one read. Small pieces are copied into one buffer (which, being large and
+ * owning its memory, is freed as soon as it is written, see writeBodyChunk) and freed; a large piece goes on
+ * as it is, after the smaller ones before it.
+ */
+export class BodyBatch {
+  private readonly pieces: Buffer[] = [];
+  private bytes = 0;
+
+  constructor(private readonly deliver: (chunk: Buffer) => void) {}
+
+  add(chunk: Buffer): void {
+    if (chunk.length >= GATHER_MAX_PIECE) {
+      this.flush();
+      this.deliver(chunk);
+      return;
+    }
+    this.pieces.push(chunk);
+    this.bytes += chunk.length;
+    if (this.bytes >= BATCH_MAX_BYTES) this.flush();
+  }
+
+  flush(): void {
+    const pieces = this.pieces;
+    if (pieces.length === 0) return;
+    let chunk = pieces[0]!;
+    if (pieces.length > 1) {
+      chunk = Buffer.concat(pieces, this.bytes);
+      // Each piece is its own native allocation; freed now, a fast download's dead pieces do not pile up
+      // until the collector runs (peak RSS 88-95 MB over a 100 MB download in 255-byte chunks, 94-131 MB without).
+      for (const piece of pieces) if (ownsMemory(piece)) release(piece);
+    }
+    pieces.length = 0;
+    this.bytes = 0;
+    this.deliver(chunk);
+  }
 }

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { writeBodyChunk } from './body.js';
+import { BodyBatch, writeBodyChunk } from './body.js';
 import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
@@ -263,6 +263,8 @@ export class ClientConnection {
   private phaseStarted: number;
   lastActivity: number;
   private readonly headers = new HeaderAccumulator();
+  /** The request body pieces of the read being parsed, passed on together (see BodyBatch). */
+  private readonly body = new BodyBatch((chunk) => this.receiving?.receive(chunk));
   private readonly reader: ParserReader;
 
   constructor(
@@ -299,8 +301,9 @@ export class ClientConnection {
       return 0;
     };
     parser[kOnHeadersComplete] = onHeadersComplete;
-    parser[kOnBody] = (chunk: Buffer) => this.receiving?.receive(chunk);
+    parser[kOnBody] = (chunk: Buffer) => this.body.add(chunk);
     parser[kOnMessageComplete] = () => {
+      this.body.flush();
       this.headers.reset();
       const request = this.receiving;
       this.receiving = undefined;
@@ -323,6 +326,7 @@ export class ClientConnection {
 
   private readonly afterRead = (result: number | ParserError): void => {
     this.lastActivity = coarseNow();
+    this.body.flush();
     if (this.phase === 'linger') return;
     if (this.phase === 'keepalive') {
       this.phase = 'headers';

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { writeBodyChunk } from './body.js';
+import { BodyBatch, writeBodyChunk } from './body.js';
 import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
@@ -229,6 +229,11 @@ class UpstreamConnection {
   private socketError: NodeJS.ErrnoException | undefined;
   private connectTimer: NodeJS.Timeout | undefined;
   private readonly headers = new HeaderAccumulator();
+  /** The response body pieces of the read being parsed, passed on together (see BodyBatch). */
+  private readonly body = new BodyBatch((chunk) => {
+    const request = this.request;
+    if (request !== undefined && !request.done) request.handler.onResponseData(chunk);
+  });
   readonly reader: ParserReader;
 
   constructor(
@@ -278,9 +283,10 @@ class UpstreamConnection {
     parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = (chunk: Buffer) => {
       const request = this.request;
-      if (request !== undefined && !request.done) request.handler.onResponseData(chunk);
+      if (request !== undefined && !request.done) this.body.add(chunk);
     };
     parser[kOnMessageComplete] = () => {
+      this.body.flush();
       this.headers.reset();
       if (this.interim) {
         this.interim = false;
@@ -326,6 +332,7 @@ class UpstreamConnection {
 
   private readonly afterRead = (result: number | ParserError): void => {
     this.lastActivity = coarseNow();
+    this.body.flush();
     if (this.request === undefined) {
       // An idle connection has nothing to say; whatever it sent cannot be trusted as the next answer.
       this.socket.destroy();

@@ -1,0 +1,333 @@
+/**
+ * Body pieces the parser delivers within one read leave the proxy in one write, with one chunk frame (issue 12,
+ * item 15). MLflow's server streams an artifact as ~255-byte HTTP chunks; a proxy that writes each one on its
+ * own makes a system call per 255 bytes. These cases count what reaches the far socket: chunk frames on the
+ * wire, and the proxy's own write dispatches (`_writeGeneric`, where every write or writev of a net.Socket goes
+ * to the kernel), and check the bytes arrive whole and in order, with backpressure and with the final 0-chunk.
+ */
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { expect } from 'chai';
+import { startTestProxy } from '../helpers/proxy.js';
+import type { TestProxy } from '../helpers/proxy.js';
+
+const TOKEN = 'coalescing-secret-token-90ab';
+const PIECE = 255;
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Deterministic bytes: piece `index` differs from its neighbours, so a dropped or reordered piece changes the body. */
+function piece(index: number): Buffer {
+  const out = Buffer.alloc(PIECE);
+  for (let i = 0; i < PIECE; i++) out[i] = (index * 131 + i * 7 + (index >> 8)) & 0xff;
+  return out;
+}
+
+function expectedBody(pieces: number, first = 0): Buffer {
+  return Buffer.concat(Array.from({ length: pieces }, (_, i) => piece(first + i)));
+}
+
+/** `pieces` chunk frames of 255 bytes each, from piece `first` on. */
+function chunkFrames(pieces: number, first = 0): Buffer {
+  return Buffer.concat(Array.from({ length: pieces }, (_, i) => Buffer.concat([Buffer.from(`${PIECE.toString(16)}\r\n`), piece(first + i), Buffer.from('\r\n')])));
+}
+
+/** A whole chunked request body: the frames and the last chunk. */
+const chunkedUpload = (pieces: number, first = 0): Buffer => Buffer.concat([chunkFrames(pieces, first), Buffer.from('0\r\n\r\n')]);
+
+/** Decodes a chunked body from `start`: undefined while incomplete; counts the data frames. */
+function decodeChunked(buf: Buffer, start: number): { body: Buffer; frames: number; end: number } | undefined {
+  const parts: Buffer[] = [];
+  let pos = start;
+  for (;;) {
+    const lineEnd = buf.indexOf('\r\n', pos);
+    if (lineEnd === -1) return undefined;
+    const size = parseInt(buf.subarray(pos, lineEnd).toString('latin1'), 16);
+    if (Number.isNaN(size)) throw new Error(`bad chunk size line at ${pos}`);
+    pos = lineEnd + 2;
+    if (size === 0) {
+      if (buf.length < pos + 2) return undefined;
+      expect(buf.subarray(pos, pos + 2).toString('latin1'), 'the last chunk ends the body').to.equal('\r\n');
+      return { body: Buffer.concat(parts), frames: parts.length, end: pos + 2 };
+    }
+    if (buf.length < pos + size + 2) return undefined;
+    parts.push(buf.subarray(pos, pos + size));
+    expect(buf.subarray(pos + size, pos + size + 2).toString('latin1')).to.equal('\r\n');
+    pos += size + 2;
+  }
+}
+
+/**
+ * Counts the write dispatches of the proxy's sockets: those whose local port is `localPort` (the proxy's
+ * listener) or whose remote port is `remotePort` (the upstream), as the test chooses.
+ */
+class WriteCounter {
+  count = 0;
+  /** The most bytes the socket held in user space at a write: what the proxy buffered beyond the kernel. */
+  maxBuffered = 0;
+  private readonly original = net.Socket.prototype._writeGeneric;
+
+  constructor(match: (socket: net.Socket) => boolean) {
+    const original = this.original;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const counter = this;
+    net.Socket.prototype._writeGeneric = function (this: net.Socket, ...args: Parameters<typeof original>) {
+      if (match(this)) {
+        counter.count++;
+        counter.maxBuffered = Math.max(counter.maxBuffered, this.writableLength);
+      }
+      return original.apply(this, args);
+    };
+  }
+
+  restore(): void {
+    net.Socket.prototype._writeGeneric = this.original;
+  }
+}
+
+declare module 'node:net' {
+  interface Socket {
+    _writeGeneric(writev: boolean, data: unknown, encoding: string, cb: (err?: Error | null) => void): void;
+  }
+}
+
+/** A raw client on one keep-alive connection: sends bytes, reads what comes, optionally slowly. */
+class RawClient {
+  readonly socket: net.Socket;
+  private parts: Buffer[] = [];
+  /** The last bytes received, to see the last chunk arrive without joining everything on every read. */
+  private tail = Buffer.alloc(0);
+  private waiter: (() => void) | undefined;
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      this.parts.push(chunk);
+      this.tail = Buffer.concat([this.tail, chunk.subarray(-5)]).subarray(-5);
+      this.waiter?.();
+    });
+  }
+
+  static async connect(url: string): Promise<RawClient> {
+    const { hostname, port } = new URL(url);
+    const socket = net.connect(Number(port), hostname);
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    return new RawClient(socket);
+  }
+
+  /**
+   * Reads one response with a chunked body (and no trailers); `slow` pauses reading now and then (a client
+   * slower than the proxy). The test bodies never contain the last chunk's bytes, so the tail says when to parse.
+   */
+  async chunkedResponse(slow = false): Promise<{ head: string; body: Buffer; frames: number }> {
+    const deadline = Date.now() + 30_000;
+    let lastPause = Date.now();
+    for (;;) {
+      if (this.tail.toString('latin1') === '0\r\n\r\n') {
+        const data = Buffer.concat(this.parts);
+        const headEnd = data.indexOf('\r\n\r\n');
+        const head = data.subarray(0, headEnd).toString('latin1');
+        expect(head).to.match(/^HTTP\/1\.1 200 /);
+        expect(head.toLowerCase()).to.include('transfer-encoding: chunked');
+        const decoded = decodeChunked(data, headEnd + 4);
+        if (decoded) {
+          // What follows is the next answer on the connection (pipelining), to be read by the next call.
+          const rest = data.subarray(decoded.end);
+          this.parts = rest.length ? [rest] : [];
+          if (!rest.length) this.tail = Buffer.alloc(0);
+          return { head, body: decoded.body, frames: decoded.frames };
+        }
+      }
+      if (Date.now() > deadline) throw new Error(`no whole response within 30 s; ${this.parts.reduce((n, p) => n + p.length, 0)} bytes so far`);
+      if (slow && Date.now() - lastPause > 50) {
+        this.socket.pause();
+        await sleep(40);
+        this.socket.resume();
+        lastPause = Date.now();
+      }
+      await new Promise<void>((resolve) => {
+        this.waiter = resolve;
+        setTimeout(resolve, 50);
+      });
+      this.waiter = undefined;
+    }
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+describe('proxy: body pieces of one read leave in one write (MLflow-shaped streams)', function () {
+  this.timeout(60_000);
+  const env = { TEST_COALESCE_TOKEN: TOKEN };
+  let upstream: http.Server;
+  let upstreamPort: number;
+  let proxy: TestProxy;
+  let proxyPort: number;
+  /** Pieces the upstream has written of the download under way. */
+  let upstreamProgress = 0;
+  /** Request bodies the upstream received, in order. */
+  const uploads: Buffer[] = [];
+  let counter: WriteCounter | undefined;
+
+  before(async () => {
+    // Like MLflow's server: one HTTP chunk per 255-byte piece (node's http frames each res.write), written in
+    // bursts as fast as the proxy reads them.
+    upstream = http.createServer((req, res) => {
+      expect(req.headers.authorization).to.equal(`Bearer ${TOKEN}`);
+      if (req.method === 'PUT') {
+        const parts: Buffer[] = [];
+        req.on('data', (chunk: Buffer) => parts.push(chunk));
+        req.on('end', () => {
+          uploads.push(Buffer.concat(parts));
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.write('{}');
+          res.end();
+        });
+        return;
+      }
+      const pieces = Number(new URL(req.url!, 'http://x').searchParams.get('pieces'));
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      let next = 0;
+      upstreamProgress = 0;
+      const pump = (): void => {
+        for (let burst = 0; next < pieces && burst < 400; burst++) {
+          const more = res.write(piece(next++));
+          upstreamProgress = next;
+          if (!more) {
+            res.once('drain', pump);
+            return;
+          }
+        }
+        if (next < pieces) setImmediate(pump);
+        else res.end();
+      };
+      pump();
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    upstreamPort = (upstream.address() as AddressInfo).port;
+    proxy = await startTestProxy(`http://127.0.0.1:${upstreamPort}`, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_COALESCE_TOKEN' }, env);
+    proxyPort = Number(new URL(proxy.url).port);
+  });
+
+  afterEach(() => {
+    counter?.restore();
+    counter = undefined;
+  });
+
+  after(async () => {
+    await proxy?.close();
+    await new Promise<void>((resolve) => (upstream ? upstream.close(() => resolve()) : resolve()));
+  });
+
+  const askFor = (client: RawClient, pieces: number) =>
+    client.socket.write(`GET /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.bin?pieces=${pieces} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  const download = async (client: RawClient, pieces: number) => {
+    askFor(client, pieces);
+    return client.chunkedResponse();
+  };
+
+  it('writes a download of 4,000 chunks of 255 bytes in about one write per read, not one per chunk', async () => {
+    const pieces = 4000;
+    const client = await RawClient.connect(proxy.url);
+    const clientPort = client.socket.localPort;
+    counter = new WriteCounter((s) => s.localPort === proxyPort && s.remotePort === clientPort);
+    try {
+      const { body, frames } = await download(client, pieces);
+      expect(body.equals(expectedBody(pieces)), 'the body arrives whole and in order').to.equal(true);
+      // About 1 MB crosses in 64 KiB reads: some 20 of them, however the kernel splits the stream.
+      expect(frames, 'chunk frames sent to the client').to.be.at.most(pieces / 20);
+      expect(counter.count, 'writes to the client socket').to.be.at.most(pieces / 20);
+      expect(counter.count).to.be.at.least(1);
+
+      // The upstream's last chunk ended the answer and nothing else: the connection carries the next request.
+      const again = await download(client, 3);
+      expect(again.body.equals(expectedBody(3))).to.equal(true);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('keeps backpressure and order when the client reads slowly', async () => {
+    const pieces = 100_000; // 25 MB: more than the sockets' kernel buffers hold (about 9 MB here)
+    const client = await RawClient.connect(proxy.url);
+    const clientPort = client.socket.localPort;
+    counter = new WriteCounter((s) => s.localPort === proxyPort && s.remotePort === clientPort);
+    try {
+      // Not reading at all for a second: the proxy must stop reading the upstream rather than buffer the rest.
+      client.socket.pause();
+      askFor(client, pieces);
+      await sleep(1000);
+      const sentWhileClientStalled = upstreamProgress;
+      client.socket.resume();
+      const { body, frames } = await client.chunkedResponse(true);
+      expect(sentWhileClientStalled, 'pieces the upstream could send while the client read nothing').to.be.below(pieces);
+      expect(counter.maxBuffered, 'bytes the proxy held for the client').to.be.below(1 << 20);
+      expect(body.length).to.equal(pieces * PIECE);
+      expect(body.equals(expectedBody(pieces)), 'the body arrives whole and in order').to.equal(true);
+      expect(frames).to.be.at.most(pieces / 20);
+      expect(counter.count).to.be.at.most(pieces / 20);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('forwards a chunked upload of 3,000 tiny chunks in about one write per read', async () => {
+    const pieces = 3000;
+    // A raw upstream that records the request's body frames as they arrived and answers once it is whole.
+    let received: { body: Buffer; frames: number } | undefined;
+    const raw = net.createServer((socket) => {
+      let data = Buffer.alloc(0);
+      socket.on('data', (chunk: Buffer) => {
+        data = Buffer.concat([data, chunk]);
+        const headEnd = data.indexOf('\r\n\r\n');
+        if (headEnd === -1 || received) return;
+        expect(data.subarray(0, headEnd).toString('latin1').toLowerCase()).to.include('transfer-encoding: chunked');
+        const decoded = decodeChunked(data, headEnd + 4);
+        if (!decoded) return;
+        received = decoded;
+        socket.end('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}');
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    const rawPort = (raw.address() as AddressInfo).port;
+    const uploadProxy = await startTestProxy(`http://127.0.0.1:${rawPort}`, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_COALESCE_TOKEN' }, env);
+    counter = new WriteCounter((s) => s.remotePort === rawPort);
+    const client = await RawClient.connect(uploadProxy.url);
+    try {
+      client.socket.write(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/up.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n`);
+      // In a few large writes, as a client's socket sends a stream of small chunks when it is not held back.
+      for (let i = 0; i < pieces; i += 1000) client.socket.write(chunkFrames(Math.min(1000, pieces - i), i));
+      client.socket.write('0\r\n\r\n');
+      const deadline = Date.now() + 20_000;
+      while (received === undefined && Date.now() < deadline) await sleep(20);
+      expect(received, 'the upstream got the whole body').to.not.equal(undefined);
+      expect(received!.body.equals(expectedBody(pieces)), 'the body arrives whole and in order').to.equal(true);
+      expect(received!.frames, 'chunk frames sent upstream').to.be.at.most(pieces / 20);
+      expect(counter.count, 'writes to the upstream socket').to.be.at.most(pieces / 20);
+    } finally {
+      client.close();
+      await uploadProxy.close();
+      await new Promise<void>((resolve) => raw.close(() => resolve()));
+    }
+  });
+
+  it('keeps the bodies of pipelined chunked uploads apart: each request gets its own pieces, none of the next', async () => {
+    uploads.length = 0;
+    const client = await RawClient.connect(proxy.url);
+    try {
+      const put = (name: string, first: number) =>
+        Buffer.concat([Buffer.from(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/${name} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n`), chunkedUpload(500, first)]);
+      // Both requests in one write: the second's head and pieces arrive in the read that ends the first.
+      client.socket.write(Buffer.concat([put('a.bin', 0), put('b.bin', 500)]));
+      await client.chunkedResponse();
+      await client.chunkedResponse();
+      expect(uploads).to.have.length(2);
+      expect(uploads[0]!.equals(expectedBody(500, 0)), 'the first body, and only it').to.equal(true);
+      expect(uploads[1]!.equals(expectedBody(500, 500)), 'the second body, and only it').to.equal(true);
+    } finally {
+      client.close();
+    }
+  });
+});
