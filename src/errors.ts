@@ -12,7 +12,9 @@ export type KvxErrorCode =
   | 'KVX_MLFLOW_API'
   | 'KVX_VERTEX_API'
   | 'KVX_LAUNCH_INPUT'
-  | 'KVX_USAGE';
+  | 'KVX_USAGE'
+  /** SIGINT/SIGTERM ended the work; the CLI exits 130. */
+  | 'KVX_INTERRUPTED';
 
 export class KvxError extends Error {
   readonly code: KvxErrorCode;

@@ -106,7 +106,7 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
       .option('-o, --output <file>', 'write the run id to this file (a KFP output path)')
       .option('--json', 'print the result as JSON'),
   ).action(async (opts: Record<string, unknown>) => {
-    code = await startRunCommand(opts, io);
+    code = await startRunCommand(opts, io, deps);
   });
 
   return runProgram(program, argv, io, 'kvx-launch', () => code);
@@ -183,7 +183,7 @@ interface Clients {
   close(): Promise<void>;
 }
 
-async function mlflowClient(loaded: LoadedConfig, io: CliIO): Promise<Clients> {
+async function mlflowClient(loaded: LoadedConfig, io: CliIO, interrupt: AbortSignal): Promise<Clients> {
   const level: LogLevel = loaded.sources.has('log.level') ? loaded.config.log.level : 'warn';
   const logger = new Logger(level, io.stderr, { program: 'kvx-launch' });
   if (loaded.config.upstream.url === '') return { logger, close: async () => {} };
@@ -192,7 +192,7 @@ async function mlflowClient(loaded: LoadedConfig, io: CliIO): Promise<Clients> {
   const injector = await HeaderInjector.create(plans, { config: loaded.config, logger, baseDir: loaded.baseDir, env: io.env });
   const dispatcher = mlflowDispatcher(loaded.config);
   const { retry, timeoutMs } = retryPolicyFromEnv(io.env);
-  const mlflow = new MlflowClient({ trackingUri: loaded.config.upstream.url, headers: injector, logger, retry, timeoutMs, dispatcher });
+  const mlflow = new MlflowClient({ trackingUri: loaded.config.upstream.url, headers: injector, logger, retry, timeoutMs, dispatcher, interrupt });
   return {
     mlflow,
     injector,
@@ -204,13 +204,13 @@ async function mlflowClient(loaded: LoadedConfig, io: CliIO): Promise<Clients> {
   };
 }
 
-function vertexClient(loaded: LoadedConfig, logger: Logger, deps: LaunchCliDeps): VertexClient {
+function vertexClient(loaded: LoadedConfig, logger: Logger, deps: LaunchCliDeps, interrupt: AbortSignal): VertexClient {
   const v = loaded.config.vertex;
   const problems = [];
   if (!v.projectId) problems.push({ path: 'vertex.projectId', message: 'required: set project_id in vertexai.yml, vertex.projectId, or --project' });
   if (!v.region) problems.push({ path: 'vertex.region', message: 'required: set region in vertexai.yml, vertex.region, or --region' });
   if (problems.length > 0) throw new ConfigError(problems);
-  return new VertexClient({ projectId: v.projectId, region: v.region, endpoint: v.endpoint, auth: deps.googleAuth ?? applicationDefaultCredentials(v.projectId), logger });
+  return new VertexClient({ projectId: v.projectId, region: v.region, endpoint: v.endpoint, auth: deps.googleAuth ?? applicationDefaultCredentials(v.projectId), logger, interrupt });
 }
 
 function progressFor(io: CliIO, jobId: string): Progress {
@@ -218,17 +218,20 @@ function progressFor(io: CliIO, jobId: string): Progress {
   return out.isTTY ? new TtyProgress(out, jobId) : new LineProgress(out, jobId);
 }
 
-/** SIGINT/SIGTERM (or the test's interrupt) abort following; a second signal gets Node's default behaviour. */
+/**
+ * SIGINT/SIGTERM (or the test's interrupt) cut the REST call or wait in progress short and stop following; what
+ * the launcher then does to leave its run in order runs briefly. A second signal gets Node's default behaviour.
+ */
 function interruptSignal(deps: LaunchCliDeps): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    controller.abort(new KvxError('KVX_USAGE', `interrupted by ${sig}`));
+    controller.abort(new KvxError('KVX_INTERRUPTED', `interrupted by ${sig}`));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const onTest = () => controller.abort(new KvxError('KVX_USAGE', 'interrupted'));
+  const onTest = () => controller.abort(new KvxError('KVX_INTERRUPTED', 'interrupted'));
   deps.interrupt?.addEventListener('abort', onTest, { once: true });
   if (deps.interrupt?.aborted) onTest();
   return {
@@ -285,10 +288,11 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
   const experimentLinkTimeoutMs = secondsFlag(opts, 'experimentLinkTimeout', '--experiment-link-timeout', '300');
 
   const loaded = loadLaunchConfig(opts, io, true);
-  const clients = await mlflowClient(loaded, io);
   const { signal, dispose } = interruptSignal(deps);
+  let clients: Clients | undefined;
   try {
-    const vertex = vertexClient(loaded, clients.logger, deps);
+    clients = await mlflowClient(loaded, io, signal);
+    const vertex = vertexClient(loaded, clients.logger, deps, signal);
     let spec: LoadedSpec;
     if (isTemplate) {
       const text = await vertex.fetchTemplate(source).catch((err: unknown) => {
@@ -334,7 +338,7 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
     return result.state === 'SUCCEEDED' ? 0 : 1;
   } finally {
     dispose();
-    await clients.close();
+    await clients?.close();
   }
 }
 
@@ -342,10 +346,12 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
   const pollIntervalMs = pollMs(opts);
   const experimentLinkTimeoutMs = secondsFlag(opts, 'experimentLinkTimeout', '--experiment-link-timeout', '300');
   const loaded = loadLaunchConfig(opts, io, opts['runId'] !== undefined);
-  const clients = await mlflowClient(loaded, io);
   const { signal, dispose } = interruptSignal(deps);
+  let clients: Clients | undefined;
   try {
-    const vertex = vertexClient(loaded, clients.logger, deps);
+    clients = await mlflowClient(loaded, io, signal);
+    const { logger } = clients;
+    const vertex = vertexClient(loaded, logger, deps, signal);
     const first = await vertex.getPipelineJob(job);
     const runId = (opts['runId'] as string | undefined) ?? first.labels?.[RUN_ID_LABEL];
     const mlflow = runId === undefined ? undefined : clients.mlflow;
@@ -369,7 +375,7 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
             wake: followEnded.signal,
             ...(deps.experimentLinkIntervalMs === undefined ? {} : { intervalMs: deps.experimentLinkIntervalMs }),
           }).catch((err: unknown) => {
-            clients.logger.warn('could not record the Vertex AI experiment link on the run', { runId, error: err instanceof Error ? err.message : String(err) });
+            logger.warn('could not record the Vertex AI experiment link on the run', { runId, error: err instanceof Error ? err.message : String(err) });
             return undefined;
           });
     const progress = progressFor(io, jobId);
@@ -395,7 +401,7 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
       runStatus = await mirrorFinalState(mlflow, runId!, followed.job);
     } else if (followed.interrupted && mlflow !== undefined) {
       // On purpose: the job still runs, so its run stays RUNNING; following again later finishes the mirror.
-      await mlflow.setTags(runId!, [{ key: TAG.jobState, value: followed.state }]);
+      await mlflow.uninterrupted().setTags(runId!, [{ key: TAG.jobState, value: followed.state }]);
     }
     const result = {
       jobId,
@@ -412,14 +418,16 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
     return followed.state === 'SUCCEEDED' ? 0 : 1;
   } finally {
     dispose();
-    await clients.close();
+    await clients?.close();
   }
 }
 
-async function startRunCommand(opts: Record<string, unknown>, io: CliIO): Promise<number> {
+async function startRunCommand(opts: Record<string, unknown>, io: CliIO, deps: LaunchCliDeps): Promise<number> {
   const loaded = loadLaunchConfig(opts, io, true);
-  const clients = await mlflowClient(loaded, io);
+  const { signal, dispose } = interruptSignal(deps);
+  let clients: Clients | undefined;
   try {
+    clients = await mlflowClient(loaded, io, signal);
     await clients.injector!.start();
     const input: Parameters<typeof startRun>[1] = { experimentName: loaded.config.vertex.experimentName };
     if (io.env['MLFLOW_RUN_ID']) input.resumeRunId = io.env['MLFLOW_RUN_ID'];
@@ -432,7 +440,8 @@ async function startRunCommand(opts: Record<string, unknown>, io: CliIO): Promis
     io.stderr.write(`kvx-launch: MLflow run ${result.runId} ${result.how} in experiment ${result.experimentId}\n`);
     return 0;
   } finally {
-    await clients.close();
+    dispose();
+    await clients?.close();
   }
 }
 

@@ -112,7 +112,7 @@ export function loadConfigFromOptions(
 
 /**
  * Prints an error the way every kvx CLI does and returns its exit code: 2 for configuration and usage
- * problems, 1 for everything else. Stack traces only with --debug.
+ * problems, 130 for an interrupt (128 + SIGINT), 1 for everything else. Stack traces only with --debug.
  */
 export function reportError(err: unknown, io: CliIO, program: string, debug: boolean): number {
   if (err instanceof ConfigError) {
@@ -123,6 +123,7 @@ export function reportError(err: unknown, io: CliIO, program: string, debug: boo
     io.stderr.write(`${program}: ${err.message}\n`);
     if (err.hint) io.stderr.write(`  hint: ${err.hint}\n`);
     if (debug && err.stack) io.stderr.write(`${err.stack}\n`);
+    if (err.code === 'KVX_INTERRUPTED') return 130;
     return err.code === 'KVX_USAGE' ? 2 : 1;
   }
   io.stderr.write(`${program}: ${errorMessage(err)}\n`);

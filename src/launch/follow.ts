@@ -51,6 +51,7 @@ export async function followJob(options: FollowOptions): Promise<FollowResult> {
       job = await vertex.getPipelineJob(options.job);
       failures = 0;
     } catch (err) {
+      if (signal?.aborted) break;
       if (err instanceof VertexApiError && err.httpStatus < 500 && err.httpStatus !== 429) throw err;
       failures++;
       if (failures >= MAX_CONSECUTIVE_POLL_FAILURES) throw err;
@@ -72,17 +73,18 @@ export async function followJob(options: FollowOptions): Promise<FollowResult> {
     }
   }
 
-  // Interrupted.
-  if (job === undefined) job = await vertex.getPipelineJob(options.job);
+  // Interrupted: what follows leaves the job as asked, so the interrupt does not cut it short.
+  const tidy = vertex.uninterrupted();
+  if (job === undefined) job = await tidy.getPipelineJob(options.job);
   if (!options.cancelOnInterrupt) {
     progress.note(`stopped following; job ${job.name.split('/').pop()} keeps running (${shortState(job.state)})`);
     return { job, state: shortState(job.state), terminal: false, interrupted: true, cancelRequested: false };
   }
   progress.note(`interrupted: cancelling job ${job.name.split('/').pop()}`);
-  await vertex.cancelPipelineJob(job.name);
+  await tidy.cancelPipelineJob(job.name);
   const deadline = Date.now() + (options.cancelWaitMs ?? 120_000);
   for (;;) {
-    job = await vertex.getPipelineJob(job.name);
+    job = await tidy.getPipelineJob(job.name);
     progress.update(job);
     if (TERMINAL_STATES.has(job.state ?? '') || Date.now() >= deadline) break;
     await sleep(min);
@@ -108,10 +110,14 @@ export function finalStateTags(job: PipelineJob): KeyValue[] {
   return tags;
 }
 
-/** Ends the run with the job's real final state: SUCCEEDED → FINISHED, FAILED → FAILED, CANCELLED → KILLED. */
-export async function mirrorFinalState(mlflow: MlflowClient, runId: string, job: PipelineJob): Promise<MlflowRunStatus> {
+/**
+ * Ends the run with the job's real final state: SUCCEEDED → FINISHED, FAILED → FAILED, CANCELLED → KILLED.
+ * Uninterrupted: once the end is known, an interrupt does not keep it from the run.
+ */
+export async function mirrorFinalState(client: MlflowClient, runId: string, job: PipelineJob): Promise<MlflowRunStatus> {
   const status = RUN_STATUS[shortState(job.state)];
   if (status === undefined) throw new KvxError('KVX_VERTEX_API', `job ${job.name} is not finished (${shortState(job.state)})`);
+  const mlflow = client.uninterrupted();
   await mlflow.setTags(runId, finalStateTags(job));
   const end = job.endTime === undefined ? Number.NaN : Date.parse(job.endTime);
   await mlflow.updateRun(runId, { status, endTime: Number.isNaN(end) ? Date.now() : end });
@@ -120,16 +126,18 @@ export async function mirrorFinalState(mlflow: MlflowClient, runId: string, job:
 
 /**
  * Ends a run the launcher cannot see through (submission failed, interrupted, crashed): the reason goes in a tag
- * and in the run's note, so nobody has to guess why the run stopped. Never throws; returns what went wrong.
+ * and in the run's note, so nobody has to guess why the run stopped. Uninterrupted, since it is what an interrupt
+ * leads to. Never throws; returns what went wrong.
  */
 export async function endRunByLauncher(
-  mlflow: MlflowClient,
+  client: MlflowClient,
   runId: string,
   status: MlflowRunStatus,
   reason: string,
   extraTags: KeyValue[],
   logger: Logger,
 ): Promise<string | undefined> {
+  const mlflow = client.uninterrupted();
   const problems: string[] = [];
   try {
     await mlflow.setTags(runId, [

@@ -226,7 +226,8 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
   }
 
   try {
-    await mlflow.setTags(runId, [
+    // Uninterrupted: a job that exists is recorded on its run, whatever happens next.
+    await mlflow.uninterrupted().setTags(runId, [
       { key: TAG.runId, value: job.name },
       { key: TAG.resourceName, value: job.name },
       { key: TAG.jobState, value: shortState(job.state) },
@@ -292,17 +293,21 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
     result.runStatus = 'KILLED';
     return result;
   } catch (err) {
-    // A launcher failure after the job exists: record it on the run and end the run, so it never stays RUNNING
-    // because of us. The job itself is left alone; `follow` can mirror its real end later.
-    const reason = `kvx-launch failed after submitting job ${plan.jobId}: ${errorMessage(err)}. The job was not cancelled; run \`kvx-launch follow ${plan.jobId}\` to mirror its final state.`;
-    const endProblem = await endRunByLauncher(mlflow, runId, 'FAILED', reason, [{ key: TAG.runId, value: jobName }, { key: TAG.resourceName, value: jobName }], logger);
-    throw withRunNote(err, runId, 'FAILED', endProblem);
+    // A launcher failure (or an interrupt) after the job exists: record it on the run and end the run, so it never
+    // stays RUNNING because of us. The job itself is left alone; `follow` can mirror its real end later.
+    const status = options.signal?.aborted === true ? 'KILLED' : 'FAILED';
+    const reason = `kvx-launch ${status === 'KILLED' ? 'was interrupted' : 'failed'} after submitting job ${plan.jobId}: ${errorMessage(err)}. The job was not cancelled; run \`kvx-launch follow ${plan.jobId}\` to mirror its final state.`;
+    const endProblem = await endRunByLauncher(mlflow, runId, status, reason, [{ key: TAG.runId, value: jobName }, { key: TAG.resourceName, value: jobName }], logger);
+    throw withRunNote(err, runId, status, endProblem);
   }
 }
 
-/** Puts the link's outcome on the run; the launch goes on whatever it is (re-running would submit a second job). */
+/**
+ * Puts the link's outcome on the run (also after an interrupt, which leaves it `pending`); the launch goes on
+ * whatever it is (re-running would submit a second job).
+ */
 export async function recordExperimentLink(mlflow: MlflowClient, runId: string, experiment: Pick<VertexExperiment, 'name' | 'consoleUrl'> & { created?: boolean }, link: ExperimentLink): Promise<ExperimentResult> {
-  await mlflow.setTags(runId, [
+  await mlflow.uninterrupted().setTags(runId, [
     { key: TAG.vertexExperimentLink, value: link.state },
     { key: TAG.vertexExperimentLinkError, value: link.state === 'linked' ? '' : tagValue(link.reason ?? '') },
   ]);
@@ -334,6 +339,8 @@ export async function finishExperimentLink(
   try {
     experiment = await getOrCreateExperiment(deps.vertex, name, where.projectId, where.region, { logger: deps.logger });
   } catch (err) {
+    // Interrupted: the link stays as it was, for the next follow.
+    if (options.signal?.aborted === true) return undefined;
     const reason = `${errorMessage(err)}${err instanceof KvxError && err.hint ? ` (hint: ${err.hint})` : ''}`;
     return recordExperimentLink(deps.mlflow, run.info.run_id, { name, consoleUrl: tags.get(TAG.vertexExperimentUrl) ?? '' }, { state: 'failed', reason });
   }

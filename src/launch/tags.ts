@@ -1,3 +1,5 @@
+import { CREATE_ID_TAG } from '../mlflow/client.js';
+
 /**
  * The MLflow tags kvx-launch writes. Their meanings are documented in docs/launcher.md and stay stable: a tag never
  * changes meaning during a run (kedro-vertexai's vertexai_run_id did).
@@ -27,6 +29,8 @@ export const TAG = {
   vertexExperimentLinkError: 'vertexai_experiment_link_error',
   /** Why kvx-launch ended the run itself (submission failed, interrupted, lost track of the job). */
   launchError: 'kvx_launch_error',
+  /** Set by MlflowClient.createRun, so a create whose answer was lost finds its run (see the client). */
+  createId: CREATE_ID_TAG,
   note: 'mlflow.note.content',
   sourceName: 'mlflow.source.name',
   sourceType: 'mlflow.source.type',

@@ -1,15 +1,14 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import type * as Undici from 'undici';
 import type { Dispatcher } from 'undici';
 import type { HeaderMap } from '../auth/provider.js';
 import type { KvxConfig } from '../config/schema.js';
-import { KvxError, errorMessage } from '../errors.js';
-import type { Logger } from '../log/logger.js';
-import { silentLogger } from '../log/logger.js';
-import { RETRYABLE_STATUSES, backoffDelayMs, parseRetryAfter, sleep } from '../util/backoff.js';
+import { KvxError } from '../errors.js';
 import type { RetryPolicy } from '../util/backoff.js';
-import { VERSION } from '../version.js';
+import { RestCore, undiciAgent } from '../util/rest.js';
+import type { RestClientOptions, RestReply } from '../util/rest.js';
+
+export { undiciRequest } from '../util/rest.js';
 
 /** Where request headers come from; a HeaderInjector fits, and so does a fixed map for tests. */
 export interface HeaderSource {
@@ -62,16 +61,17 @@ export class MlflowApiError extends KvxError {
   }
 }
 
-export interface MlflowClientOptions {
+export interface MlflowClientOptions extends RestClientOptions {
   /** The tracking server URL, optionally with a path prefix (https://host/mlflow). */
   trackingUri: string;
   headers?: HeaderSource;
-  logger?: Logger;
-  retry?: Partial<RetryPolicy>;
-  /** Per-request limit for response headers and for pauses in the body. */
-  timeoutMs?: number;
-  dispatcher?: Dispatcher;
 }
+
+/**
+ * The tag `createRun` puts a fresh id in, so a create whose answer was lost can be found instead of made twice
+ * (MLflow has no client-chosen run ids).
+ */
+export const CREATE_ID_TAG = 'kvx_create_id';
 
 /** MLflow's own defaults (MLFLOW_HTTP_REQUEST_MAX_RETRIES and friends). */
 export const MLFLOW_DEFAULT_RETRY: RetryPolicy = { maxRetries: 7, backoffFactorMs: 2000, jitterMs: 1000, maxDelayMs: 120_000 };
@@ -107,24 +107,47 @@ export function mlflowDispatcher(config: KvxConfig): Dispatcher {
   if (upstream.certFile) connect['cert'] = readFileSync(upstream.certFile);
   if (upstream.keyFile) connect['key'] = readFileSync(upstream.keyFile);
   if (upstream.insecure) connect['rejectUnauthorized'] = false;
-  return new (undici().Agent)({ connect, connections: 8 });
+  return undiciAgent({ connect, connections: 8 });
 }
 
 /**
- * A small MLflow REST client: the calls kvx-launch needs, with MLflow's retry behaviour (408/429/5xx and
- * connection failures, every method, `Retry-After` honoured) and one credential refresh on 401.
+ * A small MLflow REST client: the calls kvx-launch needs, with MLflow's retry behaviour where a repeat is safe
+ * (408/429/5xx and connection failures, `Retry-After` honoured), one credential refresh on 401, and runs/create
+ * made safe to retry by a client-chosen id tag.
  */
 export class MlflowClient {
   readonly trackingUri: string;
-  private readonly retry: RetryPolicy;
-  private readonly timeoutMs: number;
-  private readonly logger: Logger;
+  private readonly rest: RestCore;
+  private sibling: MlflowClient | undefined;
 
-  constructor(private readonly options: MlflowClientOptions) {
+  /** `rest`, when given, is the core to use instead of one made from `options` (see `uninterrupted`). */
+  constructor(options: MlflowClientOptions, rest?: RestCore) {
     this.trackingUri = options.trackingUri.replace(/\/+$/, '');
-    this.retry = { ...MLFLOW_DEFAULT_RETRY, ...options.retry };
-    this.timeoutMs = options.timeoutMs ?? 120_000;
-    this.logger = options.logger ?? silentLogger;
+    const headers = options.headers;
+    this.rest =
+      rest ??
+      new RestCore(options, {
+        name: 'MLflow',
+        retry: MLFLOW_DEFAULT_RETRY,
+        timeoutMs: 120_000,
+        headers: async () => (headers === undefined ? {} : { ...(await headers.headers()) }),
+        ...(headers?.invalidate === undefined ? {} : { refreshAfter401: (sent: HeaderMap) => headers.invalidate!(sent) }),
+        apiError: apiError,
+        notJson: (label, reply) => new MlflowApiError(label, reply.status, 'BAD_RESPONSE', `answer is not JSON: ${snippet(reply.text)}`, 'check upstream.url points at the MLflow server, including its path prefix'),
+        unreachable: (label, _url, detail, cause) =>
+          new KvxError('KVX_UPSTREAM_UNREACHABLE', `cannot reach MLflow at ${new URL(this.trackingUri).origin} (${label}): ${detail}`, {
+            hint: 'check upstream.url (--tracking-uri, MLFLOW_TRACKING_URI) and that the server is up',
+            cause,
+          }),
+      });
+  }
+
+  /**
+   * This client for the calls that leave a run in order after an interrupt (ending it, recording why): the
+   * interrupt does not cut them short, and once it has fired they retry only briefly.
+   */
+  uninterrupted(): MlflowClient {
+    return (this.sibling ??= new MlflowClient({ trackingUri: this.trackingUri }, this.rest.uninterrupted()));
   }
 
   /** The run's page in the MLflow UI. */
@@ -142,24 +165,41 @@ export class MlflowClient {
     }
   }
 
+  /** Names are unique, so a repeat is answered RESOURCE_ALREADY_EXISTS; after a lost answer the name finds it. */
   async createExperiment(name: string, tags: KeyValue[] = []): Promise<string> {
-    const res = await this.call<{ experiment_id: string }>('POST', 'experiments/create', { name, tags });
+    const res = await this.request<{ experiment_id: string }>('POST', 'experiments/create', { name, tags }, true, async () => {
+      const made = await this.uninterrupted().getExperimentByName(name);
+      return made?.lifecycle_stage === 'active' ? { experiment_id: made.experiment_id } : undefined;
+    });
     return res.experiment_id;
   }
 
+  /** A repeat is refused (the experiment is active by then); after a lost answer the experiment's stage tells. */
   async restoreExperiment(experimentId: string): Promise<void> {
-    await this.call('POST', 'experiments/restore', { experiment_id: experimentId });
+    await this.request('POST', 'experiments/restore', { experiment_id: experimentId }, true, async () => {
+      const res = await this.uninterrupted().call<{ experiment: MlflowExperiment }>('GET', 'experiments/get', { experiment_id: experimentId });
+      return res.experiment.lifecycle_stage === 'active' ? {} : undefined;
+    });
   }
 
+  /**
+   * MLflow chooses run ids, so a repeated create would make a second run. The run is tagged with a fresh
+   * `kvx_create_id`; when an attempt's outcome is unknown (the answer lost, a 5xx, an interrupt), the experiment is
+   * searched for that tag before anything is sent again, and a run found there is the result.
+   */
   async createRun(input: { experimentId: string; runName?: string; startTime?: number; tags?: KeyValue[]; userId?: string }): Promise<MlflowRun> {
+    const createId = randomUUID();
     const body: Record<string, unknown> = {
       experiment_id: input.experimentId,
       start_time: input.startTime ?? Date.now(),
-      tags: input.tags ?? [],
+      tags: [...(input.tags ?? []), { key: CREATE_ID_TAG, value: createId }],
     };
     if (input.runName !== undefined) body['run_name'] = input.runName;
     if (input.userId !== undefined) body['user_id'] = input.userId;
-    const res = await this.call<{ run: MlflowRun }>('POST', 'runs/create', body);
+    const res = await this.request<{ run: MlflowRun }>('POST', 'runs/create', body, false, async () => {
+      const [made] = await this.uninterrupted().searchRuns({ experimentIds: [input.experimentId], filter: `tags.${CREATE_ID_TAG} = '${createId}'`, maxResults: 1 });
+      return made === undefined ? undefined : { run: made };
+    });
     return res.run;
   }
 
@@ -172,28 +212,29 @@ export class MlflowClient {
     const body: Record<string, unknown> = { run_id: runId, run_uuid: runId };
     if (update.status !== undefined) body['status'] = update.status;
     if (update.endTime !== undefined) body['end_time'] = update.endTime;
-    const res = await this.call<{ run_info: MlflowRunInfo }>('POST', 'runs/update', body);
+    const res = await this.request<{ run_info: MlflowRunInfo }>('POST', 'runs/update', body, true);
     return res.run_info;
   }
 
   async deleteRun(runId: string): Promise<void> {
-    await this.call('POST', 'runs/delete', { run_id: runId });
+    await this.request('POST', 'runs/delete', { run_id: runId }, true);
   }
 
   async setTag(runId: string, key: string, value: string): Promise<void> {
-    await this.call('POST', 'runs/set-tag', { run_id: runId, run_uuid: runId, key, value });
+    await this.request('POST', 'runs/set-tag', { run_id: runId, run_uuid: runId, key, value }, true);
   }
 
   /** Tags in one request (MLflow takes at most 100 per batch; split above that). */
   async setTags(runId: string, tags: KeyValue[]): Promise<void> {
     for (let i = 0; i < tags.length; i += 100) {
-      await this.call('POST', 'runs/log-batch', { run_id: runId, tags: tags.slice(i, i + 100), params: [], metrics: [] });
+      await this.request('POST', 'runs/log-batch', { run_id: runId, tags: tags.slice(i, i + 100), params: [], metrics: [] }, true);
     }
   }
 
+  /** Params may be logged again with the same value, so a repeat is harmless. */
   async logParams(runId: string, params: KeyValue[]): Promise<void> {
     for (let i = 0; i < params.length; i += 100) {
-      await this.call('POST', 'runs/log-batch', { run_id: runId, params: params.slice(i, i + 100), tags: [], metrics: [] });
+      await this.request('POST', 'runs/log-batch', { run_id: runId, params: params.slice(i, i + 100), tags: [], metrics: [] }, true);
     }
   }
 
@@ -210,7 +251,7 @@ export class MlflowClient {
         order_by: input.orderBy ?? [],
       };
       if (pageToken !== undefined) body['page_token'] = pageToken;
-      const res = await this.call<{ runs?: MlflowRun[]; next_page_token?: string }>('POST', 'runs/search', body);
+      const res = await this.request<{ runs?: MlflowRun[]; next_page_token?: string }>('POST', 'runs/search', body, true);
       runs.push(...(res.runs ?? []));
       pageToken = res.next_page_token;
     } while (pageToken && runs.length < max);
@@ -218,88 +259,29 @@ export class MlflowClient {
   }
 
   /**
-   * One REST call. GET parameters go in the query string, everything else in a JSON body, as the MLflow
-   * client sends them.
+   * One REST call. GET parameters go in the query string, everything else in a JSON body, as the MLflow client
+   * sends them. A GET is retried after any retryable failure; a POST, which may not be safe to repeat (log-metric
+   * would log twice), only when MLflow cannot have acted on it, unless `idempotent` says a repeat is harmless.
    */
-  async call<T = Record<string, unknown>>(method: 'GET' | 'POST', endpoint: string, params: Record<string, unknown>): Promise<T> {
+  async call<T = Record<string, unknown>>(method: 'GET' | 'POST', endpoint: string, params: Record<string, unknown>, how: { idempotent?: boolean } = {}): Promise<T> {
+    return this.request<T>(method, endpoint, params, how.idempotent ?? method === 'GET');
+  }
+
+  private request<T>(method: 'GET' | 'POST', endpoint: string, params: Record<string, unknown>, idempotent: boolean, recover?: () => Promise<T | undefined>): Promise<T> {
     let url = `${this.trackingUri}/api/2.0/mlflow/${endpoint}`;
-    let body: string | undefined;
+    let body: Record<string, unknown> | undefined;
     if (method === 'GET') {
       const query = new URLSearchParams();
       for (const [k, v] of Object.entries(params)) if (v !== undefined) query.append(k, String(v));
       url += `?${query.toString()}`;
     } else {
-      body = JSON.stringify(params);
+      body = params;
     }
-    const label = `${method} ${endpoint}`;
-    let refreshed = false;
-    for (let attempt = 0; ; attempt++) {
-      const sent = await this.authHeaders();
-      let status: number;
-      let text: string;
-      let retryAfter: string | string[] | undefined;
-      try {
-        const res = await undici().request(url, {
-          method,
-          headers: {
-            ...sent,
-            'user-agent': `kvx-launch/${VERSION}`,
-            accept: 'application/json',
-            ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-          },
-          body,
-          headersTimeout: this.timeoutMs,
-          bodyTimeout: this.timeoutMs,
-          ...(this.options.dispatcher === undefined ? {} : { dispatcher: this.options.dispatcher }),
-        });
-        status = res.statusCode;
-        retryAfter = res.headers['retry-after'];
-        text = await res.body.text();
-      } catch (err) {
-        if (attempt < this.retry.maxRetries) {
-          const delay = backoffDelayMs(this.retry, attempt + 1);
-          this.logger.warn('MLflow request failed; retrying', { endpoint: label, error: errorMessage(err), delayMs: Math.round(delay) });
-          await sleep(delay);
-          continue;
-        }
-        throw new KvxError('KVX_UPSTREAM_UNREACHABLE', `cannot reach MLflow at ${new URL(this.trackingUri).origin} (${label}): ${networkErrorText(err)}`, {
-          hint: 'check upstream.url (--tracking-uri, MLFLOW_TRACKING_URI) and that the server is up',
-          cause: err,
-        });
-      }
-
-      if (status === 401 && !refreshed && this.options.headers?.invalidate !== undefined) {
-        refreshed = true;
-        this.logger.info('MLflow answered 401; refreshing credentials and retrying once', { endpoint: label });
-        await this.options.headers.invalidate(sent);
-        attempt--;
-        continue;
-      }
-      if (RETRYABLE_STATUSES.has(status) && attempt < this.retry.maxRetries) {
-        const delay = backoffDelayMs(this.retry, attempt + 1, parseRetryAfter(retryAfter));
-        this.logger.warn('MLflow answered a retryable status; retrying', { endpoint: label, status, delayMs: Math.round(delay) });
-        await sleep(delay);
-        continue;
-      }
-      if (status >= 200 && status < 300) {
-        if (text.trim() === '') return {} as T;
-        try {
-          return JSON.parse(text) as T;
-        } catch {
-          throw new MlflowApiError(label, status, 'BAD_RESPONSE', `answer is not JSON: ${snippet(text)}`, 'check upstream.url points at the MLflow server, including its path prefix');
-        }
-      }
-      throw apiError(label, status, text);
-    }
-  }
-
-  private async authHeaders(): Promise<HeaderMap> {
-    if (this.options.headers === undefined) return {};
-    return { ...(await this.options.headers.headers()) };
+    return this.rest.call<T>({ method, url, label: `${method} ${endpoint}`, idempotent, ...(body === undefined ? {} : { body }), ...(recover === undefined ? {} : { recover }) });
   }
 }
 
-function apiError(endpoint: string, status: number, text: string): MlflowApiError {
+function apiError(endpoint: string, { status, text }: RestReply): MlflowApiError {
   let code = `HTTP_${status}`;
   let message = snippet(text) || '(empty body)';
   try {
@@ -323,23 +305,4 @@ function apiError(endpoint: string, status: number, text: string): MlflowApiErro
 function snippet(text: string): string {
   const oneLine = text.replace(/\s+/g, ' ').trim();
   return oneLine.length > 300 ? `${oneLine.slice(0, 300)}…` : oneLine;
-}
-
-function networkErrorText(err: unknown): string {
-  const code = (err as { code?: string }).code;
-  const cause = (err as { cause?: { code?: string } }).cause?.code;
-  return [code ?? cause, errorMessage(err)].filter(Boolean).join(': ');
-}
-
-/**
- * undici loaded on first use: kvx-proxy imports this module for its doctor command, and undici's entry point
- * would add about 80 ms to every proxy start.
- */
-/** undici's request(), for modules that share this lazy load. */
-export function undiciRequest(): typeof Undici.request {
-  return undici().request;
-}
-
-function undici(): typeof Undici {
-  return createRequire(import.meta.url)('undici') as typeof Undici;
 }

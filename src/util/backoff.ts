@@ -1,5 +1,5 @@
 /**
- * Retry timing shared by the REST clients. Mirrors urllib3's policy as the MLflow Python client configures it
+ * Retry timing for the REST core (rest.ts). Mirrors urllib3's policy as the MLflow Python client configures it
  * (exponential backoff with jitter, capped, `Retry-After` honoured), so kvx behaves like the client users know.
  */
 export interface RetryPolicy {
@@ -13,7 +13,7 @@ export interface RetryPolicy {
   maxDelayMs: number;
 }
 
-/** Statuses the MLflow client retries for every method. */
+/** Statuses the MLflow client retries; the core retries them where the call is safe to repeat. */
 export const RETRYABLE_STATUSES: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504]);
 
 export function backoffDelayMs(policy: RetryPolicy, retry: number, retryAfterMs?: number): number {

@@ -1,11 +1,8 @@
 import { GoogleAuth } from 'google-auth-library';
-import { request } from 'undici';
-import type { Dispatcher } from 'undici';
 import { KvxError, errorMessage } from '../errors.js';
-import type { Logger } from '../log/logger.js';
-import { silentLogger } from '../log/logger.js';
-import { RETRYABLE_STATUSES, backoffDelayMs, parseRetryAfter, sleep } from '../util/backoff.js';
 import type { RetryPolicy } from '../util/backoff.js';
+import { RestCore } from '../util/rest.js';
+import type { RestCall, RestClientOptions, RestReply } from '../util/rest.js';
 import { VERSION } from '../version.js';
 
 export const CLOUD_PLATFORM_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
@@ -87,9 +84,6 @@ export function shortState(state: string | undefined): string {
 
 /** A Vertex AI API call Google answered with an error; `status` is Google's (PERMISSION_DENIED, ...). */
 export class VertexApiError extends KvxError {
-  /** True when an earlier attempt of the same call failed in a way that may have reached Google. */
-  retried = false;
-
   constructor(
     readonly operation: string,
     readonly httpStatus: number,
@@ -101,30 +95,54 @@ export class VertexApiError extends KvxError {
   }
 }
 
-export interface VertexClientOptions {
+export interface VertexClientOptions extends RestClientOptions {
   projectId: string;
   region: string;
   /** API base URL; https://<region>-aiplatform.googleapis.com by default. */
   endpoint?: string;
   auth: GoogleHeaderSource;
-  logger?: Logger;
-  retry?: Partial<RetryPolicy>;
-  timeoutMs?: number;
-  dispatcher?: Dispatcher;
 }
 
 const DEFAULT_RETRY: RetryPolicy = { maxRetries: 5, backoffFactorMs: 1000, jitterMs: 500, maxDelayMs: 60_000 };
 
-/** The PipelineJob calls of the Vertex AI REST API (v1). */
+/**
+ * The PipelineJob and ML Metadata calls of the Vertex AI REST API (v1). Every call is safe to repeat: reads,
+ * cancels, adding children, and creates under an id we choose, which a repeat finds taken (ALREADY_EXISTS).
+ */
 export class VertexClient {
   readonly endpoint: string;
-  private readonly retry: RetryPolicy;
-  private readonly logger: Logger;
+  private readonly rest: RestCore;
+  private sibling: VertexClient | undefined;
 
-  constructor(private readonly options: VertexClientOptions) {
+  /** `rest`, when given, is the core to use instead of one made from `options` (see `uninterrupted`). */
+  constructor(
+    private readonly options: VertexClientOptions,
+    rest?: RestCore,
+  ) {
     this.endpoint = (options.endpoint || `https://${options.region}-aiplatform.googleapis.com`).replace(/\/+$/, '');
-    this.retry = { ...DEFAULT_RETRY, ...options.retry };
-    this.logger = options.logger ?? silentLogger;
+    this.rest =
+      rest ??
+      new RestCore(options, {
+        name: 'Vertex AI',
+        retry: DEFAULT_RETRY,
+        timeoutMs: 60_000,
+        headers: async (operation) => ({ ...(await this.googleHeaders(operation)), 'x-goog-api-client': `kvx-launch/${VERSION}` }),
+        apiError: (operation, reply) => googleError(operation, reply, options.projectId),
+        notJson: (operation, reply) => new VertexApiError(operation, reply.status, 'BAD_RESPONSE', 'the answer is not JSON', 'check vertex.endpoint'),
+        unreachable: (operation, url, detail, cause) =>
+          new KvxError('KVX_VERTEX_API', `cannot reach the Vertex AI API at ${new URL(url).origin} (${operation}): ${detail}`, {
+            hint: 'check vertex.region and vertex.endpoint, and network access to Google APIs',
+            cause,
+          }),
+      });
+  }
+
+  /**
+   * This client for the calls made to leave a job in order after an interrupt (looking at it, cancelling it): the
+   * interrupt does not cut them short, and once it has fired they retry only briefly.
+   */
+  uninterrupted(): VertexClient {
+    return (this.sibling ??= new VertexClient(this.options, this.rest.uninterrupted()));
   }
 
   get parent(): string {
@@ -142,19 +160,22 @@ export class VertexClient {
   }
 
   /**
-   * Creates the job. Retrying a create is safe because the id is ours: when an earlier attempt did reach
-   * Google, the retry gets ALREADY_EXISTS, and the existing job is returned if it carries `ownerLabel`.
+   * Creates the job. Retrying is safe because the id is ours: when an attempt whose answer was lost did reach
+   * Google, the job is there (a repeat gets ALREADY_EXISTS), and it is the result if it carries `ownerLabel`.
    */
   async createPipelineJob(jobId: string, body: Record<string, unknown>, ownerLabel: [string, string]): Promise<PipelineJob> {
-    try {
-      return await this.call<PipelineJob>('POST', `/v1/${this.parent}/pipelineJobs?pipelineJobId=${encodeURIComponent(jobId)}`, 'pipelineJobs.create', body);
-    } catch (err) {
-      if (err instanceof VertexApiError && err.status === 'ALREADY_EXISTS' && err.retried) {
-        const existing = await this.getPipelineJob(jobId);
-        if (existing.labels?.[ownerLabel[0]] === ownerLabel[1]) return existing;
-      }
-      throw err;
-    }
+    return this.call<PipelineJob>('POST', `/v1/${this.parent}/pipelineJobs?pipelineJobId=${encodeURIComponent(jobId)}`, 'pipelineJobs.create', body, {
+      recover: async () => {
+        let existing: PipelineJob;
+        try {
+          existing = await this.uninterrupted().getPipelineJob(jobId);
+        } catch (err) {
+          if (err instanceof VertexApiError && err.status === 'NOT_FOUND') return undefined;
+          throw err;
+        }
+        return existing.labels?.[ownerLabel[0]] === ownerLabel[1] ? existing : undefined;
+      },
+    });
   }
 
   async getPipelineJob(job: string): Promise<PipelineJob> {
@@ -197,65 +218,12 @@ export class VertexClient {
 
   /** Downloads a pipeline template (Artifact Registry `https://<region>-kfp.pkg.dev/...`) with the same credentials. */
   async fetchTemplate(uri: string): Promise<string> {
-    return this.call<string>('GET', uri, 'template download', undefined, true);
+    return this.call<string>('GET', uri, 'template download', undefined, { raw: true });
   }
 
-  private async call<T>(method: 'GET' | 'POST', pathOrUrl: string, operation: string, body?: unknown, raw = false): Promise<T> {
+  private call<T>(method: 'GET' | 'POST', pathOrUrl: string, operation: string, body?: unknown, extra: Pick<RestCall<T>, 'raw' | 'recover'> = {}): Promise<T> {
     const url = /^https?:\/\//.test(pathOrUrl) ? pathOrUrl : `${this.endpoint}${pathOrUrl}`;
-    let retried = false;
-    for (let attempt = 0; ; attempt++) {
-      const headers = await this.googleHeaders(operation);
-      let status: number;
-      let text: string;
-      let retryAfter: string | string[] | undefined;
-      try {
-        const res = await request(url, {
-          method,
-          headers: {
-            ...headers,
-            'user-agent': `kvx-launch/${VERSION}`,
-            'x-goog-api-client': `kvx-launch/${VERSION}`,
-            accept: raw ? '*/*' : 'application/json',
-            ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-          },
-          body: body === undefined ? undefined : JSON.stringify(body),
-          headersTimeout: this.options.timeoutMs ?? 60_000,
-          bodyTimeout: this.options.timeoutMs ?? 60_000,
-          ...(this.options.dispatcher === undefined ? {} : { dispatcher: this.options.dispatcher }),
-        });
-        status = res.statusCode;
-        retryAfter = res.headers['retry-after'];
-        text = await res.body.text();
-      } catch (err) {
-        if (attempt < this.retry.maxRetries) {
-          retried = true;
-          await sleep(backoffDelayMs(this.retry, attempt + 1));
-          continue;
-        }
-        throw new KvxError('KVX_VERTEX_API', `cannot reach the Vertex AI API at ${new URL(url).origin} (${operation}): ${errorMessage(err)}`, {
-          hint: 'check vertex.region and vertex.endpoint, and network access to Google APIs',
-          cause: err,
-        });
-      }
-      if (RETRYABLE_STATUSES.has(status) && attempt < this.retry.maxRetries) {
-        retried = true;
-        const delay = backoffDelayMs(this.retry, attempt + 1, parseRetryAfter(retryAfter));
-        this.logger.warn('Vertex AI answered a retryable status; retrying', { operation, status, delayMs: Math.round(delay) });
-        await sleep(delay);
-        continue;
-      }
-      if (status >= 200 && status < 300) {
-        if (raw) return text as T;
-        try {
-          return (text.trim() === '' ? {} : JSON.parse(text)) as T;
-        } catch {
-          throw new VertexApiError(operation, status, 'BAD_RESPONSE', 'the answer is not JSON', 'check vertex.endpoint');
-        }
-      }
-      const error = googleError(operation, status, text, this.options.projectId);
-      error.retried = retried;
-      throw error;
-    }
+    return this.rest.call<T>({ method, url, label: operation, idempotent: true, ...(body === undefined ? {} : { body }), ...extra });
   }
 
   private async googleHeaders(operation: string): Promise<Record<string, string>> {
@@ -276,7 +244,7 @@ export class VertexClient {
   }
 }
 
-function googleError(operation: string, httpStatus: number, text: string, projectId: string): VertexApiError {
+function googleError(operation: string, { status: httpStatus, text }: RestReply, projectId: string): VertexApiError {
   let status = `HTTP_${httpStatus}`;
   let message = text.replace(/\s+/g, ' ').trim().slice(0, 300) || '(empty body)';
   try {

@@ -189,8 +189,9 @@ export async function linkJobToExperiment(vertex: VertexClient, experiment: Vert
         return { state: 'failed', reason: `the job ended ${lastState} before Vertex AI created its pipeline run context, so there is nothing to add to experiment "${experiment.name}"` };
       }
     } catch (err) {
-      // The run context can show on the job a moment before the metadata store answers for it.
-      if (!isStatus(err, 'NOT_FOUND') || runContext === undefined) {
+      // The run context can show on the job a moment before the metadata store answers for it; and a call an
+      // interrupt cut short leaves the link pending, below.
+      if (!options.signal?.aborted && (!isStatus(err, 'NOT_FOUND') || runContext === undefined)) {
         const e = err instanceof VertexApiError && err.status === 'PERMISSION_DENIED' ? experimentError(err, 'add the job to', experiment.name) : err;
         const hint = e instanceof KvxError && e.hint ? ` (hint: ${e.hint})` : '';
         return { state: 'failed', ...(runContext === undefined ? {} : { runContext }), reason: `${errorMessage(e)}${hint}` };

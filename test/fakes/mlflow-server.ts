@@ -138,11 +138,25 @@ export class FakeMlflowStore {
   }
 }
 
+/**
+ * A fault on the reply to a REST call the server has carried out (`POST runs/create`): `drop` closes the
+ * connection without an answer (a reply lost on the way), a status answers that status instead of the result
+ * (a proxy's 502 after the server acted).
+ */
+export interface ReplyFault {
+  method: string;
+  /** The endpoint after /api/2.0/mlflow/, e.g. `runs/create`. */
+  endpoint: string;
+  fault: 'drop' | number;
+}
+
 export interface FakeMlflow {
   url: string;
   port: number;
   store: FakeMlflowStore;
   requests: RecordedRequest[];
+  /** Used up in order: each applies once, to the next matching call. */
+  replyFaults: ReplyFault[];
   /** Directory artifacts are stored in. */
   artifactRoot: string;
   reset(): Promise<void>;
@@ -215,6 +229,7 @@ export async function startFakeMlflow(options: FakeMlflowOptions = {}): Promise<
   const version = options.version ?? '2.12.2';
   const store = new FakeMlflowStore();
   const requests: RecordedRequest[] = [];
+  const replyFaults: ReplyFault[] = [];
   const artifactRoot = await mkdtemp(path.join(tmpdir(), 'kvx-fake-mlflow-'));
   const uploads = new Map<string, { path: string; dir: string }>();
   let selfUrl = '';
@@ -911,7 +926,15 @@ export async function startFakeMlflow(options: FakeMlflowOptions = {}): Promise<
     }
 
     if (apiVersion === '2.0') {
-      json(res, 200, await callRoute(req, mlflowRoutes[tail], query, '', counter, `${method} ${p}`));
+      const result = await callRoute(req, mlflowRoutes[tail], query, '', counter, `${method} ${p}`);
+      const at = replyFaults.findIndex((f) => f.method === method && f.endpoint === tail);
+      if (at !== -1) {
+        const { fault } = replyFaults.splice(at, 1)[0]!;
+        if (fault === 'drop') req.socket.destroy();
+        else json(res, fault, { error_code: fault === 503 ? 'TEMPORARILY_UNAVAILABLE' : 'INTERNAL_ERROR', message: `fake reply fault ${fault}` });
+        return;
+      }
+      json(res, 200, result);
       return;
     }
     const byId = /^logged-models\/([^/]+)$/.exec(tail);
@@ -982,10 +1005,12 @@ export async function startFakeMlflow(options: FakeMlflowOptions = {}): Promise<
     port,
     store,
     requests,
+    replyFaults,
     artifactRoot,
     async reset() {
       store.reset();
       requests.length = 0;
+      replyFaults.length = 0;
       uploads.clear();
       await rm(path.join(artifactRoot, 'files'), { recursive: true, force: true });
       await rm(path.join(artifactRoot, 'mpu'), { recursive: true, force: true });

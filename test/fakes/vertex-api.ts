@@ -79,6 +79,17 @@ export interface FakeVertexOptions {
   actAs?: string[];
 }
 
+/**
+ * A fault on the reply to a call the fake has carried out: `drop` closes the connection without an answer (a reply
+ * lost on the way), a status answers that status instead of the result (a front end's 503 after the API acted).
+ */
+export interface VertexReplyFault {
+  method: string;
+  /** Matched against the path (without the query), e.g. /pipelineJobs$/ for pipelineJobs.create. */
+  path: RegExp;
+  fault: 'drop' | number;
+}
+
 export interface FakeVertex {
   url: string;
   port: number;
@@ -87,6 +98,8 @@ export interface FakeVertex {
   projectNumber: string;
   jobs: Map<string, FakeJob>;
   requests: { method: string; path: string; status: number }[];
+  /** Used up in order: each applies once, to the next matching call that succeeds. */
+  replyFaults: VertexReplyFault[];
   /** Outcome applied to the next created job (then cleared). */
   nextOutcome: JobOutcome | undefined;
   /** Error answered to the next create (then cleared), e.g. PERMISSION_DENIED or SERVICE_DISABLED. */
@@ -142,6 +155,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     projectNumber,
     jobs: new Map(),
     requests: [],
+    replyFaults: [],
     nextOutcome: undefined,
     failNextCreate: undefined,
     templates: new Map(),
@@ -575,6 +589,15 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     req.on('end', () => {
       void handle(req, Buffer.concat(chunks).toString('utf8')).then(
         (r) => {
+          const pathname = (req.url ?? '').split('?')[0]!;
+          const at = fake.replyFaults.findIndex((f) => f.method === req.method && f.path.test(pathname));
+          if (at !== -1) {
+            const { fault } = fake.replyFaults.splice(at, 1)[0]!;
+            fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: fault === 'drop' ? 0 : fault });
+            if (fault === 'drop') req.socket.destroy();
+            else res.writeHead(fault, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify({ error: { code: fault, message: 'fake reply fault', status: 'UNAVAILABLE' } }));
+            return;
+          }
           fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: r.status });
           if (r.text !== undefined) res.writeHead(r.status, { 'content-type': 'application/octet-stream' }).end(r.text);
           else res.writeHead(r.status, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify(r.json));

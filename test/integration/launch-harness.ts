@@ -115,6 +115,7 @@ export async function startHarness(): Promise<Harness> {
       vertex.denied.clear();
       vertex.metadataStoreExists = true;
       vertex.requests.length = 0;
+      vertex.replyFaults.length = 0;
     },
     async close() {
       for (const [k, v] of Object.entries(saved)) {
