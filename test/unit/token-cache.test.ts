@@ -39,7 +39,7 @@ class Endpoint {
 }
 
 function cacheWith(endpoint: Endpoint, clock: Clock, extra: Partial<ConstructorParameters<typeof TokenCache>[0]> = {}) {
-  const metrics = { fetches: [] as boolean[], expiries: [] as (number | undefined)[] };
+  const metrics = { fetches: [] as boolean[], expiries: [] as (number | undefined)[], rejecting: [] as boolean[] };
   const cache = new TokenCache({
     provider: 'google-iam',
     fetch: endpoint.fetch,
@@ -47,7 +47,11 @@ function cacheWith(endpoint: Endpoint, clock: Clock, extra: Partial<ConstructorP
     random: () => 0.5,
     refreshBeforeMs: 300_000,
     jitterMs: 0,
-    metrics: { tokenFetch: (_p, ok) => metrics.fetches.push(ok), tokenExpiry: (_p, at) => metrics.expiries.push(at) },
+    metrics: {
+      tokenFetch: (_p, ok) => metrics.fetches.push(ok),
+      tokenExpiry: (_p, at) => metrics.expiries.push(at),
+      upstreamRejecting: (_p, on) => metrics.rejecting.push(on),
+    },
     ...extra,
   });
   return { cache, metrics };
@@ -58,7 +62,7 @@ describe('TokenCache', () => {
   let clock: Clock;
   let endpoint: Endpoint;
   let cache: TokenCache;
-  let metrics: { fetches: boolean[]; expiries: (number | undefined)[] };
+  let metrics: { fetches: boolean[]; expiries: (number | undefined)[]; rejecting: boolean[] };
 
   beforeEach(() => {
     ({ fake, clock } = fakeClock());
@@ -269,7 +273,7 @@ describe('TokenProvider', () => {
     scheme: 'Bearer',
     baseDir: '/',
     env: {},
-    metrics: { tokenFetch: () => {}, tokenExpiry: () => {} },
+    metrics: { tokenFetch: () => {}, tokenExpiry: () => {}, upstreamRejecting: () => {} },
   });
 
   it('answers synchronously with one frozen header object while a token is held', async () => {
