@@ -304,8 +304,6 @@ class Exchange implements ResponseHandler, BodySink {
       return this.credentialsFailed(err);
     }
     if (headers instanceof Promise) {
-      // Waiting on a token fetch (at most auth.tokenWaitMs) is not the client idling.
-      this.req.waitingOnUpstream = true;
       headers.then(
         (h) => {
           if (forwarder.refusals.active) forwarder.refusals.recovered();

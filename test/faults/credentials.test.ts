@@ -224,7 +224,7 @@ describe('faults: Google credentials', function () {
       h = await Harness.start({
         label: 'faults-cred-hung',
         authArgs,
-        // A client waiting for its answer is not idle: the idle timeout must not be what answers it.
+        // The client idle timeout above the token wait, as by default (300 s), so it is not what answers.
         env: { ...TOKEN_ENV, KVX_AUTH_TOKEN_FETCH_TIMEOUT_MS: '30000', KVX_UPSTREAM_IDLE_TIMEOUT_MS: '60000', ...env },
         gate: world.gate,
         backgroundPorts: [world.iam.port, world.metadata.port],
