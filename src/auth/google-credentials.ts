@@ -498,6 +498,23 @@ export function clientIdProblems(params: Record<string, unknown>, planPath: stri
   return [];
 }
 
+/**
+ * What to check when the upstream rejects fresh ID tokens: the audience (IAP's OAuth client id) for 401, the
+ * identity's IAP role for 403. `planPath` is where the provider's params live (`auth`, `auth.providers[1]`).
+ */
+export function upstreamRejectionHint(planPath: string, audience: string, status: number, identity: string | undefined): string {
+  const key = `${planPath}.params.client_id`;
+  const audienceCheck =
+    `the token audience, ${key} = "${audience}" (kedro-vertexai: request_header_provider_params.client_id), is likely not the OAuth client id ` +
+    "the upstream's IAP expects nor one of its programmatic clients: set it to IAP's client id (Security → Identity-Aware Proxy → the " +
+    'backend service → ⋮ → Edit OAuth client, or gcloud iap settings get), or add it to the programmaticClients of the IAP settings';
+  if (status !== 403) return audienceCheck;
+  return (
+    `${identity ?? 'the identity the token is for'} likely lacks IAP-secured Web App User (roles/iap.httpsResourceAccessor) on the app; ` +
+    `grant it, or if the upstream answers 403 to tokens it does not accept at all: ${audienceCheck}`
+  );
+}
+
 /** The audience the token must carry. */
 export function audienceOf(token: Token, expected: string, what: string): Token {
   if (token.audience !== undefined && token.audience !== expected) {

@@ -2,7 +2,7 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, CredentialsLookup, googleCall, googleError, oneLine, parseJson } from './google-credentials.js';
+import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, CredentialsLookup, googleCall, googleError, oneLine, parseJson, upstreamRejectionHint } from './google-credentials.js';
 import type { CredentialsInfo, GoogleAnswer } from './google-credentials.js';
 import { TokenFetchError, TokenProvider, idToken } from './token-cache.js';
 import type { Token, TokenProviderOptions } from './token-cache.js';
@@ -18,6 +18,7 @@ export class GoogleIamProvider extends TokenProvider {
   readonly serviceAccount: string;
   private readonly delegates: string[];
   private readonly lookup: CredentialsLookup;
+  private readonly planPath: string;
 
   constructor(
     plan: ProviderPlan,
@@ -30,6 +31,7 @@ export class GoogleIamProvider extends TokenProvider {
     this.audience = String(plan.params['client_id']);
     this.serviceAccount = String(plan.params['service_account']);
     this.delegates = delegatesOf(plan.params['delegates']);
+    this.planPath = plan.path;
   }
 
   /** Where the source credentials come from; rejects with set-up help when there are none. */
@@ -51,6 +53,10 @@ export class GoogleIamProvider extends TokenProvider {
     const json = parseJson(answer, 'IAM Credentials');
     if (typeof json['token'] !== 'string') throw new TokenFetchError(`IAM Credentials answered without a token: ${oneLine(answer.text)}`);
     return audienceOf(idToken(json['token'], this.serviceAccount), this.audience, 'IAM Credentials');
+  }
+
+  protected override rejectionHint(status: number, identity: string | undefined): string {
+    return upstreamRejectionHint(this.planPath, this.audience, status, identity ?? this.serviceAccount);
   }
 
   private generateIdToken(accessToken: string, signal: AbortSignal): Promise<GoogleAnswer> {

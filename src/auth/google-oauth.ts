@@ -2,7 +2,7 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { audienceOf, clientIdProblems, CredentialsLookup } from './google-credentials.js';
+import { audienceOf, clientIdProblems, CredentialsLookup, upstreamRejectionHint } from './google-credentials.js';
 import type { CredentialsInfo } from './google-credentials.js';
 import { TokenFetchError, TokenProvider } from './token-cache.js';
 import type { Token, TokenProviderOptions } from './token-cache.js';
@@ -16,6 +16,7 @@ export class GoogleOauthProvider extends TokenProvider {
   readonly name = 'google-oauth';
   readonly audience: string;
   private readonly lookup: CredentialsLookup;
+  private readonly planPath: string;
 
   constructor(
     plan: ProviderPlan,
@@ -26,6 +27,11 @@ export class GoogleOauthProvider extends TokenProvider {
     const { auth } = context.config;
     this.lookup = new CredentialsLookup('google-oauth', { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
     this.audience = String(plan.params['client_id']);
+    this.planPath = plan.path;
+  }
+
+  protected override rejectionHint(status: number, identity: string | undefined): string {
+    return upstreamRejectionHint(this.planPath, this.audience, status, identity);
   }
 
   async credentialsInfo(): Promise<CredentialsInfo> {

@@ -3,7 +3,7 @@ import type { KvxConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { noAuthMetrics } from '../metrics/auth-metrics.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
-import type { HeaderMap, HeaderProvider, ProviderStatus } from './provider.js';
+import type { HeaderMap, HeaderProvider, ProviderStatus, RequestHeaderOptions } from './provider.js';
 import { providerType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
 
@@ -56,15 +56,15 @@ export class HeaderInjector {
 
   /**
    * Headers for one request. Synchronous whenever every provider holds a fresh credential, which is the
-   * steady state; a promise only while some provider is fetching.
+   * steady state; a promise only while some provider is fetching, which waits at most `options.waitMs`.
    */
-  headers(): HeaderMap | Promise<HeaderMap> {
+  headers(options?: RequestHeaderOptions): HeaderMap | Promise<HeaderMap> {
     const active = this.active;
-    if (active.length === 1) return active[0]!.provider.requestHeaders();
+    if (active.length === 1) return active[0]!.provider.requestHeaders(options);
     const results: (HeaderMap | Promise<HeaderMap>)[] = [];
     let pending = false;
     for (const { provider } of active) {
-      const r = provider.requestHeaders();
+      const r = provider.requestHeaders(options);
       if (r instanceof Promise) pending = true;
       results.push(r);
     }
@@ -72,12 +72,44 @@ export class HeaderInjector {
     return Promise.all(results).then(merge);
   }
 
-  /** The upstream rejected a request sent with `rejected`: let every provider that can refresh decide. */
+  /** The upstream rejected a request sent with `rejected`: let every provider that can refresh decide. Never rejects. */
   async invalidate(rejected: HeaderMap): Promise<void> {
-    const results = await Promise.allSettled(this.active.map(({ provider }) => provider.invalidate?.(rejected)));
-    for (const r of results) {
-      if (r.status === 'rejected') this.logger.warn('credential refresh after upstream rejection failed', { error: errorMessage(r.reason) });
+    try {
+      await this.refresh(rejected);
+    } catch (err) {
+      this.logger.warn('credential refresh after upstream rejection failed', { error: errorMessage(err) });
     }
+  }
+
+  /**
+   * invalidate() for a replay: rejects with the first provider's failure (CredentialsError), so the caller can
+   * answer with it instead of replaying with the rejected credential; waits at most `options.waitMs`.
+   */
+  async refresh(rejected: HeaderMap, options?: RequestHeaderOptions): Promise<void> {
+    const results = await Promise.allSettled(this.active.map(({ provider }) => provider.invalidate?.(rejected, options)));
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /**
+   * The upstream answered `status` (one of auth.retryOnStatus) to a request sent with `sent`: whether a refresh and
+   * replay may help. Every provider hears of it; false when one says its fresh credential was rejected too.
+   */
+  rejected(sent: HeaderMap, status: number): boolean {
+    let worth = true;
+    for (const { provider } of this.active) if (provider.rejected?.(sent, status) === false) worth = false;
+    return worth;
+  }
+
+  /** The upstream accepted a request sent with `sent`; worth calling only while `unconfirmed`. */
+  accepted(sent: HeaderMap): void {
+    for (const { provider } of this.active) provider.accepted?.(sent);
+  }
+
+  /** Whether some provider waits to hear that its current credential works upstream. Read on every answer. */
+  get unconfirmed(): boolean {
+    const active = this.active;
+    for (let i = 0; i < active.length; i++) if (active[i]!.provider.unconfirmed === true) return true;
+    return false;
   }
 
   get canRefresh(): boolean {

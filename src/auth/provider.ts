@@ -14,6 +14,32 @@ export interface ProviderStatus {
   lastError?: string;
   /** Who the credential is for (service-account email, user), when known; never the credential. */
   identity?: string;
+  /** Set while the upstream rejects even freshly minted credentials: replays stopped, refreshes backed off. */
+  upstreamRejects?: UpstreamRejects;
+  /** How long the credential fetch under way has been running, when one is. */
+  fetchPendingMs?: number;
+}
+
+export interface UpstreamRejects {
+  /** The status the upstream answered (one of auth.retryOnStatus). */
+  status: number;
+  /** Epoch milliseconds of the first rejection of a fresh credential. */
+  since: number;
+  /** Fresh credentials rejected in a row. */
+  rejectedCredentials: number;
+  /** Epoch milliseconds before which no rejection leads to another refresh. */
+  nextRefreshAt: number;
+  /** What to check, naming the config key. */
+  likelyCause: string;
+}
+
+/** How the caller of requestHeaders() can wait. */
+export interface RequestHeaderOptions {
+  /**
+   * Longest wait for a credential being fetched; a provider that cannot answer within it rejects with
+   * CredentialsError. Unset: wait for the fetch (the launcher, `doctor`).
+   */
+  waitMs?: number;
 }
 
 /**
@@ -26,7 +52,7 @@ export interface HeaderProvider {
   /** Whether the provider applies; asked once at start, as kedro-vertexai's `in_context`. */
   inContext(): boolean | Promise<boolean>;
   /** Headers to set on a request. Rejects (or throws) with CredentialsError when none can be produced. */
-  requestHeaders(): HeaderMap | Promise<HeaderMap>;
+  requestHeaders(options?: RequestHeaderOptions): HeaderMap | Promise<HeaderMap>;
   /** Produce the first credential; rejects with the reason. Providers without state need not implement it. */
   start?(): Promise<void>;
   /**
@@ -35,7 +61,17 @@ export interface HeaderProvider {
    * holds a different one (another request got there first), do nothing. Resolves when a fresh credential
    * is held, rejects when none could be had. Concurrent calls share one fetch.
    */
-  invalidate?(rejected: HeaderMap): Promise<void>;
+  invalidate?(rejected: HeaderMap, options?: RequestHeaderOptions): Promise<void>;
+  /**
+   * The upstream answered `status` (one of auth.retryOnStatus) to a request sent with `sent`. Returns whether a
+   * refresh and replay may help: false while even this provider's freshly minted credential is rejected (not an
+   * expiry problem), except once per backoff interval. Bookkeeping only: it fetches nothing.
+   */
+  rejected?(sent: HeaderMap, status: number): boolean;
+  /** The upstream accepted a request sent with `sent`. Called only while `unconfirmed` is true. */
+  accepted?(sent: HeaderMap): void;
+  /** True while the provider wants to hear of accepted requests: its current credential is not yet known to work upstream. */
+  readonly unconfirmed?: boolean;
   status?(): ProviderStatus;
   /** Stop timers and watchers. */
   close?(): void | Promise<void>;

@@ -4,7 +4,7 @@ import { silentLogger } from '../log/logger.js';
 import type { Logger } from '../log/logger.js';
 import { noAuthMetrics } from '../metrics/auth-metrics.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
-import type { HeaderMap, HeaderProvider, ProviderContext, ProviderStatus } from './provider.js';
+import type { HeaderMap, HeaderProvider, ProviderContext, ProviderStatus, RequestHeaderOptions } from './provider.js';
 import { authorizationValue } from './provider.js';
 
 /**
@@ -70,6 +70,13 @@ export interface TokenCacheOptions {
   backoffMaxMs?: number;
   /** One fetch taking longer than this counts as failed (auth.tokenFetchTimeoutMs). */
   fetchTimeoutMs?: number;
+  /** What a request waits at most for a fetch (auth.tokenWaitMs); a refresh unanswered this long is overdue. */
+  requestWaitMs?: number;
+  /** Bounds of the backoff of refreshes after rejections, once the upstream rejects fresh tokens too. */
+  rejectionBackoffInitialMs?: number;
+  rejectionBackoffMaxMs?: number;
+  /** What to check when the upstream rejects fresh tokens of `identity` with `status`, naming the config key. */
+  rejectionHint?: (status: number, identity: string | undefined) => string;
   clock?: Clock;
   /** Uniform [0, 1); injectable so jitter is deterministic in tests. */
   random?: () => number;
@@ -82,6 +89,10 @@ const DEFAULT_JITTER_MS = 30_000;
 const DEFAULT_BACKOFF_INITIAL_MS = 1_000;
 const DEFAULT_BACKOFF_MAX_MS = 60_000;
 const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+export const DEFAULT_REQUEST_WAIT_MS = 2_000;
+/** Seconds growing to minutes: a misconfigured audience is not fixed in a second, nor left unprobed for an hour. */
+const DEFAULT_REJECTION_BACKOFF_INITIAL_MS = 5_000;
+const DEFAULT_REJECTION_BACKOFF_MAX_MS = 600_000;
 /** A token this close to expiry is no longer handed out: it could expire on its way to the upstream. */
 const MAX_SAFETY_MARGIN_MS = 10_000;
 /** Google's clocks are right; a local clock this far off makes tokens look expired or not yet valid. */
@@ -93,6 +104,23 @@ interface Held {
   usableUntil: number;
   /** When the eager refresh is due. */
   refreshAt: number;
+  /**
+   * Fetched because its predecessor was rejected upstream, and no request with it accepted yet. Its rejection
+   * then cannot be expiry: the upstream rejects fresh tokens.
+   */
+  unproven: boolean;
+}
+
+/** The upstream rejects fresh tokens: no replays, one rejection-driven refresh per backoff interval. */
+interface Rejection {
+  /** The fresh token last rejected; its further rejections are not counted again. */
+  value: string;
+  status: number;
+  /** Fresh tokens rejected in a row. */
+  streak: number;
+  since: number;
+  /** No rejection leads to a refresh before this time. */
+  retryAt: number;
 }
 
 export class TokenCache {
@@ -104,6 +132,10 @@ export class TokenCache {
   private readonly backoffInitialMs: number;
   private readonly backoffMaxMs: number;
   private readonly fetchTimeoutMs: number;
+  private readonly requestWaitMs: number;
+  private readonly rejectionBackoffInitialMs: number;
+  private readonly rejectionBackoffMaxMs: number;
+  private readonly rejectionHint: (status: number, identity: string | undefined) => string;
   private readonly clock: Clock;
   private readonly random: () => number;
   private readonly metrics: AuthMetrics;
@@ -112,11 +144,23 @@ export class TokenCache {
   private held: Held | undefined;
   private inFlight: Promise<Token> | undefined;
   private inFlightAbort: AbortController | undefined;
+  private inFlightStartedAt = 0;
+  /** A rejection started or joined the fetch under way: the token it brings is unproven. */
+  private inFlightAfterRejection = false;
+  /** The bounded wait for the fetch under way, shared by every request waiting on it. */
+  private inFlightWait: { deadline: number; promise: Promise<Token> } | undefined;
+  /** Fires when the fetch under way may outlast the held token. */
+  private nearEndTimer: unknown;
+  /** The near-end warning was given; again only after a token arrived. */
+  private nearEndWarned = false;
   private failures = 0;
   /** No fetch before this time (backoff); callers without a valid token are told to retry after it. */
   private nextAttemptAt = 0;
   private lastError: string | undefined;
   private lastHint: string | undefined;
+  private rejection: Rejection | undefined;
+  /** The fresh-token warning was given and no request has been accepted since: do not repeat it. */
+  private rejectionWarned = false;
   private timer: unknown;
   private closed = false;
 
@@ -129,6 +173,10 @@ export class TokenCache {
     this.backoffInitialMs = options.backoffInitialMs ?? DEFAULT_BACKOFF_INITIAL_MS;
     this.backoffMaxMs = Math.max(options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS, this.backoffInitialMs);
     this.fetchTimeoutMs = options.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
+    this.requestWaitMs = options.requestWaitMs ?? DEFAULT_REQUEST_WAIT_MS;
+    this.rejectionBackoffInitialMs = options.rejectionBackoffInitialMs ?? DEFAULT_REJECTION_BACKOFF_INITIAL_MS;
+    this.rejectionBackoffMaxMs = Math.max(options.rejectionBackoffMaxMs ?? DEFAULT_REJECTION_BACKOFF_MAX_MS, this.rejectionBackoffInitialMs);
+    this.rejectionHint = options.rejectionHint ?? (() => 'check what the upstream expects of the credential (audience, identity, scopes) against this provider\'s settings');
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
     this.metrics = options.metrics ?? noAuthMetrics;
@@ -160,38 +208,130 @@ export class TokenCache {
     return this.refresh();
   }
 
+  /**
+   * get() for a request, which waits at most `waitMs` from the start of the fetch: once a fetch has run that
+   * long unanswered, requests without a usable token are refused at once rather than held until
+   * auth.tokenFetchTimeoutMs. The fetch itself runs on; its token serves the requests after it.
+   */
+  acquire(waitMs: number): Promise<Token> {
+    const token = this.peek();
+    if (token !== undefined) return Promise.resolve(token);
+    let flight = this.inFlight;
+    if (flight === undefined) {
+      const wait = this.nextAttemptAt - this.clock.now();
+      if (wait > 0) return Promise.reject(this.unavailable(wait));
+      flight = this.refresh();
+    }
+    return this.within(flight, waitMs);
+  }
+
   /** Fetch now, or join the fetch already running. */
   refresh(): Promise<Token> {
     if (this.closed) return Promise.reject(new CredentialsError(this.provider, 'provider is closed'));
     if (this.inFlight !== undefined) return this.inFlight;
     const abort = new AbortController();
+    const startedAt = this.clock.now();
     this.inFlightAbort = abort;
-    const flight = this.fetchOnce(abort).finally(() => {
+    this.inFlightStartedAt = startedAt;
+    this.inFlightAfterRejection = false;
+    this.inFlightWait = undefined;
+    const flight = this.fetchOnce(abort, startedAt).finally(() => {
       // Dropped on success and failure alike: the next caller starts a fresh fetch.
       if (this.inFlight === flight) {
         this.inFlight = undefined;
         this.inFlightAbort = undefined;
+        this.inFlightWait = undefined;
+        this.clearNearEndTimer();
       }
     });
+    // Every failure is logged by failed(); callers that wait get it through their own handlers.
+    flight.catch(() => {});
     this.inFlight = flight;
+    this.watchNearEnd(flight, startedAt);
     return flight;
   }
 
   /**
    * The upstream rejected `value`. If it is still the held token, refresh (joining a fetch already
    * running); if a newer token is held already, there is nothing to do. Backoff is respected, so a storm
-   * of 401s while Google is failing does not become a storm of token requests.
+   * of 401s while Google is failing does not become a storm of token requests. With `waitMs`, waits at most
+   * that long from the start of the fetch, as acquire() does.
    */
-  async invalidate(value: string | undefined): Promise<void> {
+  async invalidate(value: string | undefined, waitMs?: number): Promise<void> {
     const held = this.held;
     if (held !== undefined && value !== undefined && held.token.value !== value) return;
-    if (this.inFlight !== undefined) {
-      await this.inFlight;
-      return;
+    let flight = this.inFlight;
+    if (flight === undefined) {
+      const wait = this.nextAttemptAt - this.clock.now();
+      if (wait > 0) throw this.unavailable(wait);
+      flight = this.refresh();
     }
-    const wait = this.nextAttemptAt - this.clock.now();
-    if (wait > 0) throw this.unavailable(wait);
-    await this.refresh();
+    this.inFlightAfterRejection = true;
+    await (waitMs === undefined ? flight : this.within(flight, waitMs));
+  }
+
+  /**
+   * The upstream answered `status` to a request sent with `value`; returns whether refreshing and replaying may
+   * help. It may not when the rejected token was itself fetched after a rejection and never accepted: a fresh
+   * token rejected too means the upstream does not want these tokens at all (an IAP expecting another audience).
+   * Then replays stop and rejections lead to a refresh once per backoff interval (seconds growing to minutes),
+   * until a request is accepted or the token changes for another reason.
+   */
+  rejected(value: string, status: number): boolean {
+    const held = this.held;
+    if (held === undefined || held.token.value !== value) return true;
+    const now = this.clock.now();
+    const rejection = this.rejection;
+    if (rejection !== undefined && rejection.value === value) {
+      if (now < rejection.retryAt) return false;
+      // This request probes with a fresh token; the others in the interval do not.
+      rejection.retryAt = now + this.rejectionDelay(rejection.streak + 1);
+      return true;
+    }
+    if (!held.unproven) return true;
+    held.unproven = false;
+    const streak = (rejection?.streak ?? 0) + 1;
+    const delay = this.rejectionDelay(streak);
+    this.rejection = { value, status, streak, since: rejection?.since ?? now, retryAt: now + delay };
+    this.metrics.upstreamRejecting(this.provider, true);
+    const fields = {
+      provider: this.provider,
+      status,
+      ...(held.token.audience === undefined ? {} : { audience: held.token.audience }),
+      ...(held.token.identity === undefined ? {} : { identity: held.token.identity }),
+      likelyCause: this.rejectionHint(status, held.token.identity),
+      refreshInMs: Math.round(delay),
+    };
+    if (this.rejectionWarned) {
+      this.logger.debug('the upstream rejected a fresh token again', { ...fields, rejectedInARow: streak });
+    } else {
+      this.rejectionWarned = true;
+      this.logger.warn(
+        'the upstream rejects freshly minted tokens too, so expiry is not the cause: replays stopped, refreshes after rejections backed off',
+        fields,
+      );
+    }
+    return false;
+  }
+
+  /** The upstream accepted a request sent with `value`: it works, and any rejection state ends. */
+  accepted(value: string): void {
+    const held = this.held;
+    if (held === undefined || held.token.value !== value) return;
+    held.unproven = false;
+    if (this.rejection !== undefined) {
+      this.rejection = undefined;
+      this.metrics.upstreamRejecting(this.provider, false);
+    }
+    if (this.rejectionWarned) {
+      this.rejectionWarned = false;
+      this.logger.info('the upstream accepts the token again', { provider: this.provider });
+    }
+  }
+
+  /** True while accepted() matters: the held token is unproven, or the upstream has been rejecting fresh tokens. */
+  get unconfirmed(): boolean {
+    return this.rejectionWarned || this.rejection !== undefined || this.held?.unproven === true;
   }
 
   /** Forget `value` if it is the held token, so the next get() fetches; for tokens known to be revoked. */
@@ -213,17 +353,101 @@ export class TokenCache {
       if (held.token.identity !== undefined) status.identity = held.token.identity;
     }
     if (this.lastError !== undefined) status.lastError = this.lastError;
+    const rejection = this.rejection;
+    if (rejection !== undefined) {
+      status.upstreamRejects = {
+        status: rejection.status,
+        since: rejection.since,
+        rejectedCredentials: rejection.streak,
+        nextRefreshAt: rejection.retryAt,
+        likelyCause: this.rejectionHint(rejection.status, held?.token.identity),
+      };
+    }
+    if (this.inFlight !== undefined) status.fetchPendingMs = this.clock.now() - this.inFlightStartedAt;
     return status;
   }
 
   close(): void {
     this.closed = true;
     this.clearTimer();
+    this.clearNearEndTimer();
     this.inFlightAbort?.abort();
   }
 
-  private async fetchOnce(abort: AbortController): Promise<Token> {
-    const startedAt = this.clock.now();
+  /** `flight`, or a CredentialsError once it has run `waitMs` unanswered; one timer per fetch, not per caller. */
+  private within(flight: Promise<Token>, waitMs: number): Promise<Token> {
+    const deadline = this.inFlightStartedAt + waitMs;
+    const shared = this.inFlightWait;
+    if (shared !== undefined && shared.deadline === deadline) return shared.promise;
+    const left = deadline - this.clock.now();
+    if (left <= 0) return Promise.reject(this.overdue(waitMs));
+    const promise = new Promise<Token>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => reject(this.overdue(waitMs)), left);
+      unref(timer);
+      flight.then(
+        (token) => {
+          this.clock.clearTimeout(timer);
+          resolve(token);
+        },
+        (err: unknown) => {
+          this.clock.clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+    this.inFlightWait = { deadline, promise };
+    return promise;
+  }
+
+  private overdue(waitMs: number): CredentialsError {
+    const pending = ((this.clock.now() - this.inFlightStartedAt) / 1000).toFixed(1);
+    const previous = this.lastError === undefined ? '' : `; the previous attempt failed: ${this.lastError}`;
+    return new CredentialsError(
+      this.provider,
+      `no usable token: the token request has been unanswered for ${pending} s (requests wait at most auth.tokenWaitMs, ${waitMs} ms; ` +
+        `it is abandoned after auth.tokenFetchTimeoutMs, ${this.fetchTimeoutMs} ms)${previous}`,
+      {
+        retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
+        hint: this.lastHint ?? 'check the network path to the token endpoint (metadata server, IAM Credentials, OAuth token endpoint)',
+      },
+    );
+  }
+
+  /**
+   * A refresh that may outlast the held token (it runs until auth.tokenFetchTimeoutMs, the token ends sooner)
+   * gets one warning if still unanswered once overdue or as the token ends, whichever is first: from then on
+   * requests are refused until a token arrives.
+   */
+  private watchNearEnd(flight: Promise<Token>, startedAt: number): void {
+    const held = this.held;
+    if (held === undefined || this.nearEndWarned || startedAt >= held.usableUntil || held.usableUntil >= startedAt + this.fetchTimeoutMs) return;
+    const at = Math.min(startedAt + this.requestWaitMs, held.usableUntil);
+    this.nearEndTimer = this.clock.setTimeout(() => {
+      this.nearEndTimer = undefined;
+      if (this.inFlight !== flight || this.nearEndWarned || this.closed) return;
+      this.nearEndWarned = true;
+      const now = this.clock.now();
+      this.logger.warn('token refresh still unanswered close to the end of the held token: requests will be refused with 503 from then until a token arrives', {
+        provider: this.provider,
+        pendingMs: now - startedAt,
+        tokenUsableForMs: Math.max(0, Math.round(held.usableUntil - now)),
+        fetchTimeoutMs: this.fetchTimeoutMs,
+      });
+    }, at - startedAt);
+    unref(this.nearEndTimer);
+  }
+
+  private clearNearEndTimer(): void {
+    if (this.nearEndTimer !== undefined) this.clock.clearTimeout(this.nearEndTimer);
+    this.nearEndTimer = undefined;
+  }
+
+  private rejectionDelay(streak: number): number {
+    const base = Math.min(this.rejectionBackoffMaxMs, this.rejectionBackoffInitialMs * 2 ** Math.min(streak - 1, 30));
+    return Math.min(this.rejectionBackoffMaxMs, Math.max(this.rejectionBackoffInitialMs, base * (0.8 + 0.4 * this.random())));
+  }
+
+  private async fetchOnce(abort: AbortController, startedAt: number): Promise<Token> {
     const timeout = this.clock.setTimeout(() => abort.abort(new TokenFetchError(`token request timed out after ${this.fetchTimeoutMs} ms`)), this.fetchTimeoutMs);
     unref(timeout);
     let token: Token;
@@ -236,7 +460,7 @@ export class TokenCache {
     }
     this.clock.clearTimeout(timeout);
     if (this.closed) throw new CredentialsError(this.provider, 'provider is closed');
-    this.accept(token, startedAt);
+    this.accept(token, startedAt, this.inFlightAfterRejection);
     return token;
   }
 
@@ -252,7 +476,7 @@ export class TokenCache {
     }
   }
 
-  private accept(token: Token, startedAt: number): void {
+  private accept(token: Token, startedAt: number, afterRejection: boolean): void {
     const now = this.clock.now();
     if (token.issuedAt !== undefined && Math.abs(token.issuedAt - now) > CLOCK_SKEW_WARN_MS) {
       this.logger.warn('local clock differs from the token issuer\'s clock; tokens may be rejected early or late', {
@@ -269,9 +493,15 @@ export class TokenCache {
       // forever; refresh between 40% and 50% into the token's life instead.
       lead = lifetime * (0.5 + 0.1 * this.random());
     }
-    this.held = { token, usableUntil: token.expiresAt - margin, refreshAt: token.expiresAt - lead };
+    this.held = { token, usableUntil: token.expiresAt - margin, refreshAt: token.expiresAt - lead, unproven: afterRejection };
+    if (!afterRejection && this.rejection !== undefined) {
+      // A token renewed on schedule, not after a rejection: its rejection gets one refresh and replay again.
+      this.rejection = undefined;
+      this.metrics.upstreamRejecting(this.provider, false);
+    }
     this.failures = 0;
     this.nextAttemptAt = 0;
+    this.nearEndWarned = false;
     if (this.lastError !== undefined) this.logger.info('token fetch recovered', { provider: this.provider });
     this.lastError = undefined;
     this.lastHint = undefined;
@@ -398,6 +628,8 @@ export interface TokenProviderOptions {
   random?: () => number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  rejectionBackoffInitialMs?: number;
+  rejectionBackoffMaxMs?: number;
 }
 
 /**
@@ -421,6 +653,9 @@ export abstract class TokenProvider implements HeaderProvider {
       refreshBeforeMs: auth.refreshBeforeExpirySec * 1000,
       jitterMs: auth.refreshJitterSec * 1000,
       fetchTimeoutMs: auth.tokenFetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS,
+      requestWaitMs: auth.tokenWaitMs ?? DEFAULT_REQUEST_WAIT_MS,
+      // Read when needed: subclass fields (the audience) are set after this constructor.
+      rejectionHint: (status, identity) => this.rejectionHint(status, identity),
       metrics: context.metrics,
       logger: context.logger,
     };
@@ -428,20 +663,28 @@ export abstract class TokenProvider implements HeaderProvider {
     if (options.random) cacheOptions.random = options.random;
     if (options.backoffInitialMs !== undefined) cacheOptions.backoffInitialMs = options.backoffInitialMs;
     if (options.backoffMaxMs !== undefined) cacheOptions.backoffMaxMs = options.backoffMaxMs;
+    if (options.rejectionBackoffInitialMs !== undefined) cacheOptions.rejectionBackoffInitialMs = options.rejectionBackoffInitialMs;
+    if (options.rejectionBackoffMaxMs !== undefined) cacheOptions.rejectionBackoffMaxMs = options.rejectionBackoffMaxMs;
     this.cache = new TokenCache(cacheOptions);
   }
 
   /** Fetch a new token. Throw TokenFetchError with a plain-words cause; never put the token in it. */
   protected abstract fetchToken(signal: AbortSignal): Promise<Token>;
 
+  /** What to check when the upstream answers `status` even to fresh tokens of `identity`; names the config key. */
+  protected rejectionHint(_status: number, _identity: string | undefined): string {
+    return `the upstream does not accept ${this.name}'s tokens even when new: check what it expects (audience, identity) against this provider's params`;
+  }
+
   inContext(): boolean | Promise<boolean> {
     return true;
   }
 
-  requestHeaders(): HeaderMap | Promise<HeaderMap> {
+  requestHeaders(options?: RequestHeaderOptions): HeaderMap | Promise<HeaderMap> {
     const token = this.cache.peek();
     if (token !== undefined) return this.headersOf(token);
-    return this.cache.get().then((t) => this.headersOf(t));
+    const waitMs = options?.waitMs;
+    return (waitMs === undefined ? this.cache.get() : this.cache.acquire(waitMs)).then((t) => this.headersOf(t));
   }
 
   /** A fresh token now, bypassing the held one (print-token, doctor). */
@@ -458,12 +701,24 @@ export abstract class TokenProvider implements HeaderProvider {
     return this.cache.start();
   }
 
-  invalidate(rejected: HeaderMap): Promise<void> {
-    const sent = headerValue(rejected, this.header);
+  invalidate(rejected: HeaderMap, options?: RequestHeaderOptions): Promise<void> {
+    const sent = this.tokenIn(rejected);
     if (sent === undefined) return Promise.resolve();
-    const prefix = this.scheme ? `${this.scheme} ` : '';
-    if (prefix && !sent.startsWith(prefix)) return Promise.resolve();
-    return this.cache.invalidate(sent.slice(prefix.length));
+    return this.cache.invalidate(sent, options?.waitMs);
+  }
+
+  rejected(sent: HeaderMap, status: number): boolean {
+    const value = this.tokenIn(sent);
+    return value === undefined || this.cache.rejected(value, status);
+  }
+
+  accepted(sent: HeaderMap): void {
+    const value = this.tokenIn(sent);
+    if (value !== undefined) this.cache.accepted(value);
+  }
+
+  get unconfirmed(): boolean {
+    return this.cache.unconfirmed;
   }
 
   status(): ProviderStatus {
@@ -472,6 +727,15 @@ export abstract class TokenProvider implements HeaderProvider {
 
   close(): void {
     this.cache.close();
+  }
+
+  /** This provider's token in headers it produced, or undefined when they do not carry one. */
+  private tokenIn(headers: HeaderMap): string | undefined {
+    const value = headerValue(headers, this.header);
+    if (value === undefined) return undefined;
+    const prefix = this.scheme ? `${this.scheme} ` : '';
+    if (prefix && !value.startsWith(prefix)) return undefined;
+    return value.slice(prefix.length);
   }
 
   private headersOf(token: Token): HeaderMap {

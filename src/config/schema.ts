@@ -209,6 +209,14 @@ export const SCHEMA = {
       requireTokenAtStart: { kind: 'bool', default: true, doc: 'Exit at start when the first credentials cannot be produced.' },
       startupTimeoutMs: { kind: 'int', default: 30_000, min: 1, doc: 'How long the first credentials may take at start.' },
       tokenFetchTimeoutMs: { kind: 'int', default: 30_000, min: 1, doc: 'How long one token request to Google may take before it counts as failed and is retried with backoff.' },
+      tokenWaitMs: {
+        kind: 'int',
+        default: 2_000,
+        min: 0,
+        doc:
+          'Longest a proxied request waits for a token being fetched when no usable token is held. A fetch unanswered for ' +
+          'longer makes requests get 503 with Retry-After at once; the fetch itself runs on, up to auth.tokenFetchTimeoutMs.',
+      },
       endpoints: {
         kind: 'object',
         doc: 'Google endpoints, for private setups and tests.',

@@ -7,9 +7,12 @@ export interface AuthMetrics {
   tokenFetch(provider: string, ok: boolean): void;
   /** The held token for `provider` now expires at this epoch-ms time (undefined: none held). */
   tokenExpiry(provider: string, expiresAtMs: number | undefined): void;
+  /** Whether the upstream now rejects even `provider`'s freshly minted tokens (replays stopped, refreshes backed off). */
+  upstreamRejecting(provider: string, rejecting: boolean): void;
 }
 
 export const noAuthMetrics: AuthMetrics = {
   tokenFetch: () => {},
   tokenExpiry: () => {},
+  upstreamRejecting: () => {},
 };

@@ -17,11 +17,23 @@ export function createAdminHandler(deps: { metrics: ProxyMetrics; injector: Head
         const status = deps.injector.status();
         const draining = deps.isDraining();
         const ready = status.ready && !draining;
+        const now = Date.now();
         const providers = status.providers.map((p) => {
           const entry: Record<string, unknown> = { name: p.name, type: p.type, ready: p.ready };
-          if (p.expiresAt !== undefined) entry['expiresInSeconds'] = Math.round((p.expiresAt - Date.now()) / 1000);
+          if (p.expiresAt !== undefined) entry['expiresInSeconds'] = Math.round((p.expiresAt - now) / 1000);
           if (p.identity !== undefined) entry['identity'] = p.identity;
           if (p.lastError !== undefined) entry['lastError'] = p.lastError;
+          if (p.fetchPendingMs !== undefined) entry['fetchPendingSeconds'] = Math.round(p.fetchPendingMs / 100) / 10;
+          const rejects = p.upstreamRejects;
+          if (rejects !== undefined) {
+            entry['upstreamRejects'] = {
+              status: rejects.status,
+              since: new Date(rejects.since).toISOString(),
+              rejectedCredentials: rejects.rejectedCredentials,
+              nextRefreshInSeconds: Math.max(0, Math.round((rejects.nextRefreshAt - now) / 1000)),
+              likelyCause: rejects.likelyCause,
+            };
+          }
           return entry;
         });
         return json(res, ready ? 200 : 503, { status: ready ? 'ready' : draining ? 'draining' : 'not ready', providers });

@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { HeaderInjector } from '../auth/injector.js';
-import type { HeaderMap } from '../auth/provider.js';
+import type { HeaderMap, RequestHeaderOptions } from '../auth/provider.js';
 import type { KvxConfig } from '../config/schema.js';
 import { CLIENT_CREDENTIAL_HEADERS } from '../config/validate.js';
 import { CredentialsError, errorMessage } from '../errors.js';
@@ -12,7 +12,7 @@ import { clientResponseHead, upstreamRequestHead } from './headers.js';
 import type { RequestHeaderPlan } from './headers.js';
 import { HostGuard } from './host-guard.js';
 import type { GuardRefusal } from './host-guard.js';
-import type { ProxyMetrics } from './metrics.js';
+import type { ProxyMetrics, ReplayResult } from './metrics.js';
 import type { BodySink, ClientRequest } from './wire/client-connection.js';
 import { releaseNow } from './wire/body.js';
 import type { RequestBody, ResponseHandler, UpstreamError, UpstreamPool, UpstreamRequest } from './wire/upstream-pool.js';
@@ -49,6 +49,53 @@ const BODY_EXPECTED = new Set(['POST', 'PUT', 'PATCH']);
 const NO_BODY: RequestBody = { kind: 'none' };
 const CHUNKED_STREAM: RequestBody = { kind: 'stream', chunked: true };
 const LENGTH_STREAM: RequestBody = { kind: 'stream', chunked: false };
+/** While requests keep being refused for want of credentials, one line per this interval, with a count. */
+const REFUSAL_LOG_INTERVAL_MS = 60_000;
+
+/**
+ * Refusals for want of credentials come in bursts (every request while the token endpoint is down): the first is
+ * logged, the rest counted, with a line a minute while it lasts and one when credentials work again.
+ */
+class RefusalLog {
+  /** A burst is under way; read on every request, so a plain field. */
+  active = false;
+  private refused = 0;
+  private suppressed = 0;
+  private since = 0;
+  private lastLineAt = 0;
+
+  constructor(private readonly logger: Logger) {}
+
+  refuse(id: string, error: string): void {
+    const now = Date.now();
+    if (!this.active) {
+      this.active = true;
+      this.refused = 1;
+      this.suppressed = 0;
+      this.since = now;
+      this.lastLineAt = now;
+      this.logger.warn('credentials unavailable; request refused', {
+        id,
+        error,
+        note: 'further refusals are counted and logged once a minute until credentials work again',
+      });
+      return;
+    }
+    this.refused++;
+    if (now - this.lastLineAt < REFUSAL_LOG_INTERVAL_MS) {
+      this.suppressed++;
+      return;
+    }
+    this.logger.warn('credentials still unavailable; requests refused', { id, error, refused: this.refused, suppressed: this.suppressed, sinceMs: now - this.since });
+    this.lastLineAt = now;
+    this.suppressed = 0;
+  }
+
+  recovered(): void {
+    this.active = false;
+    this.logger.info('credentials available again', { refused: this.refused, suppressed: this.suppressed, durationMs: Date.now() - this.since });
+  }
+}
 
 /**
  * The request path: checks the target, obtains credential headers, sends the request upstream and streams
@@ -68,6 +115,11 @@ export class Forwarder {
   private readonly guard: HostGuard;
   /** Checks whose first refusal was logged at info; later ones go to debug (a page can send them in a loop). */
   private readonly refusalsLogged = new Set<string>();
+  /** Some provider can refresh after a rejection (the injector's providers are fixed). */
+  readonly refreshable: boolean;
+  /** How requests wait for a token being fetched (auth.tokenWaitMs); one object for every request. */
+  readonly credentialWait: RequestHeaderOptions;
+  readonly refusals: RefusalLog;
   private idCounter = 0;
   private readonly idPrefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
 
@@ -86,6 +138,9 @@ export class Forwarder {
     this.replayMaxBytes = config.auth.replayMaxBodyBytes;
     this.logRequests = config.log.requests && options.logger.enabled('info');
     this.guard = new HostGuard(config);
+    this.refreshable = options.injector.canRefresh;
+    this.credentialWait = Object.freeze({ waitMs: config.auth.tokenWaitMs });
+    this.refusals = new RefusalLog(options.logger);
   }
 
   /** The Host/Origin checks; a refusal is counted and logged here, and answered by the caller. */
@@ -157,6 +212,8 @@ class Exchange implements ResponseHandler, BodySink {
   private collected: Buffer[] | undefined;
   private replayable = false;
   private replayed = false;
+  /** The replay's outcome went to kvx_auth_replays_total. */
+  private replayCounted = false;
   private retriedStaleSocket = false;
   private responseStarted = false;
   private finished = false;
@@ -212,7 +269,7 @@ class Exchange implements ResponseHandler, BodySink {
     }
 
     if (req.hasBody) {
-      const canReplay = forwarder.retryOn.size > 0 && forwarder.options.injector.canRefresh;
+      const canReplay = forwarder.retryOn.size > 0 && forwarder.refreshable;
       if (!req.chunked && req.contentLength <= (canReplay ? forwarder.replayLimit : SMALL_BODY_BYTES)) {
         // Read whole: it can be re-sent after a 401, and a buffer goes out with the headers in one write.
         this.replayable = canReplay;
@@ -276,31 +333,35 @@ class Exchange implements ResponseHandler, BodySink {
 
   private withCredentials(): void {
     if (this.req.clientGone) return this.finish(499);
+    const { forwarder } = this;
     let headers: HeaderMap | Promise<HeaderMap>;
     try {
-      headers = this.forwarder.options.injector.headers();
+      headers = forwarder.options.injector.headers(forwarder.credentialWait);
     } catch (err) {
       return this.credentialsFailed(err);
     }
     if (headers instanceof Promise) {
       headers.then(
         (h) => {
+          if (forwarder.refusals.active) forwarder.refusals.recovered();
           this.injected = h;
           this.dispatch();
         },
         (err: unknown) => this.credentialsFailed(err),
       );
     } else {
+      if (forwarder.refusals.active) forwarder.refusals.recovered();
       this.injected = headers;
       this.dispatch();
     }
   }
 
   private credentialsFailed(err: unknown): void {
+    if (this.finished) return;
     const retryAfter = err instanceof CredentialsError ? err.retryAfterSeconds : 5;
     const hint = err instanceof CredentialsError && err.hint ? ` (${err.hint})` : '';
     this.errorKind = 'credentials';
-    this.forwarder.options.logger.warn('credentials unavailable; request refused', { id: this.requestId, error: errorMessage(err) });
+    this.forwarder.refusals.refuse(this.requestId, errorMessage(err));
     this.fail('credentials_unavailable', `credentials unavailable: ${errorMessage(err)}${hint}`, { 'retry-after': retryAfter });
   }
 
@@ -336,11 +397,21 @@ class Exchange implements ResponseHandler, BodySink {
 
   onResponseHead(status: number, reason: string, headers: string[]): void {
     const { req, forwarder } = this;
-    if (this.replayable && !this.replayed && forwarder.retryOn.has(status) && forwarder.options.injector.canRefresh) {
-      this.replayed = true;
-      this.upstream!.abort();
-      this.replay();
-      return;
+    const { injector } = forwarder.options;
+    if (forwarder.retryOn.has(status) && forwarder.refreshable) {
+      if (this.replayed) {
+        this.countReplay('rejected_again');
+        // The refreshed credential was rejected too: the providers learn that fresh credentials do not help.
+        injector.rejected(this.injected!, status);
+      } else if (this.replayable && injector.rejected(this.injected!, status)) {
+        this.replayed = true;
+        this.upstream!.abort();
+        this.replay();
+        return;
+      }
+    } else {
+      if (this.replayed) this.countReplay('success');
+      if (injector.unconfirmed) injector.accepted(this.injected!);
     }
     this.responseStarted = true;
     req.waitingOnUpstream = false;
@@ -401,37 +472,42 @@ class Exchange implements ResponseHandler, BodySink {
     this.fail(kindToProxyError(kind), message);
   }
 
+  /** Refreshes the rejected credential and sends the request again; counted when the replay's answer arrives. */
   private replay(): void {
-    const { injector, metrics, logger } = this.forwarder.options;
-    const rejected = this.injected!;
-    injector.invalidate(rejected).then(
+    const { forwarder } = this;
+    const { injector, logger } = forwarder.options;
+    injector.refresh(this.injected!, forwarder.credentialWait).then(
       () => {
-        if (this.req.clientGone) return this.finish(499);
+        if (this.req.clientGone || this.finished) return this.finish(499);
         let next: HeaderMap | Promise<HeaderMap>;
         try {
-          next = injector.headers();
+          next = injector.headers(forwarder.credentialWait);
         } catch (err) {
-          metrics.replay('refresh_failed');
-          return this.credentialsFailed(err);
+          return this.replayRefreshFailed(err);
         }
         Promise.resolve(next).then(
           (headers) => {
-            metrics.replay('success');
+            if (this.req.clientGone || this.finished) return this.finish(499);
             logger.info('credentials refreshed after upstream rejection; replaying request', { id: this.requestId });
             this.injected = headers;
             this.dispatch();
           },
-          (err: unknown) => {
-            metrics.replay('refresh_failed');
-            this.credentialsFailed(err);
-          },
+          (err: unknown) => this.replayRefreshFailed(err),
         );
       },
-      (err: unknown) => {
-        metrics.replay('refresh_failed');
-        this.credentialsFailed(err);
-      },
+      (err: unknown) => this.replayRefreshFailed(err),
     );
+  }
+
+  private replayRefreshFailed(err: unknown): void {
+    this.countReplay('refresh_failed');
+    this.credentialsFailed(err);
+  }
+
+  private countReplay(result: ReplayResult): void {
+    if (this.replayCounted) return;
+    this.replayCounted = true;
+    this.forwarder.options.metrics.replay(result);
   }
 
   private readonly onClientGone = (): void => {
@@ -454,6 +530,7 @@ class Exchange implements ResponseHandler, BodySink {
     // A buffered body can no longer be replayed; free it if the socket is done with it.
     if (this.body.kind === 'buffer' && this.upstream?.bodyFlushed === true) releaseNow(this.body.data);
     const { metrics, logger } = forwarder.options;
+    if (this.replayed && !this.replayCounted) this.countReplay('no_answer');
     metrics.inFlight.dec();
     const seconds = (performance.now() - this.started) / 1000;
     metrics.requestDone(req.method, status, seconds, this.bytesIn, this.bytesOut);

@@ -5,6 +5,8 @@ import type { AuthMetrics } from '../metrics/auth-metrics.js';
 
 type PromClient = typeof PromClientModule;
 
+export type ReplayResult = 'success' | 'rejected_again' | 'refresh_failed' | 'no_answer';
+
 const KNOWN_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'OTHER'];
 const METHOD_INDEX = new Map(KNOWN_METHODS.map((m, i) => [m, i]));
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'other'];
@@ -32,6 +34,7 @@ export class ProxyMetrics implements AuthMetrics {
   private readonly tokenExpiries = new Map<string, number | undefined>();
   private readonly replayCounts = new Map<string, number>();
   private readonly crossSiteRefusals = new Map<string, number>();
+  private readonly upstreamRejectingProviders = new Map<string, boolean>();
   private promRegistry: Registry | undefined;
   private readonly processMetrics: boolean;
 
@@ -73,7 +76,12 @@ export class ProxyMetrics implements AuthMetrics {
     this.upstreamErrorCounts.set(kind, (this.upstreamErrorCounts.get(kind) ?? 0) + 1);
   }
 
-  replay(result: 'success' | 'rejected_again' | 'refresh_failed'): void {
+  /**
+   * A replay's outcome, known when its answer arrives: `success` (not rejected again), `rejected_again`,
+   * `refresh_failed` (no fresh credential, the client got 503) or `no_answer` (the replay got no answer: the
+   * upstream failed or the client left).
+   */
+  replay(result: ReplayResult): void {
     this.replayCounts.set(result, (this.replayCounts.get(result) ?? 0) + 1);
   }
 
@@ -94,6 +102,10 @@ export class ProxyMetrics implements AuthMetrics {
     this.tokenExpiries.set(provider, expiresAtMs);
   }
 
+  upstreamRejecting(provider: string, rejecting: boolean): void {
+    this.upstreamRejectingProviders.set(provider, rejecting);
+  }
+
   private buildRegistry(prom: PromClient): Registry {
     const registry = new prom.Registry();
     const registers = [registry];
@@ -101,6 +113,7 @@ export class ProxyMetrics implements AuthMetrics {
     const inFlightNow = () => this.inFlightCount;
     const tokenFetches = this.tokenFetchCounts;
     const expiries = this.tokenExpiries;
+    const rejecting = this.upstreamRejectingProviders;
     new prom.Counter({
       name: 'kvx_requests_total',
       help: 'Proxied requests by method and response status class.',
@@ -175,7 +188,22 @@ export class ProxyMetrics implements AuthMetrics {
       'reason',
       this.crossSiteRefusals,
     );
-    labelledCounter('kvx_auth_replays_total', 'Requests replayed after an upstream authentication rejection, by result.', 'result', this.replayCounts);
+    labelledCounter(
+      'kvx_auth_replays_total',
+      'Requests replayed after an upstream authentication rejection, by the replay\'s outcome (success: not rejected again).',
+      'result',
+      this.replayCounts,
+    );
+    new prom.Gauge({
+      name: 'kvx_auth_upstream_rejecting',
+      help: '1 while the upstream rejects even freshly minted tokens of the provider (replays stopped, refreshes backed off).',
+      labelNames: ['provider'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [provider, on] of rejecting) this.set({ provider }, on ? 1 : 0);
+      },
+    });
     if (this.processMetrics) prom.collectDefaultMetrics({ register: registry, prefix: 'kvx_' });
     return registry;
   }

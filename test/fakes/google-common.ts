@@ -18,9 +18,11 @@ export const GOOGLE_ISSUER = 'https://accounts.google.com';
  * - garbage: 200 with a body that is not what the client expects;
  * - slow: the answer comes after `slowMs`;
  * - expired: a token that is already expired;
- * - wrong-audience: a token for another audience.
+ * - wrong-audience: a token for another audience;
+ * - hang: the request is read and never answered (a hung endpoint); `releaseHung()` then drops those
+ *   connections, as a recovering endpoint's dead connections would be.
  */
-export type Failure = 'down' | 'error500' | 'garbage' | 'slow' | 'expired' | 'wrong-audience';
+export type Failure = 'down' | 'error500' | 'garbage' | 'slow' | 'expired' | 'wrong-audience' | 'hang';
 
 /** Signs Google ID tokens. One per test; several fakes share it so the IAP gate trusts all of them. */
 export class GoogleIssuer {
@@ -85,6 +87,10 @@ export interface FakeServer {
   counts: Record<string, number>;
   failure: Failure | undefined;
   slowMs: number;
+  /** Requests held without an answer by the `hang` failure so far (answered or not since). */
+  hung: number;
+  /** Drops the connections of the requests `hang` holds. */
+  releaseHung(): void;
   close(): Promise<void>;
 }
 
@@ -100,6 +106,7 @@ export async function startFakeServer(
 ): Promise<FakeServer> {
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
+  const held = new Set<Socket>();
   const server = http.createServer();
   const state: FakeServer = {
     url: '',
@@ -107,6 +114,11 @@ export async function startFakeServer(
     counts: {},
     failure: undefined,
     slowMs: 60_000,
+    hung: 0,
+    releaseHung: () => {
+      for (const s of held) s.destroy();
+      held.clear();
+    },
     close: async () => {
       for (const t of timers) clearTimeout(t);
       for (const s of sockets) s.destroy();
@@ -123,6 +135,11 @@ export async function startFakeServer(
     req.on('end', () => {
       if (state.failure === 'down') {
         req.socket.destroy();
+        return;
+      }
+      if (state.failure === 'hang') {
+        state.hung += 1;
+        held.add(req.socket);
         return;
       }
       const respond: Respond = (status, body, headers = {}) => {

@@ -8,6 +8,8 @@ import type { AddressInfo } from 'node:net';
 import { mlflowError, request } from './support/client.js';
 import { FAST_ENV, Harness } from './support/harness.js';
 import { pollUntil, spawnProxy } from './support/proxy-process.js';
+import { iapGate } from '../fakes/iap-gate.js';
+import type { IapGate } from '../fakes/iap-gate.js';
 import { CLIENT_ID, startCredWorld } from './support/google.js';
 import type { CredWorld } from './support/google.js';
 import { makeSecret, registerSecret } from './support/transcript.js';
@@ -128,6 +130,155 @@ describe('faults: Google credentials', function () {
     expect(result.stderr).to.match(/clock.*NTP/);
   });
 
+  describe('an upstream rejecting every token, a hung token endpoint', () => {
+    let h: Harness | undefined;
+    afterEach(async () => {
+      world.iam.releaseHung();
+      await h?.stop();
+      h = undefined;
+    });
+
+    const warnings = (from: number) => h!.proxy.logs.slice(from).filter((l) => l.level === 'warn');
+    /** The proxy batches its log lines: once the request line of `id` is in, every line before it is too. */
+    const logged = (id: string) => h!.proxy.waitForLog((l) => l.msg === 'request' && l['id'] === id, 5000);
+
+    it('an IAP expecting another audience: one refresh and one replay, then no more replays and token fetches backed off; one warning naming auth.params.client_id; /readyz and /metrics say so; counts truthful; recovers', async () => {
+      world.iam.lifetimeSeconds = 3600;
+      const right = iapGate({ issuer: world.issuer, audience: CLIENT_ID });
+      // The IAP's OAuth client is another one than the proxy mints tokens for (auth.params.client_id).
+      const wrong = iapGate({ issuer: world.issuer, audience: '135792468024-otheriap.apps.googleusercontent.com' });
+      let gate: IapGate = right;
+      const { env, authArgs } = world.iamSetup();
+      h = await Harness.start({
+        label: 'faults-cred-rejecting',
+        authArgs,
+        env: { ...TOKEN_ENV, ...env },
+        gate: (req) => gate(req),
+        backgroundPorts: [world.iam.port, world.metadata.port],
+      });
+      const replays = async () => ({
+        success: await h!.metric('kvx_auth_replays_total', { result: 'success' }),
+        rejectedAgain: await h!.metric('kvx_auth_replays_total', { result: 'rejected_again' }),
+        refreshFailed: await h!.metric('kvx_auth_replays_total', { result: 'refresh_failed' }),
+      });
+      const before = await replays();
+      const fetchesBefore = world.iam.counts['generateIdToken'] ?? 0;
+      const logFrom = h.proxy.logs.length;
+      gate = wrong;
+
+      const N = 60;
+      for (let i = 0; i < N; i++) {
+        const id = `rejecting-${i}`;
+        const a =
+          i % 2 === 0
+            ? await request(h.url, '/api/2.0/mlflow/experiments/get?experiment_id=0', { headers: { 'x-request-id': id } })
+            : await request(h.url, '/api/2.0/mlflow/runs/log-batch', { method: 'POST', body: '{"run_id":"r","metrics":[]}', headers: { 'content-type': 'application/json', 'x-request-id': id } });
+        expect(a.status, a.text).to.equal(401);
+        expect(a.text).to.include('Expected JWT to have audience');
+        expect(a.headers['x-kvx-error']).to.equal(undefined);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const fetches = (world.iam.counts['generateIdToken'] ?? 0) - fetchesBefore;
+      const after = await replays();
+      await logged(`rejecting-${N - 1}`);
+      // Before the fix: one fetch and one replay (counted as a success) per request.
+      expect(fetches, `token fetches for ${N} rejected requests`).to.be.within(1, 2);
+      expect(after.success - before.success, 'replays counted as success although rejected again').to.equal(0);
+      expect(after.rejectedAgain - before.rejectedAgain, 'every refresh after a rejection was tried by one replay, rejected again').to.equal(fetches);
+      expect(after.refreshFailed - before.refreshFailed).to.equal(0);
+      let sent = 0;
+      for (let i = 0; i < N; i++) sent += h.upstream.byId(`rejecting-${i}`).length;
+      expect(sent, 'requests reaching the upstream: each once, plus the replays').to.equal(N + fetches);
+      expect(h.upstream.byId('rejecting-0'), 'the first rejection is refreshed and replayed once').to.have.length(2);
+      expect(h.upstream.byId(`rejecting-${N - 1}`), 'no replay once fresh tokens are rejected too').to.have.length(1);
+
+      const warned = warnings(logFrom);
+      expect(warned.map((l) => l.msg), 'exactly one warning for the whole burst').to.have.length(1);
+      const line = JSON.stringify(warned[0]);
+      expect(line).to.include('auth.params.client_id').and.include(CLIENT_ID).and.include('google-iam');
+      expect(await h.metric('kvx_auth_upstream_rejecting', { provider: 'google-iam' })).to.equal(1);
+      const readyz = await request(h.proxy.adminUrl, '/readyz');
+      const provider = (JSON.parse(readyz.text) as { providers: Record<string, unknown>[] }).providers[0]!;
+      const rejection = provider['upstreamRejects'] as Record<string, unknown> | undefined;
+      expect(rejection, readyz.text).to.be.an('object');
+      expect(rejection!['status']).to.equal(401);
+      expect(String(rejection!['likelyCause'])).to.include('auth.params.client_id');
+      expect(rejection!['nextRefreshInSeconds']).to.be.a('number');
+
+      // IAP now accepts the proxy's client id: the first answer with the held token resets the state.
+      gate = right;
+      const fetchesBeforeRecovery = world.iam.counts['generateIdToken'] ?? 0;
+      const ok = await request(h.url, '/api/2.0/mlflow/experiments/get?experiment_id=0');
+      expect(ok.status, ok.text).to.equal(200);
+      expect(world.iam.counts['generateIdToken'] ?? 0, 'the held token is used as is').to.equal(fetchesBeforeRecovery);
+      expect(await h.metric('kvx_auth_upstream_rejecting', { provider: 'google-iam' })).to.equal(0);
+      const readyAgain = JSON.parse((await request(h.proxy.adminUrl, '/readyz')).text) as { providers: Record<string, unknown>[] };
+      expect(readyAgain.providers[0]!['upstreamRejects']).to.equal(undefined);
+      await h.proxy.waitForLog((l) => l.level === 'info' && /accepts the token again/.test(l.msg), 2000);
+      await h.assertHealthy('after an upstream rejecting every token');
+    });
+
+    it('token endpoint hangs as the held token ends: requests get their 503 with Retry-After within 3 s (auth.tokenFetchTimeoutMs is 30 s); one warning for the refusals, one for the unanswered refresh; recovers', async () => {
+      world.iam.lifetimeSeconds = 3;
+      const { env, authArgs } = world.iamSetup();
+      h = await Harness.start({
+        label: 'faults-cred-hung',
+        authArgs,
+        // The client idle timeout above the token wait, as by default (300 s), so it is not what answers.
+        env: { ...TOKEN_ENV, KVX_AUTH_TOKEN_FETCH_TIMEOUT_MS: '30000', KVX_UPSTREAM_IDLE_TIMEOUT_MS: '60000', ...env },
+        gate: world.gate,
+        backgroundPorts: [world.iam.port, world.metadata.port],
+      });
+      const logFrom = h.proxy.logs.length;
+      world.iam.failure = 'hang';
+      const path = '/api/2.0/mlflow/experiments/get?experiment_id=0';
+      const pending: Promise<{ status: number; ms: number; answer?: Awaited<ReturnType<typeof request>>; error?: string }>[] = [];
+      const burstStart = Date.now();
+      let sent = 0;
+      while (Date.now() - burstStart < 5000) {
+        const t0 = Date.now();
+        pending.push(
+          request(h.url, path, { timeoutMs: 10_000, headers: { 'x-request-id': `hung-${sent++}` } }).then(
+            (answer) => ({ status: answer.status, ms: Date.now() - t0, answer }),
+            (err: Error) => ({ status: 0, ms: Date.now() - t0, error: err.message }),
+          ),
+        );
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const results = await Promise.all(pending);
+      await logged(`hung-${sent - 1}`);
+      expect(world.iam.hung, 'the token endpoint held a refresh').to.be.at.least(1);
+      const slow = results.filter((r) => r.status === 0 || r.ms > 3000).map((r) => `${r.status} after ${r.ms} ms ${r.error ?? ''}`);
+      expect(slow, 'answers slower than 3 s').to.deep.equal([]);
+      const refused = results.filter((r) => r.status === 503);
+      expect(refused.length, 'requests after the held token ended').to.be.at.least(20);
+      expect(results.every((r) => r.status === 200 || r.status === 503), JSON.stringify(results.map((r) => r.status))).to.equal(true);
+      for (const r of refused) {
+        expect(r.answer!.headers['x-kvx-error']).to.equal('credentials_unavailable');
+        expect(Number(r.answer!.headers['retry-after'])).to.be.at.least(1);
+        expect(mlflowError(r.answer!).message).to.include('google-iam');
+      }
+      const refusalLines = () => h!.proxy.logs.slice(logFrom).filter((l) => l.level === 'warn' && /request refused/.test(l.msg));
+      expect(refusalLines(), `${refused.length} refusals`).to.have.length(1);
+      const unanswered = warnings(logFrom).filter((l) => /unanswered/.test(l.msg));
+      expect(unanswered.map((l) => l.msg), 'one warning: the refresh is unanswered as the held token ends').to.have.length(1);
+      const readyz = await request(h.proxy.adminUrl, '/readyz');
+      expect(readyz.status).to.equal(503);
+      expect((JSON.parse(readyz.text) as { providers: Record<string, unknown>[] }).providers[0]!['fetchPendingSeconds']).to.be.at.least(1);
+
+      // The endpoint comes back; its dead connections are dropped.
+      world.iam.failure = undefined;
+      world.iam.releaseHung();
+      const recovered = await pollUntil(() => request(h!.url, path), (a) => a.status === 200, 10_000, 100);
+      expect(recovered.status).to.equal(200);
+      expect(refusalLines(), 'still one line for the whole burst').to.have.length(1);
+      const summary = await h.proxy.waitForLog((l) => l.level === 'info' && /credentials available again/.test(l.msg), 2000);
+      expect(Number(summary['refused'])).to.be.at.least(refused.length);
+      expect(Number(summary['suppressed'])).to.equal(Number(summary['refused']) - 1);
+      await h.assertHealthy('after a hung token endpoint');
+    });
+  });
+
   describe('while serving', () => {
     let h: Harness;
     beforeEach(async () => {
@@ -176,7 +327,7 @@ describe('faults: Google credentials', function () {
       });
     }
 
-    it('upstream answers 401 on every call: one refresh and one replay for a small request, none for a streamed upload; the 401 then reaches the client unchanged', async () => {
+    it('upstream answers 401 on every call: one refresh and one replay, none once the fresh token is rejected too, none for a streamed upload; the 401 reaches the client unchanged; replays counted rejected_again', async () => {
       h.upstream.behaviour = (req, res) => {
         req.resume();
         req.on('end', () => {
@@ -185,15 +336,22 @@ describe('faults: Google credentials', function () {
         });
         return true;
       };
-      const replaysBefore = await h.metric('kvx_auth_replays_total');
+      const successBefore = await h.metric('kvx_auth_replays_total', { result: 'success' });
+      const againBefore = await h.metric('kvx_auth_replays_total', { result: 'rejected_again' });
+      let replays = 0;
       for (let i = 0; i < 5; i++) {
         const a = await request(h.url, '/api/2.0/mlflow/runs/log-batch', { method: 'POST', body: '{"run_id":"r","metrics":[]}', headers: { 'content-type': 'application/json', 'x-request-id': `g401-${i}` } });
         expect(a.status).to.equal(401);
         expect(a.headers['x-kvx-error']).to.equal(undefined);
         expect(a.text).to.include('Invalid IAP credentials');
-        expect(h.upstream.byId(`g401-${i}`), 'the original and exactly one replay').to.have.length(2);
+        const sent = h.upstream.byId(`g401-${i}`).length;
+        // Tokens here live 3 s: one renewed on schedule gets one refresh and replay again.
+        expect(sent, 'the original and at most one replay').to.be.within(i === 0 ? 2 : 1, 2);
+        replays += sent - 1;
       }
-      expect(await h.metric('kvx_auth_replays_total')).to.equal(replaysBefore + 5);
+      expect(replays, 'replays stop once a fresh token is rejected too').to.be.below(5);
+      expect(await h.metric('kvx_auth_replays_total', { result: 'rejected_again' })).to.equal(againBefore + replays);
+      expect(await h.metric('kvx_auth_replays_total', { result: 'success' })).to.equal(successBefore);
       const upload = await request(h.url, '/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/big.bin', { method: 'PUT', body: Buffer.alloc(2 * 1024 * 1024, 3), headers: { 'x-request-id': 'g401-upload' } });
       expect(upload.status).to.equal(401);
       expect(h.upstream.byId('g401-upload'), 'a streamed upload is never replayed').to.have.length(1);
@@ -214,9 +372,10 @@ describe('faults: Google credentials', function () {
       await h.assertHealthy('after the clock jumped back');
     });
 
-    it('Google clock 2 h behind (the proxy clock jumped ahead): the upstream\'s 401 after one refresh attempt, then 503 naming the clock; recovers when clocks agree', async () => {
+    it('Google clock 2 h behind (the proxy clock jumped ahead): 503 naming the clock once the refresh after the upstream\'s rejection failed; recovers when clocks agree', async () => {
       // Documented limit: expiry is read from the token's exp on the local clock. Fresh tokens look expired
-      // on arrival, so the held one keeps being used (and rejected upstream) until it expires locally.
+      // on arrival, so the held one keeps being used until it expires locally; each rejection of it upstream
+      // asks for a refresh (within the fetch backoff), which fails and is answered with 503 naming the clock.
       world.issuer.offsetSeconds = -7200;
       const seen: { status: number; kvx: unknown; text: string }[] = [];
       const final = await pollUntil(
@@ -236,7 +395,7 @@ describe('faults: Google credentials', function () {
         expect([200, 401], a.text).to.include(a.status);
         expect(a.kvx).to.equal(undefined);
       }
-      expect(h.proxy.logs.some((l) => JSON.stringify(l).includes('expired on arrival')), 'the log says why').to.equal(true);
+      await h.proxy.waitForLog((l) => JSON.stringify(l).includes('expired on arrival'), 2000).catch(() => expect.fail('the log says why'));
       world.issuer.offsetSeconds = 0;
       const recovered = await pollUntil(() => answerFor(), (a) => a.status === 200, 10_000, 100);
       expect(recovered.status).to.equal(200);

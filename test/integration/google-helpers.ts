@@ -44,7 +44,7 @@ export function contextFor(config: KvxConfig, env: NodeJS.ProcessEnv, logger: Lo
     scheme: config.auth.scheme,
     baseDir: '/',
     env,
-    metrics: { tokenFetch: () => {}, tokenExpiry: () => {} },
+    metrics: { tokenFetch: () => {}, tokenExpiry: () => {}, upstreamRejecting: () => {} },
   };
 }
 

@@ -15,6 +15,7 @@ class RotatingProvider implements HeaderProvider {
   generation = 1;
   refreshes = 0;
   failing = false;
+  refreshFails = false;
 
   constructor() {
     RotatingProvider.instances.push(this);
@@ -31,6 +32,7 @@ class RotatingProvider implements HeaderProvider {
 
   async invalidate(rejected: HeaderMap): Promise<void> {
     if (rejected['Authorization'] !== `Bearer gen-${this.generation}`) return;
+    if (this.refreshFails) throw new CredentialsError('rotating', 'token endpoint answered 500', { retryAfterSeconds: 3 });
     this.refreshes++;
     this.generation++;
   }
@@ -99,6 +101,25 @@ describe('proxy: credentials', () => {
       expect(res.body).to.equal('Invalid IAP credentials');
       expect(res.headers['www-authenticate']).to.equal('Bearer');
       expect(seen).to.have.length(2);
+      // Counted when the replay's answer arrived: rejected again, not a success.
+      const metrics = await proxy.metrics.registry.getSingleMetricAsString('kvx_auth_replays_total');
+      expect(metrics).to.contain('kvx_auth_replays_total{result="rejected_again"} 1').and.not.contain('result="success"');
+    } finally {
+      await proxy.close(500);
+    }
+  });
+
+  it('answers 503 naming the cause when the refresh after a 401 fails, never replaying with the rejected credential', async () => {
+    const proxy = await startTestProxy(upstream.url, { 'auth.provider': 'test-rotating' });
+    RotatingProvider.instances[0]!.refreshFails = true;
+    try {
+      const res = await request(`${proxy.url}/api/2.0/mlflow/runs/get?run_id=1`);
+      expect(res.status).to.equal(503);
+      expect(res.headers['retry-after']).to.equal('3');
+      expect(JSON.parse(res.body).message).to.contain('rotating: token endpoint answered 500');
+      expect(seen.map((s) => s.auth)).to.deep.equal(['Bearer gen-1']);
+      const metrics = await proxy.metrics.registry.getSingleMetricAsString('kvx_auth_replays_total');
+      expect(metrics).to.contain('kvx_auth_replays_total{result="refresh_failed"} 1');
     } finally {
       await proxy.close(500);
     }

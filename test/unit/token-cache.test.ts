@@ -5,7 +5,7 @@ import { TokenCache, TokenFetchError, TokenProvider, accessToken, decodeJwtClaim
 import type { Clock, Token } from '../../src/auth/token-cache.js';
 import type { ProviderContext } from '../../src/auth/provider.js';
 import type { KvxConfig } from '../../src/config/schema.js';
-import { silentLogger } from '../../src/log/logger.js';
+import { Logger, silentLogger } from '../../src/log/logger.js';
 
 const START = Date.UTC(2025, 0, 1);
 
@@ -27,11 +27,18 @@ class Endpoint {
   lifetimeMs = 3_600_000;
   failWith: Error | undefined;
   hang = false;
+  /** Calls answered only by release(): a token endpoint that is slow, then answers. */
+  stall = false;
+  private stalled: (() => void)[] = [];
   constructor(private readonly clock: Clock) {}
+  release(): void {
+    for (const answer of this.stalled.splice(0)) answer();
+  }
   fetch = async (signal: AbortSignal): Promise<Token> => {
     this.calls += 1;
     await Promise.resolve();
     if (this.hang) return new Promise<Token>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)));
+    if (this.stall) await new Promise<void>((resolve) => this.stalled.push(resolve));
     if (this.failWith) throw this.failWith;
     const now = this.clock.now();
     return { value: `tok-${this.calls}`, expiresAt: now + this.lifetimeMs, issuedAt: now, identity: 'sa@p.iam.gserviceaccount.com' };
@@ -39,7 +46,7 @@ class Endpoint {
 }
 
 function cacheWith(endpoint: Endpoint, clock: Clock, extra: Partial<ConstructorParameters<typeof TokenCache>[0]> = {}) {
-  const metrics = { fetches: [] as boolean[], expiries: [] as (number | undefined)[] };
+  const metrics = { fetches: [] as boolean[], expiries: [] as (number | undefined)[], rejecting: [] as boolean[] };
   const cache = new TokenCache({
     provider: 'google-iam',
     fetch: endpoint.fetch,
@@ -47,7 +54,11 @@ function cacheWith(endpoint: Endpoint, clock: Clock, extra: Partial<ConstructorP
     random: () => 0.5,
     refreshBeforeMs: 300_000,
     jitterMs: 0,
-    metrics: { tokenFetch: (_p, ok) => metrics.fetches.push(ok), tokenExpiry: (_p, at) => metrics.expiries.push(at) },
+    metrics: {
+      tokenFetch: (_p, ok) => metrics.fetches.push(ok),
+      tokenExpiry: (_p, at) => metrics.expiries.push(at),
+      upstreamRejecting: (_p, on) => metrics.rejecting.push(on),
+    },
     ...extra,
   });
   return { cache, metrics };
@@ -58,7 +69,7 @@ describe('TokenCache', () => {
   let clock: Clock;
   let endpoint: Endpoint;
   let cache: TokenCache;
-  let metrics: { fetches: boolean[]; expiries: (number | undefined)[] };
+  let metrics: { fetches: boolean[]; expiries: (number | undefined)[]; rejecting: boolean[] };
 
   beforeEach(() => {
     ({ fake, clock } = fakeClock());
@@ -250,6 +261,212 @@ describe('TokenCache', () => {
   });
 });
 
+/** A logger keeping its lines, to count warnings. */
+function capturingLogger(): { logger: Logger; lines: { level: string; msg: string; [k: string]: unknown }[] } {
+  const lines: { level: string; msg: string }[] = [];
+  return { logger: new Logger('debug', { write: (line: string) => lines.push(JSON.parse(line) as { level: string; msg: string }) }), lines };
+}
+
+describe('TokenCache: an upstream rejecting fresh tokens', () => {
+  let fake: FakeTimers.Clock;
+  let clock: Clock;
+  let endpoint: Endpoint;
+  let cache: TokenCache;
+  let metrics: { fetches: boolean[]; expiries: (number | undefined)[]; rejecting: boolean[] };
+  let lines: ReturnType<typeof capturingLogger>['lines'];
+
+  beforeEach(() => {
+    ({ fake, clock } = fakeClock());
+    endpoint = new Endpoint(clock);
+    const captured = capturingLogger();
+    lines = captured.lines;
+    ({ cache, metrics } = cacheWith(endpoint, clock, { logger: captured.logger, rejectionHint: (status) => `check auth.params.client_id (${status})` }));
+  });
+  afterEach(() => cache.close());
+
+  /** What the forwarder does with one request the upstream rejects: refresh and replay when worth it. Returns the fetches it caused. */
+  async function rejectedRequest(): Promise<number> {
+    const before = endpoint.calls;
+    const sent = cache.peek()!.value;
+    if (!cache.rejected(sent, 401)) return 0;
+    await cache.invalidate(sent, 2_000);
+    // The replay, rejected too.
+    cache.rejected(cache.peek()!.value, 401);
+    return endpoint.calls - before;
+  }
+
+  const warnings = () => lines.filter((l) => l.level === 'warn');
+
+  it('one refresh and replay, then refreshes spaced by a backoff from 5 s doubling to 10 min: 10 fetches in 30 minutes at one request a second', async () => {
+    await cache.start();
+    const fetchedAt: number[] = [];
+    for (let second = 0; second < 1800; second++) {
+      if ((await rejectedRequest()) > 0) fetchedAt.push((fake.now - START) / 1000);
+      await fake.tickAsync(1_000);
+    }
+    // Before: one fetch per request, 1,800.
+    expect(fetchedAt).to.deep.equal([0, 5, 15, 35, 75, 155, 315, 635, 1235]);
+    expect(endpoint.calls).to.equal(1 + fetchedAt.length);
+    expect(warnings().map((l) => l.msg), 'one warning for the whole episode').to.have.length(1);
+    expect(warnings()[0]).to.include({ provider: 'google-iam', status: 401, likelyCause: 'check auth.params.client_id (401)' });
+    expect(metrics.rejecting).to.include(true).and.not.include(false);
+    const status = cache.status().upstreamRejects!;
+    expect(status).to.include({ status: 401, rejectedCredentials: 9, since: START, likelyCause: 'check auth.params.client_id (401)' });
+    expect(status.nextRefreshAt).to.be.above(fake.now);
+  });
+
+  it('a token accepted once is refreshed and replayed when rejected later (revoked, expired early)', async () => {
+    await cache.start();
+    expect(await rejectedRequest()).to.equal(1);
+    cache.accepted(cache.peek()!.value);
+    expect(cache.unconfirmed).to.equal(false);
+    expect(await rejectedRequest(), 'a proven token gets its refresh').to.equal(1);
+  });
+
+  it('ends when a request with the held token is accepted: state, gauge and warning reset', async () => {
+    await cache.start();
+    await rejectedRequest();
+    expect(cache.unconfirmed).to.equal(true);
+    expect(cache.rejected(cache.peek()!.value, 401), 'no replay in the backoff interval').to.equal(false);
+    cache.accepted('not-the-held-token');
+    expect(cache.status().upstreamRejects).to.not.equal(undefined);
+    cache.accepted(cache.peek()!.value);
+    expect(cache.status().upstreamRejects).to.equal(undefined);
+    expect(cache.unconfirmed).to.equal(false);
+    expect(metrics.rejecting).to.deep.equal([true, false]);
+    expect(lines.some((l) => l.level === 'info' && /accepts the token again/.test(l.msg))).to.equal(true);
+    // A new episode warns again.
+    await rejectedRequest();
+    await rejectedRequest();
+    expect(warnings()).to.have.length(2);
+  });
+
+  it('ends when the token is renewed on schedule; the next rejection gets its refresh and replay, without a second warning', async () => {
+    endpoint.lifetimeMs = 600_000;
+    await cache.start();
+    await rejectedRequest();
+    expect(cache.status().upstreamRejects).to.not.equal(undefined);
+    const calls = endpoint.calls;
+    await fake.tickAsync(600_000 - 300_000); // the background refresh, refreshBefore (300 s) ahead of expiry
+    expect(endpoint.calls).to.equal(calls + 1);
+    expect(cache.status().upstreamRejects).to.equal(undefined);
+    expect(metrics.rejecting).to.deep.equal([true, false]);
+    expect(await rejectedRequest()).to.equal(1);
+    expect(cache.status().upstreamRejects?.rejectedCredentials).to.equal(1);
+    expect(warnings(), 'still the same episode: no request was accepted').to.have.length(1);
+  });
+
+  it('counts a fresh token once however many requests it is rejected on', async () => {
+    await cache.start();
+    await rejectedRequest();
+    const held = cache.peek()!.value;
+    for (let i = 0; i < 100; i++) expect(cache.rejected(held, 401)).to.equal(false);
+    expect(cache.status().upstreamRejects?.rejectedCredentials).to.equal(1);
+    // A late rejection of the token before: a newer one is held, replaying with it may help.
+    expect(cache.rejected('tok-1', 401)).to.equal(true);
+  });
+
+  it('one probe per backoff interval, however many requests are rejected when it is due', async () => {
+    await cache.start();
+    await rejectedRequest();
+    await fake.tickAsync(5_000);
+    const held = cache.peek()!.value;
+    const answers = Array.from({ length: 50 }, () => cache.rejected(held, 401));
+    expect(answers.filter(Boolean)).to.have.length(1);
+  });
+});
+
+describe('TokenCache: requests wait a bounded time', () => {
+  let fake: FakeTimers.Clock;
+  let clock: Clock;
+  let endpoint: Endpoint;
+  let cache: TokenCache;
+  let lines: ReturnType<typeof capturingLogger>['lines'];
+
+  beforeEach(() => {
+    ({ fake, clock } = fakeClock());
+    endpoint = new Endpoint(clock);
+    const captured = capturingLogger();
+    lines = captured.lines;
+    ({ cache } = cacheWith(endpoint, clock, { logger: captured.logger, requestWaitMs: 2_000 }));
+  });
+  afterEach(() => cache.close());
+
+  it('without a usable token, callers wait for a hung fetch at most waitMs from its start, later callers not at all; the fetch runs on and serves the next callers', async () => {
+    endpoint.stall = true;
+    const settled: { at: number; error?: CredentialsError; value?: string }[] = [];
+    const track = (p: Promise<Token>) =>
+      p.then(
+        (t) => settled.push({ at: fake.now - START, value: t.value }),
+        (e: CredentialsError) => settled.push({ at: fake.now - START, error: e }),
+      );
+    const first = track(cache.acquire(2_000));
+    await fake.tickAsync(1_500);
+    const second = track(cache.acquire(2_000));
+    await fake.tickAsync(600);
+    await Promise.all([first, second]);
+    expect(settled.map((s) => s.at), 'both answered at the deadline, 2 s after the fetch started').to.deep.equal([2_000, 2_000]);
+    const err = settled[0]!.error!;
+    expect(err).to.be.instanceOf(CredentialsError);
+    expect(err.message).to.match(/unanswered for 2\.0 s/).and.include('auth.tokenWaitMs').and.include('auth.tokenFetchTimeoutMs');
+    expect(err.retryAfterSeconds).to.equal(2);
+    expect(fake.countTimers(), 'one timer for the fetch timeout, one shared deadline at most').to.be.at.most(2);
+    const late = (await cache.acquire(2_000).catch((e: unknown) => e)) as CredentialsError;
+    expect(late, 'refused at once').to.be.instanceOf(CredentialsError);
+    expect(endpoint.calls, 'no second fetch while one runs').to.equal(1);
+    expect(cache.status().fetchPendingMs).to.equal(2_100);
+    endpoint.release();
+    await fake.tickAsync(0);
+    expect((await cache.acquire(2_000)).value).to.equal('tok-1');
+    expect(cache.status().fetchPendingMs).to.equal(undefined);
+  });
+
+  it('get() (start, doctor, the launcher) still waits for the whole fetch', async () => {
+    endpoint.stall = true;
+    const token = cache.get();
+    await fake.tickAsync(10_000);
+    endpoint.release();
+    expect((await token).value).to.equal('tok-1');
+  });
+
+  it('a refresh after a rejection waits at most waitMs too', async () => {
+    await cache.start();
+    endpoint.stall = true;
+    const refused = cache.invalidate('tok-1', 2_000).catch((e: unknown) => e);
+    await fake.tickAsync(2_000);
+    expect(await refused).to.be.instanceOf(CredentialsError);
+    endpoint.release();
+  });
+
+  it('warns once when a refresh is still unanswered as the held token ends, not again until a token arrived', async () => {
+    endpoint.lifetimeMs = 100_000; // usable until 90 s, refreshed from 50 s
+    await cache.start();
+    endpoint.hang = true;
+    await fake.tickAsync(100_000);
+    const unanswered = () => lines.filter((l) => l.level === 'warn' && /unanswered/.test(l.msg));
+    expect(unanswered()).to.have.length(1);
+    expect(unanswered()[0]).to.include({ provider: 'google-iam', fetchTimeoutMs: 30_000 });
+    // More hung attempts: the failures are logged, the near-end warning not repeated.
+    await fake.tickAsync(120_000);
+    expect(unanswered()).to.have.length(1);
+    endpoint.hang = false;
+    await fake.tickAsync(60_000);
+    expect(cache.peek()).to.not.equal(undefined);
+  });
+
+  it('no near-end warning when the refresh answers in time, nor while the held token outlasts the fetch timeout', async () => {
+    endpoint.lifetimeMs = 40_000; // refreshed at 18 s, usable until 36 s: a refresh could outlast it
+    await cache.start();
+    await fake.tickAsync(10 * 40_000);
+    expect(endpoint.calls).to.be.at.least(10);
+    endpoint.lifetimeMs = 3_600_000;
+    await fake.tickAsync(40_000);
+    endpoint.hang = true;
+    await fake.tickAsync(3_600_000 - 300_000 + 1_000); // the hung refresh has 5 min of token left
+    expect(lines.filter((l) => /unanswered/.test(l.msg))).to.deep.equal([]);
+  });
+});
+
 describe('TokenProvider', () => {
   class Fixed extends TokenProvider {
     readonly name = 'fixed';
@@ -269,7 +486,7 @@ describe('TokenProvider', () => {
     scheme: 'Bearer',
     baseDir: '/',
     env: {},
-    metrics: { tokenFetch: () => {}, tokenExpiry: () => {} },
+    metrics: { tokenFetch: () => {}, tokenExpiry: () => {}, upstreamRejecting: () => {} },
   });
 
   it('answers synchronously with one frozen header object while a token is held', async () => {
