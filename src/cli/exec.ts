@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import { EXEC_EXIT, execWithProxy, prepareExecConfig } from '../exec/index.js';
 import { Logger } from '../log/logger.js';
+import { StreamSink } from '../log/stream-sink.js';
+import { refuseUnrequestedInspector } from './inspector-guard.js';
 import { addConfigOptions, defaultIO, loadConfigFromOptions } from './options.js';
 import type { CliIO } from './options.js';
 
@@ -40,8 +42,9 @@ export function registerExecCommand(program: Command, io: CliIO = defaultIO(), s
   addConfigOptions(command).action(async (cmd: string, args: string[], opts: Record<string, unknown>) => {
     const loaded = loadConfigFromOptions(opts, io, { requireUpstream: false });
     const notes = prepareExecConfig(loaded, io.env);
-    // stdout belongs to the command: every proxy log line goes to stderr.
-    const logger = new Logger(loaded.config.log.level, io.stderr, { component: 'kvx-proxy' });
+    // stdout belongs to the command: every proxy log line goes to stderr (written no more if it fails).
+    const logger = new Logger(loaded.config.log.level, new StreamSink(io.stderr), { component: 'kvx-proxy' });
+    refuseUnrequestedInspector();
     for (const note of notes) logger.info(note, { upstream: loaded.config.upstream.url });
     const result = await execWithProxy(loaded, cmd, args, { logger, env: io.env });
     if (result.message) io.stderr.write(`kvx-proxy exec: ${result.message}\n`);

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './inspector-guard.js';
 import './require-node.js';
 import os from 'node:os';
 import { Command, Option } from 'commander';

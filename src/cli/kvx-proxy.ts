@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { refuseUnrequestedInspector } from './inspector-guard.js';
 import './require-node.js';
 import { Command } from 'commander';
 import { planProviders } from '../auth/registry.js';
@@ -7,6 +8,7 @@ import { redactConfig } from '../config/redact.js';
 import { ConfigError } from '../errors.js';
 import { BatchedSink } from '../log/batched-sink.js';
 import { Logger } from '../log/logger.js';
+import { StreamSink } from '../log/stream-sink.js';
 import { startProxy } from '../proxy/server.js';
 import { VERSION } from '../version.js';
 import { registerExecCommand } from './exec.js';
@@ -33,7 +35,7 @@ function buildProgram(io: CliIO): Command {
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
   const setExit = (code: number) => ((program as unknown as { kvxExitCode?: number }).kvxExitCode = code);
 
-  addConfigOptions(program.command('serve', { isDefault: true }).description('run the proxy until SIGTERM/SIGINT')).action(async (opts: Record<string, unknown>) => {
+  addConfigOptions(program.command('serve', { isDefault: true }).description('run the proxy until SIGTERM, SIGINT or SIGHUP')).action(async (opts: Record<string, unknown>) => {
     setExit(await serve(opts, io));
   });
 
@@ -50,22 +52,33 @@ function buildProgram(io: CliIO): Command {
   return program;
 }
 
+/** The signals that make `serve` drain and exit; SIGHUP is a closed terminal or session. */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
 async function serve(opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const loaded = loadConfigFromOptions(opts, io);
-  const logger = new Logger(loaded.config.log.level, new BatchedSink(io.stdout));
+  const level = loaded.config.log.level;
+  // A log reader that goes away (`kvx-proxy | tee`, tee closed) stops the logs, not the proxy; stderr, if
+  // anyone still reads it, is told once.
+  const onLost = (err: NodeJS.ErrnoException) =>
+    new Logger(level, new StreamSink(io.stderr)).warn('log output failed; no more log lines are written to it, the proxy keeps serving', {
+      stream: 'stdout',
+      code: err.code,
+      error: err.message,
+    });
+  const logger = new Logger(level, new BatchedSink(io.stdout, onLost));
+  refuseUnrequestedInspector();
   const proxy = await startProxy(loaded, { logger, env: io.env });
   return new Promise<number>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
+      for (const s of STOP_SIGNALS) process.off(s, stop);
       logger.info('signal received; draining', { signal });
       proxy.close().then(
         () => resolve(0),
         () => resolve(1),
       );
     };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+    for (const s of STOP_SIGNALS) process.on(s, stop);
   });
 }
 

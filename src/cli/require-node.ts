@@ -1,7 +1,7 @@
 /**
- * Imported first by each command's entry module, so that on an older Node.js the user reads which version is
- * needed instead of a TypeError from deep inside a dependency (undici and the proxy's HTTP engine both use
- * APIs that Node 20 lacks). It exits rather than throws: the modules imported after it must not run at all.
+ * Imported first by each command's entry module (after the inspector guard, which needs nothing newer), so that
+ * on an older Node.js the user reads which version is needed instead of a TypeError from deep inside a
+ * dependency (undici and the proxy's HTTP engine both use APIs that Node 20 lacks). It exits rather than throws: the modules imported after it must not run at all.
  */
 export const MIN_NODE = [22, 19] as const;
 

@@ -122,7 +122,7 @@ export const SCHEMA = {
       requestTimeoutMs: { kind: 'int', default: 0, min: 0, doc: 'Time a client has to send a whole request; 0 for none (large uploads).' },
       keepAliveTimeoutMs: { kind: 'int', default: 65_000, min: 1, doc: 'How long an idle client connection is kept open.' },
       maxHeaderSize: { kind: 'int', default: 32_768, min: 1024, doc: 'Largest request header block accepted, in bytes; larger gets 431.' },
-      shutdownTimeoutMs: { kind: 'int', default: 25_000, min: 0, doc: 'On SIGTERM/SIGINT, how long in-flight requests may take to finish.' },
+      shutdownTimeoutMs: { kind: 'int', default: 25_000, min: 0, doc: 'On SIGTERM, SIGINT or SIGHUP, how long in-flight requests may take to finish.' },
       allowedHosts: {
         kind: 'stringList',
         default: [],

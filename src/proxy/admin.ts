@@ -38,15 +38,18 @@ export function createAdminHandler(deps: { metrics: ProxyMetrics; injector: Head
         });
         return json(res, ready ? 200 : 503, { status: ready ? 'ready' : draining ? 'draining' : 'not ready', providers });
       }
-      case '/metrics':
-        deps.metrics.registry.metrics().then(
+      case '/metrics': {
+        const registry = deps.metrics.loadRegistry();
+        if (!registry) return json(res, 503, { status: 'metrics unavailable', reason: deps.metrics.unavailableReason });
+        registry.metrics().then(
           (text) => {
-            res.writeHead(200, { 'content-type': deps.metrics.registry.contentType });
+            res.writeHead(200, { 'content-type': registry.contentType });
             res.end(text);
           },
           () => json(res, 500, { status: 'metrics collection failed' }),
         );
         return;
+      }
       default:
         return json(res, 404, { status: 'not found', paths: ['/healthz', '/readyz', '/metrics'] });
     }

@@ -1,6 +1,8 @@
 import { createRequire } from 'node:module';
 import type * as PromClientModule from 'prom-client';
 import type { Registry } from 'prom-client';
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../log/logger.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 
 type PromClient = typeof PromClientModule;
@@ -13,6 +15,10 @@ const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'other'];
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 /** Default process metrics start this long after the proxy is created, off the start-up path. */
 const PROCESS_METRICS_DELAY_MS = 1000;
+/** A failed load of prom-client (no file descriptor left, typically) is tried again after this, doubling... */
+const LOAD_RETRY_FIRST_MS = 1000;
+/** ...up to this. */
+const LOAD_RETRY_MAX_MS = 60_000;
 
 /**
  * One instance per proxy (tests run several in one process). The request path only bumps plain numbers;
@@ -35,8 +41,14 @@ export class ProxyMetrics implements AuthMetrics {
   private readonly replayCounts = new Map<string, number>();
   private readonly crossSiteRefusals = new Map<string, number>();
   private readonly upstreamRejectingProviders = new Map<string, boolean>();
+  private readonly acceptErrorCounts = new Map<string, number>();
   private promRegistry: Registry | undefined;
   private readonly processMetrics: boolean;
+  private readonly logger: Logger | undefined;
+  /** Why prom-client could not be loaded yet, for /metrics to say. */
+  private loadFailure: string | undefined;
+  private retryDelayMs = LOAD_RETRY_FIRST_MS;
+  private retryTimer: NodeJS.Timeout | undefined;
 
   /** The in-flight gauge: inc/dec for the forwarder, get() in prom-client's shape for callers that read it. */
   readonly inFlight = {
@@ -49,14 +61,59 @@ export class ProxyMetrics implements AuthMetrics {
     get: async (): Promise<{ values: { value: number; labels: Record<string, string> }[] }> => ({ values: [{ value: this.inFlightCount, labels: {} }] }),
   };
 
-  constructor(options: { processMetrics?: boolean } = {}) {
+  constructor(options: { processMetrics?: boolean; logger?: Logger } = {}) {
     this.processMetrics = options.processMetrics !== false;
-    if (this.processMetrics) setTimeout(() => this.registry, PROCESS_METRICS_DELAY_MS).unref();
+    this.logger = options.logger;
+    if (this.processMetrics) setTimeout(() => this.loadRegistry(), PROCESS_METRICS_DELAY_MS).unref();
   }
 
   /** The prom-client registry with every kvx metric (and process metrics unless turned off); built on first use. */
   get registry(): Registry {
-    return (this.promRegistry ??= this.buildRegistry(createRequire(import.meta.url)('prom-client') as PromClient));
+    const registry = this.loadRegistry();
+    if (!registry) throw new Error(this.loadFailure);
+    return registry;
+  }
+
+  /**
+   * The registry, or undefined while prom-client cannot be loaded. Loading reads files; a process at its
+   * open-file limit (clients reconnecting to a restarted sidecar) cannot, and must not crash for it: the load
+   * is tried again later, with each scrape and on a timer, and `unavailableReason` says why until it works.
+   */
+  loadRegistry(): Registry | undefined {
+    if (this.promRegistry) return this.promRegistry;
+    let prom: PromClient;
+    try {
+      prom = createRequire(import.meta.url)('prom-client') as PromClient;
+    } catch (err) {
+      const first = this.loadFailure === undefined;
+      const code = errnoCode(err);
+      this.loadFailure = `prom-client could not be loaded (${code}: ${errorMessage(err)}); retrying`;
+      if (first) this.logger?.warn('metrics unavailable: prom-client could not be loaded; retrying', { code, error: errorMessage(err) });
+      if (!this.retryTimer) {
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = undefined;
+          this.loadRegistry();
+        }, this.retryDelayMs).unref();
+        this.retryDelayMs = Math.min(this.retryDelayMs * 2, LOAD_RETRY_MAX_MS);
+      }
+      return undefined;
+    }
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.promRegistry = this.buildRegistry(prom);
+    if (this.loadFailure !== undefined) this.logger?.info('metrics available: prom-client loaded');
+    this.loadFailure = undefined;
+    return this.promRegistry;
+  }
+
+  /** Why /metrics cannot answer yet; undefined once prom-client is loaded or before it was first tried. */
+  get unavailableReason(): string | undefined {
+    return this.loadFailure;
+  }
+
+  /** A connection the proxy could not take: `code` is accept()'s errno, EMFILE also when kvx refused it at its fd-derived cap. */
+  acceptError(code: string): void {
+    this.acceptErrorCounts.set(code, (this.acceptErrorCounts.get(code) ?? 0) + 1);
   }
 
   requestDone(method: string, status: number, seconds: number, bytesIn: number, bytesOut: number): void {
@@ -204,6 +261,12 @@ export class ProxyMetrics implements AuthMetrics {
         for (const [provider, on] of rejecting) this.set({ provider }, on ? 1 : 0);
       },
     });
+    labelledCounter(
+      'kvx_accept_errors_total',
+      'Client connections the proxy could not take, by error code (EMFILE: at the open-file limit).',
+      'code',
+      this.acceptErrorCounts,
+    );
     if (this.processMetrics) prom.collectDefaultMetrics({ register: registry, prefix: 'kvx_' });
     return registry;
   }
@@ -241,4 +304,15 @@ function durationHistogram(metrics: ProxyMetrics) {
       return { name, help, type: 'histogram', aggregator: 'sum', values };
     },
   };
+}
+
+/**
+ * The errno behind a failed module load. Node reports a package.json it could not read as
+ * ERR_INVALID_PACKAGE_CONFIG, with the errno only in the message ("too many open files").
+ */
+function errnoCode(err: unknown): string {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return code;
+  if (/too many open files/i.test(errorMessage(err))) return 'EMFILE';
+  return typeof code === 'string' ? code : 'unknown';
 }

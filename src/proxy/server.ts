@@ -11,7 +11,9 @@ import type { KvxConfig } from '../config/schema.js';
 import { ConfigError, CredentialsError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { silentLogger } from '../log/logger.js';
+import { RateLimitedWarning } from '../log/rate-limited.js';
 import { createAdminHandler } from './admin.js';
+import { clientConnectionCap } from './fd-limit.js';
 import { Forwarder } from './forward.js';
 import { ProxyMetrics } from './metrics.js';
 import { ClientListener } from './wire/client-connection.js';
@@ -60,7 +62,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const { plans, problems } = planProviders(config, env);
   if (problems.length > 0) throw new ConfigError(problems);
 
-  const metrics = new ProxyMetrics({ processMetrics: options.processMetrics ?? true });
+  const metrics = new ProxyMetrics({ processMetrics: options.processMetrics ?? true, logger });
   const injector = await HeaderInjector.create(plans, { config, logger, baseDir: loaded.baseDir, env, metrics });
   try {
     await startCredentials(injector, config, logger);
@@ -89,6 +91,8 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     throw err;
   }
 
+  const connectionLimits = watchAcceptFailures(listener, admin, config, metrics, logger);
+
   const address = server.address() as AddressInfo;
   const adminAddress = admin?.address() as AddressInfo | undefined;
   const url = `http://${hostForUrl(address)}:${address.port}`;
@@ -98,6 +102,8 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     adminUrl,
     upstream: config.upstream.url,
     providers: injector.active.map((a) => a.provider.name),
+    fdLimit: connectionLimits.fdLimit,
+    maxClientConnections: connectionLimits.maxClientConnections,
   });
   if (!['127.0.0.1', '::1', 'localhost'].includes(config.listen.host) && !config.listen.host.startsWith('127.')) {
     logger.warn('listening on a non-loopback address: anyone who can reach this port gets authenticated MLflow access', { host: config.listen.host });
@@ -105,7 +111,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   let closing: Promise<number> | undefined;
   const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> =>
-    (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger));
+    (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger).finally(connectionLimits.close));
 
   return {
     url,
@@ -115,6 +121,51 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     metrics,
     ready: () => !forwarder.draining && injector.status().ready,
     close,
+  };
+}
+
+/**
+ * Connections the proxy cannot take are logged (rate-limited) and counted, never fatal. Client connections are
+ * capped below the open-file limit (see clientConnectionCap), so at the limit Node drops them with a 'drop'
+ * event instead of libuv closing them unseen. An accept() error Node does report (EMFILE when libuv has no
+ * reserve descriptor left, ENFILE, ENOBUFS...) arrives as the server's 'error' event, which without a listener
+ * would end the process.
+ */
+function watchAcceptFailures(
+  listener: ClientListener,
+  admin: http.Server | undefined,
+  config: KvxConfig,
+  metrics: ProxyMetrics,
+  logger: Logger,
+): { fdLimit: number | undefined; maxClientConnections: number | undefined; close: () => void } {
+  const server = listener.server;
+  const limits = clientConnectionCap(config.upstream.maxConnections);
+  const hint = "raise the open-file limit: ulimit -n, systemd's LimitNOFILE, or the container runtime's nofile ulimit";
+  const dropped = new RateLimitedWarning(logger, 'new connections dropped: too many open files', 'dropped');
+  if (limits) {
+    server.maxConnections = limits.cap;
+    server.on('drop', () => {
+      metrics.acceptError('EMFILE');
+      dropped.report({ code: 'EMFILE', connections: listener.connections.size, maxClientConnections: limits.cap, fdLimit: limits.fdLimit, hint });
+    });
+  }
+  const failures = new Map<string, RateLimitedWarning>();
+  const onError = (which: 'listen' | 'admin') => (err: NodeJS.ErrnoException) => {
+    const code = err.code ?? 'unknown';
+    metrics.acceptError(code);
+    let warning = failures.get(code);
+    if (!warning) failures.set(code, (warning = new RateLimitedWarning(logger, 'accepting a connection failed', 'failures')));
+    warning.report({ listener: which, code, error: err.message, ...(code === 'EMFILE' || code === 'ENFILE' ? { hint } : {}) });
+  };
+  server.on('error', onError('listen'));
+  admin?.on('error', onError('admin'));
+  return {
+    fdLimit: limits?.fdLimit,
+    maxClientConnections: limits?.cap,
+    close: () => {
+      dropped.close();
+      for (const warning of failures.values()) warning.close();
+    },
   };
 }
 

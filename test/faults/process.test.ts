@@ -2,12 +2,15 @@
  * Process-level faults: signals with work in flight, and files that change under a running proxy.
  */
 import { expect } from 'chai';
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { request } from './support/client.js';
 import { FAST_ENV, Harness } from './support/harness.js';
-import { pollUntil, spawnProxy } from './support/proxy-process.js';
+import { PROXY_CLI, pollUntil, spawnProxy } from './support/proxy-process.js';
+import type { LogLine, ProxyProcess } from './support/proxy-process.js';
 import { makeSecret } from './support/transcript.js';
 import { ScriptedUpstream } from './support/upstream.js';
 
@@ -20,6 +23,39 @@ function connectOutcome(port: number): Promise<'connected' | string> {
     });
     s.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
   });
+}
+
+/**
+ * Sends SIGUSR1, which makes a default Node open its inspector (127.0.0.1:9229, no authentication), and checks
+ * that the process opened no listener and said nothing about a debugger, and still answers. The listener check
+ * reads the process's own sockets, so it holds even when something else already listens on 9229 (then Node
+ * would print "Starting inspector on 127.0.0.1:9229 failed", which the stderr check catches).
+ * Started with --disable-sigusr1, Node keeps the signal blocked, so kvx's listener never sees it: no notice.
+ */
+async function expectSigusr1Refused(proxy: ProxyProcess, url: string, notice = true): Promise<void> {
+  const before = proxy.listeningPorts().sort();
+  proxy.signal('SIGUSR1');
+  const opened = await pollUntil(
+    () => ({ ports: proxy.alive ? proxy.listeningPorts().sort() : before, stderr: proxy.stderr }),
+    (s) => s.ports.length !== before.length || /inspector|Debugger/i.test(s.stderr),
+    1500,
+  );
+  expect(proxy.alive, `SIGUSR1 ended the process: ${JSON.stringify(proxy.exit)}\n${proxy.stderr}`).to.equal(true);
+  expect(opened.ports, `listeners after SIGUSR1 (before: ${before.join(', ')}); stderr:\n${proxy.stderr}`).to.deep.equal(before);
+  expect(proxy.stderr).to.not.match(/Debugger listening|Starting inspector/);
+  if (notice) expect(proxy.stderr).to.include('SIGUSR1 ignored');
+  else expect(proxy.stderr).to.equal('');
+  const answer = await request(url, '/bytes/100');
+  expect(answer.status).to.equal(200);
+  expect(answer.body.length).to.equal(100);
+}
+
+/** The node command of `npm run <script>` (what follows the build step), as [flags..., entry]. */
+function npmScriptNodeArgs(script: string): string[] {
+  const pkg = JSON.parse(readFileSync(path.join(path.dirname(PROXY_CLI), '../../package.json'), 'utf8')) as { scripts: Record<string, string> };
+  const command = pkg.scripts[script]!.split('&&').at(-1)!.trim().split(/\s+/);
+  expect(command[0], `npm run ${script} runs node`).to.equal('node');
+  return command.slice(1).map((a) => (a.startsWith('dist/') ? path.join(path.dirname(PROXY_CLI), '../..', a) : a));
 }
 
 describe('faults: process', function () {
@@ -208,5 +244,155 @@ describe('faults: process', function () {
     upstream.dropIdle();
     const after = await pollUntil(() => proxy.fds(), (f) => f.total <= base.total && f.tcp.every((t) => t.state === 'LISTEN'), 3000);
     expect(after.total, 'the polled secret file leaks no descriptor').to.be.at.most(base.total);
+  });
+
+  describe('SIGUSR1 never opens the Node inspector', () => {
+    it('the npm bin (dist/cli/kvx-proxy.js started by plain node, as its #!/usr/bin/env node line does)', async () => {
+      const h = await Harness.start({ label: 'faults-sigusr1-bin' });
+      cleanups.push(() => h.stop());
+      await expectSigusr1Refused(h.proxy, h.url);
+      // A second one is ignored as quietly: one notice per process.
+      h.proxy.signal('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(h.proxy.alive).to.equal(true);
+      expect(h.proxy.stderr.match(/SIGUSR1 ignored/g)).to.have.length(1);
+      await h.assertHealthy('after SIGUSR1');
+    });
+
+    it('npm run proxy (its node command and flags, from package.json)', async () => {
+      const args = npmScriptNodeArgs('proxy');
+      const upstream = await ScriptedUpstream.start(makeSecret('npm-script-token'));
+      cleanups.push(() => upstream.close());
+      const proxy = await spawnProxy({
+        label: 'faults-sigusr1-npm-script',
+        command: [process.execPath, ...args],
+        args: ['--upstream', upstream.url, '--auth-provider', 'static', '--token-env', 'FAULTS_TOKEN', '--port', '0', '--admin-port', '0'],
+        env: { FAULTS_TOKEN: upstream.token, ...FAST_ENV },
+      });
+      cleanups.push(() => proxy.stop());
+      expect(args, 'the script starts node with --disable-sigusr1').to.include('--disable-sigusr1');
+      await expectSigusr1Refused(proxy, proxy.url, false);
+    });
+
+    it('kvx-proxy exec: the wrapper holding the proxy refuses it, and the command runs on', async () => {
+      const upstream = await ScriptedUpstream.start(makeSecret('exec-token'));
+      cleanups.push(() => upstream.close());
+      const proxy = await spawnProxy({
+        label: 'faults-sigusr1-exec',
+        args: ['exec', '--upstream', upstream.url, '--auth-provider', 'static', '--token-env', 'FAULTS_TOKEN', '--', process.execPath, '-e', 'setInterval(() => {}, 1000)'],
+        env: { FAULTS_TOKEN: upstream.token, ...FAST_ENV },
+        logStream: 'stderr',
+      });
+      cleanups.push(() => proxy.stop());
+      await proxy.waitForLog((l) => l.msg === 'starting command');
+      await expectSigusr1Refused(proxy, proxy.url);
+    });
+
+    it('a SIGUSR1 that opened the inspector before kvx could refuse it (during Node\'s start-up) makes kvx exit', async () => {
+      // The window is real but a few ms wide; here the process opens its inspector itself the way SIGUSR1 does,
+      // then loads the CLI. --inspect-port=0: on a free port, so nothing else on 9229 gets in the way.
+      const script = [
+        "import inspector from 'node:inspector';",
+        "process.kill(process.pid, 'SIGUSR1');",
+        'while (!inspector.url()) await new Promise((r) => setTimeout(r, 5));',
+        "process.stderr.write('inspector open at ' + inspector.url() + '\\n');",
+        `await import(${JSON.stringify(pathToFileURL(PROXY_CLI).href)});`,
+        "process.stderr.write('still running after the import\\n');",
+      ].join('\n');
+      const child = spawn(process.execPath, ['--inspect-port=0', '--input-type=module', '-e', script, '--', '--version'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+      expect(stderr, 'the inspector opened first').to.include('inspector open at ws://');
+      expect(stderr).to.not.include('still running after the import');
+      expect(stderr).to.include('the Node.js inspector was opened');
+      expect(exit).to.deep.equal({ code: 1, signal: null });
+    });
+  });
+
+  it('SIGHUP with a request in flight drains as SIGTERM does: the request finishes, new connections are refused, exit 0', async () => {
+    const h = await Harness.start({ label: 'faults-sighup', env: { KVX_SERVER_SHUTDOWN_TIMEOUT_MS: '8000', KVX_UPSTREAM_HEADERS_TIMEOUT_MS: '20000' } });
+    cleanups.push(() => h.stop());
+    const release: (() => void)[] = [];
+    h.upstream.behaviour = (req, res) => {
+      if (!req.url!.startsWith('/slow')) return false;
+      req.resume();
+      release.push(() => res.end(JSON.stringify({ path: req.url })));
+      return true;
+    };
+    const inFlight = request(h.url, '/slow/hup');
+    await pollUntil(() => release.length, (n) => n === 1, 5000);
+    h.proxy.signal('SIGHUP');
+    const drain = await h.proxy.waitForLog((l) => l.msg === 'signal received; draining');
+    expect(drain['signal']).to.equal('SIGHUP');
+    await h.proxy.waitForLog((l) => l.msg === 'shutting down: no new connections; waiting for in-flight requests');
+    expect(await connectOutcome(h.proxy.port), 'a new connection during the drain').to.equal('ECONNREFUSED');
+    expect(h.proxy.alive, `exited with a request in flight: ${JSON.stringify(h.proxy.exit)}`).to.equal(true);
+    release[0]!();
+    const answer = await inFlight;
+    expect(answer.status).to.equal(200);
+    expect(JSON.parse(answer.text)).to.deep.equal({ path: '/slow/hup' });
+    expect(await h.proxy.exited).to.deep.equal({ code: 0, signal: null });
+    expect((await h.proxy.waitForLog((l) => l.msg === 'kvx-proxy stopped'))['cut']).to.equal(0);
+  });
+
+  it('kvx-proxy exec passes SIGHUP to the command and keeps proxying for it until it exits', async () => {
+    const upstream = await ScriptedUpstream.start(makeSecret('exec-hup-token'));
+    cleanups.push(() => upstream.close());
+    // The command answers SIGHUP by calling MLflow through the proxy, then exits with a code of its own.
+    const command = [
+      "process.on('SIGHUP', async () => {",
+      "  const r = await fetch(process.env.MLFLOW_TRACKING_URI + '/bytes/64');",
+      "  process.stderr.write(`command got SIGHUP; proxy answered ${r.status}\\n`);",
+      '  process.exit(r.status === 200 ? 7 : 8);',
+      '});',
+      'setInterval(() => {}, 1000);',
+    ].join('\n');
+    const proxy = await spawnProxy({
+      label: 'faults-exec-sighup',
+      args: ['exec', '--upstream', upstream.url, '--auth-provider', 'static', '--token-env', 'FAULTS_TOKEN', '--', process.execPath, '-e', command],
+      env: { FAULTS_TOKEN: upstream.token, ...FAST_ENV },
+      logStream: 'stderr',
+      ready: (l) => l.msg === 'starting command',
+    });
+    cleanups.push(() => proxy.stop());
+    await new Promise((r) => setTimeout(r, 300)); // the command's SIGHUP listener is in place
+    proxy.signal('SIGHUP');
+    expect(await proxy.exited).to.deep.equal({ code: 7, signal: null });
+    expect(proxy.stderr).to.include('command got SIGHUP; proxy answered 200');
+    expect(proxy.logs.find((l) => l.msg === 'forwarding signal to the command')).to.include({ signal: 'SIGHUP' });
+  });
+
+  it('a log reader that goes away (a closed pipe on stdout, as `kvx-proxy | tee` with tee gone) does not stop the proxy', async () => {
+    const token = makeSecret('epipe-token');
+    const upstream = await ScriptedUpstream.start(token);
+    cleanups.push(() => upstream.close());
+    const proxy = await spawnProxy({
+      label: 'faults-epipe',
+      args: ['--upstream', upstream.url, '--auth-provider', 'static', '--token-env', 'FAULTS_TOKEN', '--port', '0', '--admin-port', '0'],
+      env: { FAULTS_TOKEN: token, ...FAST_ENV },
+      stdout: 'fifo',
+    });
+    cleanups.push(() => proxy.stop());
+    expect((await request(proxy.url, '/bytes/10')).status).to.equal(200);
+    await proxy.waitForLog((l) => l.msg === 'request');
+
+    proxy.closeStdout();
+    // Each request logs a line; the batch written after the reader left meets EPIPE.
+    for (let i = 0; i < 20; i++) {
+      const answer = await request(proxy.url, `/bytes/${1000 + i}`);
+      expect(answer.status, `request ${i} after the log reader left`).to.equal(200);
+      expect(answer.body.length).to.equal(1000 + i);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await pollUntil(() => proxy.stderr, (s) => s.includes('"msg":"log output failed'), 3000);
+    for (let i = 0; i < 20; i++) expect((await request(proxy.url, '/bytes/10')).status).to.equal(200);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(proxy.alive, `the proxy exited: ${JSON.stringify(proxy.exit)}\n${proxy.stderr}`).to.equal(true);
+    const notices = proxy.stderr.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as LogLine);
+    expect(notices, 'one line on stderr saying so, nothing else').to.have.length(1);
+    expect(notices[0]).to.include({ level: 'warn', stream: 'stdout', code: 'EPIPE' });
+    expect((await request(proxy.adminUrl, '/readyz')).status).to.equal(200);
+    expect(await proxy.stop()).to.deep.equal({ code: 0, signal: null });
   });
 });

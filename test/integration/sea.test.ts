@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { bearerGate, startFakeMlflow } from '../fakes/mlflow-server.js';
 import type { FakeMlflow } from '../fakes/mlflow-server.js';
+import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const skipReason =
@@ -168,6 +169,33 @@ describe('standalone executable (build-sea)', function () {
       const exited = new Promise((resolve) => proc.once('exit', resolve));
       proc.kill('SIGTERM');
       expect(await exited).to.equal(0);
+    }
+  });
+
+  it('never opens the Node inspector on SIGUSR1 (built with --disable-sigusr1), and keeps serving', async () => {
+    mlflow ??= await startFakeMlflow({ gate: bearerGate(TOKEN) });
+    const proxy = await spawnProxy({
+      label: 'sea-sigusr1',
+      command: [path.join(bin, 'kvx-proxy')],
+      args: ['--upstream', mlflow.url, '--port', '0', '--admin-port', '0', '--auth-provider', 'static', '--token-env', 'SEA_TOKEN'],
+      env: { PATH: bin, SEA_TOKEN: TOKEN },
+    });
+    try {
+      // The listeners are read from the process's own sockets: something else on 9229 cannot hide an inspector.
+      const before = proxy.listeningPorts().sort();
+      proxy.signal('SIGUSR1');
+      const after = await pollUntil(() => (proxy.alive ? proxy.listeningPorts().sort() : []), (p) => p.length !== before.length, 1500);
+      expect(proxy.alive, `SIGUSR1 ended the process: ${JSON.stringify(proxy.exit)}`).to.equal(true);
+      expect(after, proxy.stderr).to.deep.equal(before);
+      expect(proxy.stderr).to.not.match(/Debugger listening|inspector/i);
+      const res = await fetch(`${proxy.url}/api/2.0/mlflow/experiments/create`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'after-sigusr1' }),
+      });
+      expect(res.status).to.equal(200);
+    } finally {
+      expect(await proxy.stop()).to.deep.equal({ code: 0, signal: null });
     }
   });
 });

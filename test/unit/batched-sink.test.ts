@@ -1,5 +1,18 @@
 import { expect } from 'chai';
+import { EventEmitter } from 'node:events';
 import { BatchedSink } from '../../src/log/batched-sink.js';
+import { StreamSink } from '../../src/log/stream-sink.js';
+
+/** A stream whose reader went away: the write is taken, the failure comes as an 'error' event (as a pipe's EPIPE). */
+class BrokenPipe extends EventEmitter {
+  writes = 0;
+  write(): boolean {
+    this.writes++;
+    const err = Object.assign(new Error('write EPIPE'), { code: 'EPIPE' });
+    process.nextTick(() => this.emit('error', err));
+    return false;
+  }
+}
 
 class Collector {
   readonly writes: string[] = [];
@@ -87,5 +100,54 @@ describe('BatchedSink', function () {
     flushLine(4);
     expect(chunks[2]!.buffer).not.to.equal(chunks[3]!.buffer);
     expect(texts).to.deep.equal([line(1), line(2), line(3), line(4)]);
+  });
+
+  it('stops writing to a stream that failed with an error event, and says so once', async function () {
+    const stream = new BrokenPipe();
+    const lost: string[] = [];
+    const sink = new BatchedSink(stream, (err) => lost.push(String(err.code)));
+    sink.write(line(1));
+    sink.flush();
+    await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 1000; i++) sink.write(line(i, 100));
+    sink.flush();
+    sink.write(line(2, 200_000));
+    expect(stream.writes).to.equal(1);
+    expect(lost).to.deep.equal(['EPIPE']);
+  });
+
+  it('stops writing to a stream whose write throws (a file on stdout with its disk full)', function () {
+    let writes = 0;
+    const lost: string[] = [];
+    const sink = new BatchedSink(
+      {
+        write() {
+          writes++;
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        },
+      },
+      (err) => lost.push(String(err.code)),
+    );
+    sink.write(line(1));
+    expect(() => sink.flush()).to.not.throw();
+    sink.write(line(2));
+    sink.flush();
+    expect(writes).to.equal(1);
+    expect(lost).to.deep.equal(['ENOSPC']);
+  });
+});
+
+describe('StreamSink', function () {
+  it('writes each line at once and none after the stream failed', async function () {
+    const stream = new BrokenPipe();
+    const lost: string[] = [];
+    const sink = new StreamSink(stream, (err) => lost.push(String(err.code)));
+    sink.write(line(1));
+    expect(stream.writes).to.equal(1);
+    await new Promise((r) => setImmediate(r));
+    sink.write(line(2));
+    sink.write(line(3));
+    expect(stream.writes).to.equal(1);
+    expect(lost).to.deep.equal(['EPIPE']);
   });
 });

@@ -2,9 +2,11 @@
  * A real kvx-proxy process (dist/cli/kvx-proxy.js on the Node running the tests), its logs, and what it
  * holds open: file descriptors and TCP sockets read from /proc, so a case can prove nothing leaked.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import type { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +31,19 @@ export interface SpawnOptions {
   /** Label for transcript entries. */
   label?: string;
   startTimeoutMs?: number;
+  /** The program and its first arguments, before `args`; default: this Node running dist/cli/kvx-proxy.js. */
+  command?: string[];
+  /** Soft and hard RLIMIT_NOFILE for the process (set with prlimit, as `ulimit -n` would). */
+  fdLimit?: number;
+  /**
+   * 'fifo' makes the process's stdout a real pipe (a FIFO, as `kvx-proxy | tee` gives; node's own 'pipe' is a
+   * socketpair), read here until closeStdout().
+   */
+  stdout?: 'pipe' | 'fifo';
+  /** The stream the JSON log lines arrive on: stdout for serve, stderr for exec. */
+  logStream?: 'stdout' | 'stderr';
+  /** The log line that means the process is up; default "kvx-proxy listening". */
+  ready?: (l: LogLine) => boolean;
 }
 
 export interface Exit {
@@ -65,7 +80,7 @@ export interface FdSnapshot {
 
 /** Starts a proxy and waits for its "kvx-proxy listening" line. Rejects with its output if it exits first. */
 export async function spawnProxy(options: SpawnOptions): Promise<ProxyProcess> {
-  if (!existsSync(PROXY_CLI)) throw new Error(`${PROXY_CLI} is missing: run \`npm run build\` first (npm run test:faults does)`);
+  if (!options.command && !existsSync(PROXY_CLI)) throw new Error(`${PROXY_CLI} is missing: run \`npm run build\` first (npm run test:faults does)`);
   const dir = mkdtempSync(path.join(tmpdir(), 'kvx-faults-'));
   const args = [...options.args];
   if (options.configYaml !== undefined) {
@@ -74,16 +89,36 @@ export async function spawnProxy(options: SpawnOptions): Promise<ProxyProcess> {
     args.unshift('--config', file);
   }
   const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: dir, ...options.env };
-  const child = spawn(process.execPath, [PROXY_CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const proxy = new ProxyProcess(child, dir, options.label ?? args.join(' ').slice(0, 80));
+  let argv = [...(options.command ?? [process.execPath, PROXY_CLI]), ...args];
+  // prlimit execs the program: the pid, and so /proc/<pid>/fd, is the proxy's own.
+  if (options.fdLimit !== undefined) argv = [prlimitPath(), `--nofile=${options.fdLimit}:${options.fdLimit}`, '--', ...argv];
+  let stdout: Readable | undefined;
+  let stdoutFd: number | undefined;
+  if (options.stdout === 'fifo') {
+    const fifo = path.join(dir, 'stdout.fifo');
+    execFileSync('mkfifo', [fifo]);
+    // The read end first, without blocking (no writer yet); then the write end the child inherits.
+    const readFd = openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    stdout = new net.Socket({ fd: readFd, readable: true, writable: false });
+    stdoutFd = openSync(fifo, 'w');
+  }
+  const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', stdoutFd ?? 'pipe', 'pipe'] });
+  if (stdoutFd !== undefined) closeSync(stdoutFd);
+  const proxy = new ProxyProcess(child, dir, options.label ?? args.join(' ').slice(0, 80), stdout ?? child.stdout!, options.logStream ?? 'stdout');
   try {
-    await proxy.waitForLog((l) => l.msg === 'kvx-proxy listening', options.startTimeoutMs ?? 15_000);
+    await proxy.waitForLog(options.ready ?? ((l) => l.msg === 'kvx-proxy listening'), options.startTimeoutMs ?? 15_000);
   } catch (err) {
     child.kill('SIGKILL');
     await proxy.exited;
     throw new Error(`kvx-proxy did not start: ${(err as Error).message}\nstdout:\n${proxy.stdout}\nstderr:\n${proxy.stderr}`, { cause: err });
   }
   return proxy;
+}
+
+function prlimitPath(): string {
+  const found = ['/usr/bin/prlimit', '/bin/prlimit'].find((p) => existsSync(p));
+  if (!found) throw new Error('prlimit (util-linux) is needed to run a proxy with a low file descriptor limit');
+  return found;
 }
 
 export class ProxyProcess {
@@ -103,13 +138,22 @@ export class ProxyProcess {
     readonly child: ChildProcess,
     readonly dir: string,
     private readonly label: string,
+    private readonly stdoutStream: Readable = child.stdout!,
+    logStream: 'stdout' | 'stderr' = 'stdout',
   ) {
-    child.stdout!.setEncoding('utf8');
+    stdoutStream.setEncoding('utf8');
     child.stderr!.setEncoding('utf8');
-    child.stdout!.on('data', (s: string) => this.onStdout(s));
+    stdoutStream.on('data', (s: string) => {
+      this.stdout += s;
+      record('log', this.label, s);
+      if (logStream === 'stdout') this.onLogText(s);
+    });
+    // A reader closed on purpose (closeStdout) can report the pipe's end; nothing to do with it.
+    stdoutStream.on('error', () => {});
     child.stderr!.on('data', (s: string) => {
       this.stderr += s;
       record('stderr', this.label, s);
+      if (logStream === 'stderr') this.onLogText(s);
     });
     this.exited = new Promise<Exit>((resolve) => {
       child.on('exit', (code, signal) => {
@@ -127,9 +171,19 @@ export class ProxyProcess {
     return this.exit === undefined;
   }
 
-  private onStdout(s: string): void {
-    this.stdout += s;
-    record('log', this.label, s);
+  /** Closes the reading end of the process's stdout, as a `tee` that goes away does. */
+  closeStdout(): void {
+    this.stdoutStream.destroy();
+  }
+
+  /** TCP ports the process listens on. */
+  listeningPorts(): number[] {
+    return this.fds()
+      .tcp.filter((t) => t.state === 'LISTEN')
+      .map((t) => t.localPort);
+  }
+
+  private onLogText(s: string): void {
     this.partial += s;
     let nl: number;
     while ((nl = this.partial.indexOf('\n')) !== -1) {
