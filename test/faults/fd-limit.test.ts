@@ -79,7 +79,7 @@ describe('faults: file descriptor limit', function () {
       label,
       args: ['--upstream', upstream.url, '--auth-provider', 'static', '--token-env', 'FAULTS_TOKEN', '--port', '0', '--admin-port', '0'],
       // Silent connections are held as long as the case needs them.
-      env: { FAULTS_TOKEN: token, ...FAST_ENV, KVX_SERVER_HEADERS_TIMEOUT_MS: '30000', KVX_UPSTREAM_IDLE_TIMEOUT_MS: '30000' },
+      env: { FAULTS_TOKEN: token, KVX_SERVER_ALLOWED_HOSTS: 'kvx', ...FAST_ENV, KVX_SERVER_HEADERS_TIMEOUT_MS: '30000', KVX_UPSTREAM_IDLE_TIMEOUT_MS: '30000' },
       fdLimit: FD_LIMIT,
     });
     cleanups.push(() => proxy.stop());
