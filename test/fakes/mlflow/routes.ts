@@ -124,196 +124,137 @@ const loggedModelInfo = (m: LoggedModel): Record<string, unknown> => ({
 
 // ---------- /api/2.0/mlflow ----------
 
-function v2Routes(store: FakeMlflowStore): Record<string, Route> {
-  const runStage = (stage: LifecycleStage): Route['handler'] => (req) => {
-    store.run(runIdOf(req)).info.lifecycle_stage = stage;
+type Handler = Route['handler'];
+
+const get = (handler: Handler): Route => ({ method: 'GET', handler });
+const post = (handler: Handler): Route => ({ method: 'POST', handler });
+/** A POST that changes something and answers `{}`, as most of MLflow's do. */
+const change = (act: (req: ApiRequest) => void): Route =>
+  post((req) => {
+    act(req);
     return {};
-  };
+  });
+
+function v2Routes(store: FakeMlflowStore): Record<string, Route> {
+  const runStage = (stage: LifecycleStage): Route =>
+    change((req) => {
+      store.run(runIdOf(req)).info.lifecycle_stage = stage;
+    });
   return {
-    'experiments/get-by-name': {
-      method: 'GET',
-      handler: (req) => {
-        const name = required(req, 'experiment_name');
-        const exp = store.experimentByName(name);
-        if (exp === undefined) throw notFound(`Could not find experiment with name '${name}'`);
-        return { experiment: experimentJson(exp) };
-      },
-    },
-    'experiments/create': {
-      method: 'POST',
-      handler: (req) => {
-        const name = required(req, 'name');
-        const existing = store.experimentByName(name);
-        if (existing !== undefined) {
-          throw new MlflowError(
-            'RESOURCE_ALREADY_EXISTS',
-            existing.lifecycle_stage === 'deleted'
-              ? `Experiment '${name}' already exists in deleted state. You can restore the experiment, or permanently delete the experiment to create a new one.`
-              : `Experiment '${name}' already exists.`,
-          );
+    'experiments/get-by-name': get((req) => {
+      const name = required(req, 'experiment_name');
+      const exp = store.experimentByName(name);
+      if (exp === undefined) throw notFound(`Could not find experiment with name '${name}'`);
+      return { experiment: experimentJson(exp) };
+    }),
+    'experiments/create': post((req) => {
+      const name = required(req, 'name');
+      const existing = store.experimentByName(name);
+      if (existing !== undefined) {
+        throw new MlflowError(
+          'RESOURCE_ALREADY_EXISTS',
+          existing.lifecycle_stage === 'deleted'
+            ? `Experiment '${name}' already exists in deleted state. You can restore the experiment, or permanently delete the experiment to create a new one.`
+            : `Experiment '${name}' already exists.`,
+        );
+      }
+      const tags = list(req.body.tags, 'tags').map((t) => ({ key: validateKey('Tag', t.key), value: String(t.value ?? '') }));
+      const location = str(req, 'artifact_location');
+      return { experiment_id: store.createExperiment(name, tags, location === '' ? undefined : location).experiment_id };
+    }),
+    'experiments/get': get((req) => ({ experiment: experimentJson(store.experiment(required(req, 'experiment_id'))) })),
+    'experiments/search': post((req) => {
+      const stageOk = viewType(req, 'view_type');
+      const filter = compileFilter(str(req, 'filter') ?? '', EXPERIMENT_FIELDS);
+      const found = [...store.experiments.values()]
+        .filter((e) => stageOk(e.lifecycle_stage) && filter(e))
+        .sort((a, b) => b.creation_time - a.creation_time || Number(b.experiment_id) - Number(a.experiment_id));
+      return paged(req, 'experiments', found, 1000, 50000, experimentJson);
+    }),
+    'experiments/delete': change((req) => {
+      const exp = store.experiment(required(req, 'experiment_id'));
+      if (exp.experiment_id === '0') throw invalid("Cannot delete the default experiment '0'. This is an internally reserved experiment.");
+      store.setExperimentStage(exp, 'deleted');
+    }),
+    'experiments/restore': change((req) => {
+      const exp = store.experiment(required(req, 'experiment_id'));
+      if (exp.lifecycle_stage !== 'deleted') throw invalid(`Cannot restore an active experiment. experiment_id=${exp.experiment_id}`);
+      store.setExperimentStage(exp, 'active');
+    }),
+    'experiments/update': change((req) => {
+      const exp = store.experiment(required(req, 'experiment_id'));
+      const newName = str(req, 'new_name');
+      if (newName === undefined || newName === '') return;
+      if (store.experimentByName(newName) !== undefined) throw new MlflowError('RESOURCE_ALREADY_EXISTS', `Experiment '${newName}' already exists.`);
+      exp.name = newName;
+      exp.last_update_time = Date.now();
+    }),
+    'experiments/set-experiment-tag': change((req) => {
+      const exp = store.activeExperiment(required(req, 'experiment_id'));
+      exp.tags.set(validateKey('Tag', req.body.key), String(req.body.value ?? ''));
+    }),
+    'runs/create': post((req) => {
+      const expId = str(req, 'experiment_id');
+      const exp = store.activeExperiment(expId === undefined || expId === '' ? '0' : expId);
+      const run = store.createRun(exp, {
+        tags: list(req.body.tags, 'tags'),
+        runName: str(req, 'run_name'),
+        userId: str(req, 'user_id') ?? '',
+        startTime: Number(str(req, 'start_time') ?? Date.now()),
+      });
+      return { run: runJson(run) };
+    }),
+    'runs/get': get((req) => ({ run: runJson(store.run(runIdOf(req))) })),
+    'runs/update': post((req) => {
+      const r = store.activeRun(runIdOf(req));
+      const status = str(req, 'status');
+      if (status !== undefined) {
+        if (!RUN_STATUSES.includes(status as RunStatus)) {
+          throw invalid(`Invalid value "${status}" for parameter 'status' supplied. Valid values are ${RUN_STATUSES.join(', ')}.`);
         }
-        const tags = list(req.body.tags, 'tags').map((t) => ({ key: validateKey('Tag', t.key), value: String(t.value ?? '') }));
-        const location = str(req, 'artifact_location');
-        return { experiment_id: store.createExperiment(name, tags, location === '' ? undefined : location).experiment_id };
-      },
-    },
-    'experiments/get': {
-      method: 'GET',
-      handler: (req) => ({ experiment: experimentJson(store.experiment(required(req, 'experiment_id'))) }),
-    },
-    'experiments/search': {
-      method: 'POST',
-      handler: (req) => {
-        const stageOk = viewType(req, 'view_type');
-        const filter = compileFilter(str(req, 'filter') ?? '', EXPERIMENT_FIELDS);
-        const found = [...store.experiments.values()]
-          .filter((e) => stageOk(e.lifecycle_stage) && filter(e))
-          .sort((a, b) => b.creation_time - a.creation_time || Number(b.experiment_id) - Number(a.experiment_id));
-        return paged(req, 'experiments', found, 1000, 50000, experimentJson);
-      },
-    },
-    'experiments/delete': {
-      method: 'POST',
-      handler: (req) => {
-        const exp = store.experiment(required(req, 'experiment_id'));
-        if (exp.experiment_id === '0') throw invalid("Cannot delete the default experiment '0'. This is an internally reserved experiment.");
-        store.setExperimentStage(exp, 'deleted');
-        return {};
-      },
-    },
-    'experiments/restore': {
-      method: 'POST',
-      handler: (req) => {
-        const exp = store.experiment(required(req, 'experiment_id'));
-        if (exp.lifecycle_stage !== 'deleted') throw invalid(`Cannot restore an active experiment. experiment_id=${exp.experiment_id}`);
-        store.setExperimentStage(exp, 'active');
-        return {};
-      },
-    },
-    'experiments/update': {
-      method: 'POST',
-      handler: (req) => {
-        const exp = store.experiment(required(req, 'experiment_id'));
-        const newName = str(req, 'new_name');
-        if (newName !== undefined && newName !== '') {
-          if (store.experimentByName(newName) !== undefined) throw new MlflowError('RESOURCE_ALREADY_EXISTS', `Experiment '${newName}' already exists.`);
-          exp.name = newName;
-          exp.last_update_time = Date.now();
-        }
-        return {};
-      },
-    },
-    'experiments/set-experiment-tag': {
-      method: 'POST',
-      handler: (req) => {
-        const exp = store.activeExperiment(required(req, 'experiment_id'));
-        exp.tags.set(validateKey('Tag', req.body.key), String(req.body.value ?? ''));
-        return {};
-      },
-    },
-    'runs/create': {
-      method: 'POST',
-      handler: (req) => {
-        const expId = str(req, 'experiment_id');
-        const exp = store.activeExperiment(expId === undefined || expId === '' ? '0' : expId);
-        const run = store.createRun(exp, {
-          tags: list(req.body.tags, 'tags'),
-          runName: str(req, 'run_name'),
-          userId: str(req, 'user_id') ?? '',
-          startTime: Number(str(req, 'start_time') ?? Date.now()),
-        });
-        return { run: runJson(run) };
-      },
-    },
-    'runs/get': {
-      method: 'GET',
-      handler: (req) => ({ run: runJson(store.run(runIdOf(req))) }),
-    },
-    'runs/update': {
-      method: 'POST',
-      handler: (req) => {
-        const r = store.activeRun(runIdOf(req));
-        const status = str(req, 'status');
-        if (status !== undefined) {
-          if (!RUN_STATUSES.includes(status as RunStatus)) {
-            throw invalid(`Invalid value "${status}" for parameter 'status' supplied. Valid values are ${RUN_STATUSES.join(', ')}.`);
-          }
-          r.info.status = status as RunStatus;
-        }
-        const end = str(req, 'end_time');
-        if (end !== undefined) r.info.end_time = Number(end);
-        const name = str(req, 'run_name');
-        if (name !== undefined && name !== '') store.setTag(r, 'mlflow.runName', name);
-        return { run_info: runInfoJson(r) };
-      },
-    },
-    'runs/delete': { method: 'POST', handler: runStage('deleted') },
-    'runs/restore': { method: 'POST', handler: runStage('active') },
-    'runs/search': {
-      method: 'POST',
-      handler: (req) => {
-        const ids = req.body.experiment_ids;
-        if (!Array.isArray(ids) || ids.length === 0) throw missing('experiment_ids');
-        const stageOk = viewType(req, 'run_view_type');
-        const filter = compileFilter(str(req, 'filter') ?? '', RUN_FIELDS);
-        const order = compileRunOrder(list(req.body.order_by, 'order_by').map(String));
-        const found = [...store.runs.values()]
-          .filter((r) => ids.map(String).includes(r.info.experiment_id) && stageOk(r.info.lifecycle_stage) && filter(r))
-          .sort(order);
-        return paged(req, 'runs', found, 1000, 50000, runJson);
-      },
-    },
-    'runs/log-metric': {
-      method: 'POST',
-      handler: (req) => {
-        store.logMetric(store.activeRun(runIdOf(req)), req.body);
-        return {};
-      },
-    },
-    'runs/log-parameter': {
-      method: 'POST',
-      handler: (req) => {
-        store.logParam(store.activeRun(runIdOf(req)), req.body.key, req.body.value);
-        return {};
-      },
-    },
-    'runs/set-tag': {
-      method: 'POST',
-      handler: (req) => {
-        store.setTag(store.activeRun(runIdOf(req)), req.body.key, req.body.value);
-        return {};
-      },
-    },
-    'runs/delete-tag': {
-      method: 'POST',
-      handler: (req) => {
-        const r = store.activeRun(runIdOf(req));
-        const key = required(req, 'key');
-        if (!r.tags.has(key)) throw notFound(`No tag with name: ${key} in run with id ${r.info.run_id}`);
-        r.tags.delete(key);
-        return {};
-      },
-    },
-    'runs/log-batch': {
-      method: 'POST',
-      handler: (req) => {
-        const r = store.activeRun(runIdOf(req));
-        store.logBatch(r, {
-          metrics: list(req.body.metrics, 'metrics'),
-          params: list(req.body.params, 'params'),
-          tags: list(req.body.tags, 'tags'),
-        });
-        return {};
-      },
-    },
-    'metrics/get-history': {
-      method: 'GET',
-      handler: (req) => {
-        const r = store.run(runIdOf(req));
-        const key = required(req, 'metric_key');
-        return paged(req, 'metrics', r.metrics.get(key) ?? [], 25000, 25000);
-      },
-    },
+        r.info.status = status as RunStatus;
+      }
+      const end = str(req, 'end_time');
+      if (end !== undefined) r.info.end_time = Number(end);
+      const name = str(req, 'run_name');
+      if (name !== undefined && name !== '') store.setTag(r, 'mlflow.runName', name);
+      return { run_info: runInfoJson(r) };
+    }),
+    'runs/delete': runStage('deleted'),
+    'runs/restore': runStage('active'),
+    'runs/search': post((req) => {
+      const ids = req.body.experiment_ids;
+      if (!Array.isArray(ids) || ids.length === 0) throw missing('experiment_ids');
+      const stageOk = viewType(req, 'run_view_type');
+      const filter = compileFilter(str(req, 'filter') ?? '', RUN_FIELDS);
+      const order = compileRunOrder(list(req.body.order_by, 'order_by').map(String));
+      const found = [...store.runs.values()]
+        .filter((r) => ids.map(String).includes(r.info.experiment_id) && stageOk(r.info.lifecycle_stage) && filter(r))
+        .sort(order);
+      return paged(req, 'runs', found, 1000, 50000, runJson);
+    }),
+    'runs/log-metric': change((req) => store.logMetric(store.activeRun(runIdOf(req)), req.body)),
+    'runs/log-parameter': change((req) => store.logParam(store.activeRun(runIdOf(req)), req.body.key, req.body.value)),
+    'runs/set-tag': change((req) => store.setTag(store.activeRun(runIdOf(req)), req.body.key, req.body.value)),
+    'runs/delete-tag': change((req) => {
+      const r = store.activeRun(runIdOf(req));
+      const key = required(req, 'key');
+      if (!r.tags.has(key)) throw notFound(`No tag with name: ${key} in run with id ${r.info.run_id}`);
+      r.tags.delete(key);
+    }),
+    'runs/log-batch': change((req) => {
+      const r = store.activeRun(runIdOf(req));
+      store.logBatch(r, {
+        metrics: list(req.body.metrics, 'metrics'),
+        params: list(req.body.params, 'params'),
+        tags: list(req.body.tags, 'tags'),
+      });
+    }),
+    'metrics/get-history': get((req) => {
+      const r = store.run(runIdOf(req));
+      const key = required(req, 'metric_key');
+      return paged(req, 'metrics', r.metrics.get(key) ?? [], 25000, 25000);
+    }),
   };
 }
 
@@ -321,26 +262,20 @@ function v2Routes(store: FakeMlflowStore): Record<string, Route> {
 
 function v3Routes(store: FakeMlflowStore): Record<string, Route> {
   return {
-    'logged-models': {
-      method: 'POST',
-      handler: (req) => {
-        const exp = store.experiment(required(req, 'experiment_id'));
-        return { model: loggedModelInfo(store.createLoggedModel(exp, str(req, 'name'), str(req, 'source_run_id'))) };
-      },
-    },
-    'logged-models/search': {
-      method: 'POST',
-      handler: (req) => {
-        const ids = Array.isArray(req.body.experiment_ids) ? req.body.experiment_ids.map(String) : [];
-        const found = [...store.loggedModels.values()].filter((m) => m.lifecycle_stage === 'active' && (ids.length === 0 || ids.includes(m.experiment_id)));
-        return omitEmpty({ models: found.map(loggedModelInfo) });
-      },
-    },
+    'logged-models': post((req) => {
+      const exp = store.experiment(required(req, 'experiment_id'));
+      return { model: loggedModelInfo(store.createLoggedModel(exp, str(req, 'name'), str(req, 'source_run_id'))) };
+    }),
+    'logged-models/search': post((req) => {
+      const ids = Array.isArray(req.body.experiment_ids) ? req.body.experiment_ids.map(String) : [];
+      const found = [...store.loggedModels.values()].filter((m) => m.lifecycle_stage === 'active' && (ids.length === 0 || ids.includes(m.experiment_id)));
+      return omitEmpty({ models: found.map(loggedModelInfo) });
+    }),
   };
 }
 
 /** `logged-models/<id>`: GET and DELETE, the id in `rest`. */
-function loggedModelById(store: FakeMlflowStore): Route['handler'] {
+function loggedModelById(store: FakeMlflowStore): Handler {
   return (req) => {
     const m = store.loggedModel(decodeURIComponent(req.rest));
     if (req.method === 'DELETE') {
