@@ -17,7 +17,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { iapGate } from '../test/fakes/iap-gate.js';
 import { decodeJwt } from '../test/fakes/jwt.js';
-import { startFakeMlflow } from '../test/fakes/mlflow-server.js';
+import { startFakeMlflow } from '../test/fakes/mlflow/index.js';
 import { CLIENT_ID, TARGET_SA, USER, startGoogleWorld } from '../test/fakes/google-world.js';
 import { MlflowClientEmulator, runTrackingWorkflow } from '../test/helpers/mlflow-client.js';
 

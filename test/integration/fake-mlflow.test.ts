@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { expect } from 'chai';
-import { basicGate, bearerGate, startFakeMlflow } from '../fakes/mlflow-server.js';
-import type { FakeMlflow } from '../fakes/mlflow-server.js';
+import { basicGate, bearerGate, startFakeMlflow } from '../fakes/mlflow/index.js';
+import type { FakeMlflow } from '../fakes/mlflow/index.js';
 
 const TOKEN = 'fake-mlflow-test-token';
 const auth = { authorization: `Bearer ${TOKEN}` };

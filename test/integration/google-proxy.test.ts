@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { startFakeMlflow } from '../fakes/mlflow-server.js';
-import type { FakeMlflow } from '../fakes/mlflow-server.js';
+import { startFakeMlflow } from '../fakes/mlflow/index.js';
+import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { iapGate } from '../fakes/iap-gate.js';
 import type { IapGate } from '../fakes/iap-gate.js';
 import { CLIENT_ID, TARGET_SA, startGoogleWorld } from '../fakes/google-world.js';

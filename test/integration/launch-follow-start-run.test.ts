@@ -110,7 +110,7 @@ describe('kvx-launch follow and start-run', () => {
 
 describe('MLflow client retries and credential refresh', () => {
   it('retries 503 honouring Retry-After, refreshes once on 401, and reports MLflow errors with their code', async () => {
-    const { startFakeMlflow } = await import('../fakes/mlflow-server.js');
+    const { startFakeMlflow } = await import('../fakes/mlflow/index.js');
     let token = 'old';
     let unavailable = 1;
     const server = await startFakeMlflow({

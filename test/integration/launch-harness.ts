@@ -12,8 +12,8 @@ import { main } from '../../src/cli/kvx-launch.js';
 import type { LaunchCliDeps } from '../../src/cli/kvx-launch.js';
 import { startFakeMetadata } from '../fakes/google-metadata.js';
 import type { FakeMetadata } from '../fakes/google-metadata.js';
-import { bearerGate, startFakeMlflow } from '../fakes/mlflow-server.js';
-import type { FakeMlflow, Run } from '../fakes/mlflow-server.js';
+import { bearerGate, startFakeMlflow } from '../fakes/mlflow/index.js';
+import type { FakeMlflow, Run } from '../fakes/mlflow/index.js';
 import { startFakeVertex } from '../fakes/vertex-api.js';
 import type { FakeVertex } from '../fakes/vertex-api.js';
 

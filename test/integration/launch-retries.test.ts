@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { MlflowClient } from '../../src/mlflow/client.js';
-import { startFakeMlflow } from '../fakes/mlflow-server.js';
+import { startFakeMlflow } from '../fakes/mlflow/index.js';
 import { FIXTURE, launchCli, onlyRun, tags, useHarness } from './launch-harness.js';
 import type { CliResult, Harness } from './launch-harness.js';
 

@@ -1,8 +1,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import { expect } from 'chai';
-import { startFakeMlflow, bearerGate } from '../fakes/mlflow-server.js';
-import type { FakeMlflow } from '../fakes/mlflow-server.js';
+import { startFakeMlflow, bearerGate } from '../fakes/mlflow/index.js';
+import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { MlflowClientEmulator, runTrackingWorkflow } from '../helpers/mlflow-client.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';

@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { bearerGate, startFakeMlflow } from '../fakes/mlflow-server.js';
-import type { FakeMlflow } from '../fakes/mlflow-server.js';
+import { bearerGate, startFakeMlflow } from '../fakes/mlflow/index.js';
+import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
