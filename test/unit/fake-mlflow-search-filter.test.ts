@@ -67,6 +67,14 @@ describe('fake MLflow search filters', () => {
     expect(names('metrics.loss > 1e0')).to.deep.equal(['alpha']);
   });
 
+  it('filters a metric on the value MLflow reports for it: the highest step, not the last logged', () => {
+    const own = new FakeMlflowStore();
+    const r = own.createRun(own.experiment('0'), { runName: 'steps', userId: 'me', startTime: 1, tags: [] });
+    own.logMetric(r, { key: 'acc', value: 0.9, timestamp: 2, step: 5 });
+    own.logMetric(r, { key: 'acc', value: 0.1, timestamp: 3, step: 1 });
+    expect(compileFilter('metrics.acc > 0.5', RUN_FIELDS)(r)).to.equal(true);
+  });
+
   it('never matches a run without the key, not even with !=', () => {
     expect(names("tags.team != 'x'")).to.deep.equal(['alpha']);
     expect(names('metrics.loss != 99')).to.deep.equal(['alpha', 'beta']);

@@ -8,7 +8,7 @@ import type http from 'node:http';
 import { MlflowError, invalid, list, missing, noEndpoint, notFound, omitEmpty, readJson } from './protocol.js';
 import type { ByteCount } from './protocol.js';
 import { EXPERIMENT_FIELDS, RUN_FIELDS, compileFilter, compileRunOrder } from './search-filter.js';
-import { RUN_STATUSES, validateKey } from './store.js';
+import { RUN_STATUSES, latestMetric, validateKey } from './store.js';
 import type { Experiment, FakeMlflowStore, KeyValue, LifecycleStage, LoggedModel, Metric, Run, RunStatus } from './store.js';
 
 interface ApiRequest {
@@ -95,11 +95,7 @@ const runInfoJson = (r: Run): Record<string, unknown> => {
   return { run_uuid: run_id, run_id, ...rest };
 };
 
-/** A run's metric value is its highest step's, the latest logged among equal steps. */
-const latestMetrics = (r: Run): Metric[] =>
-  [...r.metrics.values()].map((h) =>
-    h.reduce((best, m) => (m.step > best.step || (m.step === best.step && m.timestamp >= best.timestamp) ? m : best)),
-  );
+const latestMetrics = (r: Run): Metric[] => [...r.metrics.values()].map(latestMetric);
 
 const runJson = (r: Run): Record<string, unknown> => ({
   info: runInfoJson(r),

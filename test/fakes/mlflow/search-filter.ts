@@ -9,6 +9,7 @@
  */
 import { invalid } from './protocol.js';
 import type { MlflowError } from './protocol.js';
+import { latestMetric } from './store.js';
 import type { Experiment, Run } from './store.js';
 
 export type Scalar = string | number;
@@ -44,7 +45,8 @@ export const RUN_FIELDS: SearchFields<Run> = {
         return r.params.get(key);
       case 'metrics': {
         const history = r.metrics.get(key);
-        return history === undefined ? undefined : history[history.length - 1]!.value;
+        // MLflow filters on the value it reports: the highest step's, not the last logged.
+        return history === undefined ? undefined : latestMetric(history).value;
       }
       case 'attributes': {
         validateRunKey(kind, key);

@@ -19,6 +19,11 @@ export interface Metric {
   step: number;
 }
 
+/** A metric's value as MLflow reports and filters it: its highest step's, the latest logged among equal steps. */
+export function latestMetric(history: readonly Metric[]): Metric {
+  return history.reduce((best, m) => (m.step > best.step || (m.step === best.step && m.timestamp >= best.timestamp) ? m : best));
+}
+
 export type LifecycleStage = 'active' | 'deleted';
 
 export interface Experiment {
