@@ -2,9 +2,12 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, CredentialsLookup, googleCall, googleError, oneLine, parseJson, upstreamRejectionHint } from './google-credentials.js';
-import type { CredentialsInfo, GoogleAnswer } from './google-credentials.js';
-import { TokenFetchError, TokenProvider, idToken } from './token-cache.js';
+import { googleCall, googleError, oneLine, parseJson } from './google/http.js';
+import type { GoogleAnswer } from './google/http.js';
+import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, upstreamRejectionHint } from './google/params.js';
+import { GoogleTokenProvider } from './google/provider.js';
+import type { CredentialsInfo } from './google/source.js';
+import { TokenFetchError, idToken } from './token-cache.js';
 import type { Token, TokenProviderOptions } from './token-cache.js';
 
 /**
@@ -12,12 +15,11 @@ import type { Token, TokenProviderOptions } from './token-cache.js';
  * whoever Application Default Credentials say we are (a gcloud user, the VM's or pod's service account, a
  * key). kedro-vertexai's MLFlowGoogleIAMRequestHeaderProvider, with a real token lifecycle.
  */
-export class GoogleIamProvider extends TokenProvider {
+export class GoogleIamProvider extends GoogleTokenProvider {
   readonly name = 'google-iam';
   readonly audience: string;
   readonly serviceAccount: string;
   private readonly delegates: string[];
-  private readonly lookup: CredentialsLookup;
   private readonly planPath: string;
 
   constructor(
@@ -26,21 +28,14 @@ export class GoogleIamProvider extends TokenProvider {
     options: TokenProviderOptions = {},
   ) {
     super('google-iam', context, options);
-    const { auth } = context.config;
-    this.lookup = new CredentialsLookup('google-iam', { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
     this.audience = String(plan.params['client_id']);
     this.serviceAccount = String(plan.params['service_account']);
     this.delegates = delegatesOf(plan.params['delegates']);
     this.planPath = plan.path;
   }
 
-  /** Where the source credentials come from; rejects with set-up help when there are none. */
-  async credentialsInfo(): Promise<CredentialsInfo> {
-    return (await this.lookup.get()).info;
-  }
-
   protected async fetchToken(signal: AbortSignal): Promise<Token> {
-    const source = await this.lookup.get();
+    const source = await this.credentials.get();
     let access = await source.accessToken(signal);
     let answer = await this.generateIdToken(access.value, signal);
     if (answer.status === 401) {
@@ -110,11 +105,6 @@ export class GoogleIamProvider extends TokenProvider {
       });
     }
     return new TokenFetchError(`IAM Credentials answered ${google}`, { status, hint: 'a transient Google error; retrying with backoff' });
-  }
-
-  override close(): void {
-    super.close();
-    this.lookup.close();
   }
 }
 

@@ -2,9 +2,10 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { audienceOf, clientIdProblems, CredentialsLookup, upstreamRejectionHint } from './google-credentials.js';
-import type { CredentialsInfo } from './google-credentials.js';
-import { TokenFetchError, TokenProvider } from './token-cache.js';
+import { audienceOf, clientIdProblems, upstreamRejectionHint } from './google/params.js';
+import { GoogleTokenProvider } from './google/provider.js';
+import type { CredentialsInfo } from './google/source.js';
+import { TokenFetchError } from './token-cache.js';
 import type { Token, TokenProviderOptions } from './token-cache.js';
 
 /**
@@ -12,20 +13,13 @@ import type { Token, TokenProviderOptions } from './token-cache.js';
  * service-account key (JWT-bearer grant with target_audience) or the metadata server (Vertex AI, GKE with
  * Workload Identity, Cloud Run, VMs). kedro-vertexai's MLFlowGoogleOAuthCredentialsProvider.
  */
-export class GoogleOauthProvider extends TokenProvider {
+export class GoogleOauthProvider extends GoogleTokenProvider {
   readonly name = 'google-oauth';
   readonly audience: string;
-  private readonly lookup: CredentialsLookup;
   private readonly planPath: string;
 
-  constructor(
-    plan: ProviderPlan,
-    private readonly context: ProviderContext,
-    options: TokenProviderOptions = {},
-  ) {
+  constructor(plan: ProviderPlan, context: ProviderContext, options: TokenProviderOptions = {}) {
     super('google-oauth', context, options);
-    const { auth } = context.config;
-    this.lookup = new CredentialsLookup('google-oauth', { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
     this.audience = String(plan.params['client_id']);
     this.planPath = plan.path;
   }
@@ -34,19 +28,10 @@ export class GoogleOauthProvider extends TokenProvider {
     return upstreamRejectionHint(this.planPath, this.audience, status, identity);
   }
 
-  async credentialsInfo(): Promise<CredentialsInfo> {
-    return (await this.lookup.get()).info;
-  }
-
   protected async fetchToken(signal: AbortSignal): Promise<Token> {
-    const source = await this.lookup.get();
+    const source = await this.credentials.get();
     if (source.idToken === undefined) throw cannotMint(source.info, this.audience);
     return audienceOf(await source.idToken(this.audience, signal), this.audience, source.info.description);
-  }
-
-  override close(): void {
-    super.close();
-    this.lookup.close();
   }
 }
 

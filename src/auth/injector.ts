@@ -3,7 +3,8 @@ import type { KvxConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { noAuthMetrics } from '../metrics/auth-metrics.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
-import type { HeaderMap, HeaderProvider, ProviderStatus, RequestHeaderOptions } from './provider.js';
+import type { CredentialsLookup } from './google/discovery.js';
+import type { HeaderMap, HeaderProvider, ProviderContext, ProviderStatus, RequestHeaderOptions } from './provider.js';
 import { providerType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
 
@@ -24,13 +25,13 @@ export class HeaderInjector {
 
   static async create(
     plans: readonly ProviderPlan[],
-    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv; metrics?: AuthMetrics },
+    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv; metrics?: AuthMetrics; googleCredentials?: CredentialsLookup },
   ): Promise<HeaderInjector> {
     const active: ActiveProvider[] = [];
     for (const plan of plans) {
       const type = providerType(plan.type);
       if (type === undefined) throw new CredentialsError(plan.type, `unknown provider type "${plan.type}"`);
-      const provider = await type.create(plan, {
+      const context: ProviderContext = {
         logger: options.logger.child({ provider: plan.type }),
         config: options.config,
         header: plan.header,
@@ -38,7 +39,9 @@ export class HeaderInjector {
         baseDir: options.baseDir,
         env: options.env ?? process.env,
         metrics: options.metrics ?? noAuthMetrics,
-      });
+      };
+      if (options.googleCredentials !== undefined) context.googleCredentials = options.googleCredentials;
+      const provider = await type.create(plan, context);
       if (await provider.inContext()) {
         active.push({ plan, provider });
       } else {

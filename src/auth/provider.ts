@@ -1,6 +1,7 @@
 import type { KvxConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
+import type { CredentialsLookup } from './google/discovery.js';
 
 /** Header name → value. Names are compared case-insensitively everywhere. */
 export type HeaderMap = Record<string, string>;
@@ -91,6 +92,11 @@ export interface ProviderContext {
   /** Process environment; injectable for tests. */
   env: NodeJS.ProcessEnv;
   metrics: AuthMetrics;
+  /**
+   * Application Default Credentials the caller also uses for its own Google calls (kvx-launch's Vertex AI calls),
+   * so a run has one Google identity. Owned by the caller; without it the Google providers look their own up.
+   */
+  googleCredentials?: CredentialsLookup;
 }
 
 /**

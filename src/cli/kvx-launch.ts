@@ -4,6 +4,7 @@ import './require-node.js';
 import os from 'node:os';
 import { Command, Option } from 'commander';
 import '../auth/index.js';
+import { CredentialsLookup } from '../auth/google/discovery.js';
 import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
 import { loadConfig } from '../config/load.js';
@@ -180,6 +181,8 @@ function loadLaunchConfig(opts: Record<string, unknown>, io: CliIO, needMlflow: 
 interface Clients {
   mlflow?: MlflowClient;
   injector?: HeaderInjector;
+  /** The one Google look-up of the run: the MLflow provider's source credentials and the Vertex AI calls'. */
+  google: CredentialsLookup;
   logger: Logger;
   close(): Promise<void>;
 }
@@ -187,31 +190,36 @@ interface Clients {
 async function mlflowClient(loaded: LoadedConfig, io: CliIO, interrupt: AbortSignal): Promise<Clients> {
   const level: LogLevel = loaded.sources.has('log.level') ? loaded.config.log.level : 'warn';
   const logger = new Logger(level, io.stderr, { program: 'kvx-launch' });
-  if (loaded.config.upstream.url === '') return { logger, close: async () => {} };
+  const { auth } = loaded.config;
+  const google = new CredentialsLookup('kvx-launch', { env: io.env, endpoints: auth.endpoints, logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
+  if (loaded.config.upstream.url === '') return { google, logger, close: async () => google.close() };
   const { plans, problems } = planProviders(loaded.config, io.env);
   if (problems.length > 0) throw new ConfigError(problems);
-  const injector = await HeaderInjector.create(plans, { config: loaded.config, logger, baseDir: loaded.baseDir, env: io.env });
+  const injector = await HeaderInjector.create(plans, { config: loaded.config, logger, baseDir: loaded.baseDir, env: io.env, googleCredentials: google });
   const dispatcher = mlflowDispatcher(loaded.config);
   const { retry, timeoutMs } = retryPolicyFromEnv(io.env);
   const mlflow = new MlflowClient({ trackingUri: loaded.config.upstream.url, headers: injector, logger, retry, timeoutMs, dispatcher, interrupt });
   return {
     mlflow,
     injector,
+    google,
     logger,
     close: async () => {
       await injector.close();
+      google.close();
       await dispatcher.close();
     },
   };
 }
 
-function vertexClient(loaded: LoadedConfig, logger: Logger, deps: LaunchCliDeps, interrupt: AbortSignal): VertexClient {
+function vertexClient(loaded: LoadedConfig, clients: Clients, deps: LaunchCliDeps, interrupt: AbortSignal): VertexClient {
   const v = loaded.config.vertex;
   const problems = [];
   if (!v.projectId) problems.push({ path: 'vertex.projectId', message: 'required: set project_id in vertexai.yml, vertex.projectId, or --project' });
   if (!v.region) problems.push({ path: 'vertex.region', message: 'required: set region in vertexai.yml, vertex.region, or --region' });
   if (problems.length > 0) throw new ConfigError(problems);
-  return new VertexClient({ projectId: v.projectId, region: v.region, endpoint: v.endpoint, auth: deps.googleAuth ?? applicationDefaultCredentials(v.projectId), logger, interrupt });
+  const auth = deps.googleAuth ?? applicationDefaultCredentials(clients.google);
+  return new VertexClient({ projectId: v.projectId, region: v.region, endpoint: v.endpoint, auth, logger: clients.logger, interrupt });
 }
 
 function progressFor(io: CliIO, jobId: string): Progress {
@@ -293,7 +301,7 @@ async function runCommand(specArg: string | undefined, opts: Record<string, unkn
   let clients: Clients | undefined;
   try {
     clients = await mlflowClient(loaded, io, signal);
-    const vertex = vertexClient(loaded, clients.logger, deps, signal);
+    const vertex = vertexClient(loaded, clients, deps, signal);
     let spec: LoadedSpec;
     if (isTemplate) {
       const text = await vertex.fetchTemplate(source).catch((err: unknown) => {
@@ -352,7 +360,7 @@ async function followCommand(job: string, opts: Record<string, unknown>, io: Cli
   try {
     clients = await mlflowClient(loaded, io, signal);
     const { logger } = clients;
-    const vertex = vertexClient(loaded, logger, deps, signal);
+    const vertex = vertexClient(loaded, clients, deps, signal);
     const first = await vertex.getPipelineJob(job);
     const runId = (opts['runId'] as string | undefined) ?? first.labels?.[RUN_ID_LABEL];
     const mlflow = runId === undefined ? undefined : clients.mlflow;

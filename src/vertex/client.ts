@@ -1,11 +1,9 @@
-import { GoogleAuth } from 'google-auth-library';
+import type { CredentialsLookup } from '../auth/google/discovery.js';
 import { KvxError, errorMessage } from '../errors.js';
 import type { RetryPolicy } from '../util/backoff.js';
 import { RestCore } from '../util/rest.js';
 import type { RestCall, RestClientOptions, RestReply } from '../util/rest.js';
 import { VERSION } from '../version.js';
-
-export const CLOUD_PLATFORM_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
 
 /** Anything that yields Google request headers; google-auth-library's GoogleAuth and its clients fit. */
 export interface GoogleHeaderSource {
@@ -13,11 +11,21 @@ export interface GoogleHeaderSource {
 }
 
 /**
- * Application Default Credentials with the cloud-platform scope, as the Vertex AI SDK uses them. The project is
- * passed in because we know it; otherwise the library shells out to gcloud to guess it, which costs seconds.
+ * Application Default Credentials with the cloud-platform scope, as the Vertex AI SDK uses them, from kvx's own
+ * look-up: the environment and `auth.endpoints` kvx-launch was given, and the source credentials its MLflow
+ * provider mints tokens with, so MLflow and Vertex AI see one identity. The quota project goes along as
+ * google-auth-library sends it.
  */
-export function applicationDefaultCredentials(projectId: string): GoogleHeaderSource {
-  return new GoogleAuth({ scopes: [CLOUD_PLATFORM_SCOPE], projectId });
+export function applicationDefaultCredentials(credentials: CredentialsLookup): GoogleHeaderSource {
+  return {
+    getRequestHeaders: async () => {
+      const source = await credentials.get();
+      const token = await source.accessToken();
+      const headers: Record<string, string> = { authorization: `Bearer ${token.value}` };
+      if (source.info.quotaProject !== undefined) headers['x-goog-user-project'] = source.info.quotaProject;
+      return headers;
+    },
+  };
 }
 
 export type PipelineState =
@@ -232,7 +240,7 @@ export class VertexClient {
       headers = await this.options.auth.getRequestHeaders();
     } catch (err) {
       throw new KvxError('KVX_CREDENTIALS_UNAVAILABLE', `no Google credentials for Vertex AI ${operation}: ${errorMessage(err).split('\n')[0]}`, {
-        hint: 'run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or run where a metadata server is available',
+        hint: (err as { hint?: string }).hint ?? 'run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or run where a metadata server is available',
       });
     }
     if (typeof (headers as Headers).forEach === 'function') {

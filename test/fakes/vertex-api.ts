@@ -97,7 +97,8 @@ export interface FakeVertex {
   projectId: string;
   projectNumber: string;
   jobs: Map<string, FakeJob>;
-  requests: { method: string; path: string; status: number }[];
+  /** Every call, with whose access token it carried (undefined when none was accepted). */
+  requests: { method: string; path: string; status: number; caller: string | undefined }[];
   /** Used up in order: each applies once, to the next matching call that succeeds. */
   replyFaults: VertexReplyFault[];
   /** Outcome applied to the next created job (then cleared). */
@@ -503,10 +504,9 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     return undefined;
   }
 
-  async function handle(req: http.IncomingMessage, body: string): Promise<{ status: number; json?: unknown; text?: string }> {
+  async function handle(req: http.IncomingMessage, body: string, who: ReturnType<AccessTokenStore['check']>): Promise<{ status: number; json?: unknown; text?: string }> {
     const u = new URL(req.url ?? '/', 'http://vertex');
     const method = req.method ?? 'GET';
-    const who = options.accessTokens.check(req.headers.authorization);
     if ('reason' in who) {
       throw new GoogleError(
         401,
@@ -587,24 +587,26 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      void handle(req, Buffer.concat(chunks).toString('utf8')).then(
+      const who = options.accessTokens.check(req.headers.authorization);
+      const caller = 'email' in who ? who.email : undefined;
+      void handle(req, Buffer.concat(chunks).toString('utf8'), who).then(
         (r) => {
           const pathname = (req.url ?? '').split('?')[0]!;
           const at = fake.replyFaults.findIndex((f) => f.method === req.method && f.path.test(pathname));
           if (at !== -1) {
             const { fault } = fake.replyFaults.splice(at, 1)[0]!;
-            fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: fault === 'drop' ? 0 : fault });
+            fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: fault === 'drop' ? 0 : fault, caller });
             if (fault === 'drop') req.socket.destroy();
             else res.writeHead(fault, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify({ error: { code: fault, message: 'fake reply fault', status: 'UNAVAILABLE' } }));
             return;
           }
-          fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: r.status });
+          fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: r.status, caller });
           if (r.text !== undefined) res.writeHead(r.status, { 'content-type': 'application/octet-stream' }).end(r.text);
           else res.writeHead(r.status, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify(r.json));
         },
         (err: unknown) => {
           const e = err instanceof GoogleError ? err : new GoogleError(500, 'INTERNAL', `fake failure: ${(err as Error).message}`);
-          fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: e.code });
+          fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: e.code, caller });
           res.writeHead(e.code, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify({ error: { code: e.code, message: e.message, status: e.status } }));
         },
       );

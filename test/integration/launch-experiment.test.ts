@@ -1,6 +1,8 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
+import { CredentialsLookup } from '../../src/auth/google/discovery.js';
+import { silentLogger } from '../../src/log/logger.js';
 import { VertexApiError, VertexClient, applicationDefaultCredentials } from '../../src/vertex/client.js';
 import { loadSpecFile } from '../../src/vertex/spec.js';
 import { FIXTURE, launchCli, onlyRun, startHarness, useHarness, tags } from './launch-harness.js';
@@ -212,11 +214,14 @@ describe('kvx-launch run --experiment (Vertex AI experiments, end to end against
 describe('fake Vertex AI metadata API (as strict as Vertex)', () => {
   let h: Harness;
   let vertex: VertexClient;
+  let google: CredentialsLookup;
   before(async () => {
     h = await startHarness();
-    vertex = new VertexClient({ projectId: 'my-project', region: 'europe-west4', endpoint: h.vertex.url, auth: applicationDefaultCredentials('my-project'), retry: { maxRetries: 0 } });
+    google = new CredentialsLookup('test', { env: h.env, endpoints: { oauthToken: '', iamCredentials: '', metadataHost: '' }, logger: silentLogger });
+    vertex = new VertexClient({ projectId: 'my-project', region: 'europe-west4', endpoint: h.vertex.url, auth: applicationDefaultCredentials(google), retry: { maxRetries: 0 } });
   });
   after(async () => {
+    google.close();
     await h.close();
   });
 

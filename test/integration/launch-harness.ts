@@ -1,7 +1,7 @@
 /**
  * Shared set-up for the kvx-launch end-to-end tests: the fake MLflow behind a bearer gate, the fake metadata
- * server that Application Default Credentials reach through GCE_METADATA_HOST, and the fake Vertex AI API that
- * accepts the access tokens that metadata server issues.
+ * server that Application Default Credentials reach through GCE_METADATA_HOST (in the environment kvx-launch is
+ * given), and the fake Vertex AI API that accepts the access tokens that metadata server issues.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -51,21 +51,11 @@ export function useHarness(): () => Harness {
   return () => h!;
 }
 
-const ADC_ENV = ['GCE_METADATA_HOST', 'METADATA_SERVER_DETECTION', 'GOOGLE_APPLICATION_CREDENTIALS', 'CLOUDSDK_CONFIG', 'GOOGLE_CLOUD_PROJECT'] as const;
-
 export async function startHarness(): Promise<Harness> {
   const metadata = await startFakeMetadata();
   const vertex = await startFakeVertex({ accessTokens: metadata.accessTokens, actAs: [PIPELINE_SA] });
   const mlflow = await startFakeMlflow({ gate: bearerGate(MLFLOW_TOKEN) });
   const dir = await mkdtemp(path.join(tmpdir(), 'kvx-launch-'));
-
-  // google-auth-library reads these from process.env; keep the previous values to restore them.
-  const saved = Object.fromEntries(ADC_ENV.map((k) => [k, process.env[k]]));
-  process.env['GCE_METADATA_HOST'] = metadata.host;
-  process.env['METADATA_SERVER_DETECTION'] = 'assume-present';
-  process.env['CLOUDSDK_CONFIG'] = dir;
-  delete process.env['GOOGLE_APPLICATION_CREDENTIALS'];
-  delete process.env['GOOGLE_CLOUD_PROJECT'];
 
   const config = path.join(dir, 'vertexai.yml');
   await writeFile(
@@ -96,6 +86,9 @@ export async function startHarness(): Promise<Harness> {
     ].join('\n'),
   );
   const env: NodeJS.ProcessEnv = {
+    // Application Default Credentials: no key file, no gcloud login (an empty CLOUDSDK_CONFIG), the fake metadata server.
+    GCE_METADATA_HOST: metadata.host,
+    CLOUDSDK_CONFIG: dir,
     TEST_MLFLOW_TOKEN: MLFLOW_TOKEN,
     MLFLOW_HTTP_REQUEST_MAX_RETRIES: '2',
     MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: '0.01',
@@ -118,10 +111,6 @@ export async function startHarness(): Promise<Harness> {
       vertex.replyFaults.length = 0;
     },
     async close() {
-      for (const [k, v] of Object.entries(saved)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
       await Promise.all([mlflow.close(), vertex.close(), metadata.close()]);
       await rm(dir, { recursive: true, force: true });
     },
@@ -134,7 +123,7 @@ export interface CliResult {
   stderr: string;
 }
 
-export async function launchCli(h: Harness, argv: string[], options: { env?: NodeJS.ProcessEnv; deps?: LaunchCliDeps } = {}): Promise<CliResult> {
+export async function launchCli(h: Pick<Harness, 'env'>, argv: string[], options: { env?: NodeJS.ProcessEnv; deps?: LaunchCliDeps } = {}): Promise<CliResult> {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   let out = '';
