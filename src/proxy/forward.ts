@@ -48,6 +48,8 @@ const LENGTH_STREAM: RequestBody = { kind: 'stream', chunked: false };
  */
 export class Forwarder {
   readonly inFlight = new Set<Exchange>();
+  /** Requests handed to the forwarder so far; tells the idle memory reducer whether traffic has stopped. */
+  requestsStarted = 0;
   draining = false;
   /** Called after every request ends; the server uses it to finish a drain promptly. */
   onExchangeDone: (() => void) | undefined;
