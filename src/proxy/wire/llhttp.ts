@@ -19,6 +19,7 @@ export interface NativeParser {
   unconsume(): void;
   remove(): void;
   close(): void;
+  pause(): void;
   [callback: number]: unknown;
 }
 
@@ -56,6 +57,7 @@ function loadHttpCommon(): HttpCommon {
     typeof parser.kOnExecute !== 'number' ||
     typeof parser.prototype.execute !== 'function' ||
     typeof parser.prototype.consume !== 'function' ||
+    typeof parser.prototype.pause !== 'function' ||
     typeof parser.prototype.remove !== 'function' ||
     typeof parser.prototype.close !== 'function'
   ) {
