@@ -79,6 +79,7 @@ export class Forwarder {
 
   readonly handle = (req: ClientRequest): void => {
     const exchange = new Exchange(this, req);
+    this.requestsStarted++;
     this.inFlight.add(exchange);
     exchange.start();
   };
@@ -120,7 +121,8 @@ export class Forwarder {
   }
 }
 
-class Exchange implements ResponseHandler, BodySink {
+/** Exported for the tests that prove finished exchanges are collected. */
+export class Exchange implements ResponseHandler, BodySink {
   private readonly started = performance.now();
   private requestId = '';
   private upstream: UpstreamRequest | undefined;

@@ -13,6 +13,7 @@ import type { Logger } from '../log/logger.js';
 import { silentLogger } from '../log/logger.js';
 import { createAdminHandler } from './admin.js';
 import { Forwarder } from './forward.js';
+import { IdleMemoryReducer } from './idle-memory.js';
 import { ProxyMetrics } from './metrics.js';
 import { ClientListener } from './wire/client-connection.js';
 import { UpstreamPool } from './wire/upstream-pool.js';
@@ -72,6 +73,14 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const forwarder = new Forwarder({ config, pool, injector, logger, metrics });
   const listener = createClientListener(config, forwarder, logger);
   const server = listener.server;
+  const reducer = new IdleMemoryReducer(
+    {
+      requestsStarted: () => forwarder.requestsStarted,
+      openConnections: () => listener.connections.size,
+      busy: () => forwarder.inFlight.size > 0,
+    },
+    logger,
+  );
   let admin: http.Server | undefined;
   try {
     await listen(server, config.listen.port, config.listen.host, 'listen');
@@ -88,6 +97,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     throw err;
   }
 
+  reducer.start();
   const address = server.address() as AddressInfo;
   const adminAddress = admin?.address() as AddressInfo | undefined;
   const url = `http://${hostForUrl(address)}:${address.port}`;
@@ -103,8 +113,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   }
 
   let closing: Promise<number> | undefined;
-  const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> =>
-    (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger));
+  const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> => {
+    reducer.stop();
+    return (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger));
+  };
 
   return {
     url,
