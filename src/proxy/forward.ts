@@ -103,6 +103,8 @@ class RefusalLog {
  */
 export class Forwarder {
   readonly inFlight = new Set<Exchange>();
+  /** Requests handed to the forwarder so far; tells the idle memory reducer whether traffic has stopped. */
+  requestsStarted = 0;
   draining = false;
   /** Called after every request ends; the server uses it to finish a drain promptly. */
   onExchangeDone: (() => void) | undefined;
@@ -162,6 +164,7 @@ export class Forwarder {
 
   readonly handle = (req: ClientRequest): void => {
     const exchange = new Exchange(this, req);
+    this.requestsStarted++;
     this.inFlight.add(exchange);
     exchange.start();
   };
@@ -203,7 +206,8 @@ export class Forwarder {
   }
 }
 
-class Exchange implements ResponseHandler, BodySink {
+/** Exported for the tests that prove finished exchanges are collected. */
+export class Exchange implements ResponseHandler, BodySink {
   private readonly started = performance.now();
   private requestId = '';
   private upstream: UpstreamRequest | undefined;

@@ -15,6 +15,7 @@ import { RateLimitedWarning } from '../log/rate-limited.js';
 import { createAdminHandler } from './admin.js';
 import { clientConnectionCap } from './fd-limit.js';
 import { Forwarder } from './forward.js';
+import { IdleMemoryReducer } from './idle-memory.js';
 import { ProxyMetrics } from './metrics.js';
 import { ClientListener } from './wire/client-connection.js';
 import type { RefusalKind } from './wire/client-connection.js';
@@ -75,6 +76,14 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const forwarder = new Forwarder({ config, pool, injector, logger, metrics });
   const listener = createClientListener(config, forwarder, logger);
   const server = listener.server;
+  const reducer = new IdleMemoryReducer(
+    {
+      requestsStarted: () => forwarder.requestsStarted,
+      openConnections: () => listener.connections.size,
+      busy: () => forwarder.inFlight.size > 0,
+    },
+    logger,
+  );
   let admin: http.Server | undefined;
   try {
     await listen(server, config.listen.port, config.listen.host, 'listen');
@@ -93,6 +102,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   const connectionLimits = watchAcceptFailures(listener, admin, config, metrics, logger);
 
+  reducer.start();
   const address = server.address() as AddressInfo;
   const adminAddress = admin?.address() as AddressInfo | undefined;
   const url = `http://${hostForUrl(address)}:${address.port}`;
@@ -110,8 +120,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   }
 
   let closing: Promise<number> | undefined;
-  const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> =>
-    (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger).finally(connectionLimits.close));
+  const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> => {
+    reducer.stop();
+    return (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger).finally(connectionLimits.close));
+  };
 
   return {
     url,

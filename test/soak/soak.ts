@@ -3,11 +3,14 @@
  * in front of the fake MLflow server behind an IAP-like gate, under a mixed MLflow-shaped load over many
  * keep-alive connections. Every request carries an id; the upstream's record proves that each request the
  * client saw succeed was processed exactly once with the same bytes, and that each failure was answered in
- * MLflow's error shape. RSS, fds, sockets and event-loop delay are sampled throughout.
+ * MLflow's error shape. RSS, fds, sockets and event-loop delay are sampled throughout. Then the churn shape
+ * (test/soak/churn.ts): a new connection per request, aborts, refused large bodies and a flaky upstream, failing
+ * on any growth of RSS, heap or fds.
  *
- *   npm run soak                  # full: 180 s or 150 000 requests, 48 connections
- *   npm run soak -- --short       # CI: 15 s or 20 000 requests, 16 connections (also KVX_SOAK_SHORT=1)
+ *   npm run soak                  # full: mixed 180 s or 150 000 requests, 48 connections; churn 180 s, 32 clients
+ *   npm run soak -- --short       # CI: mixed 15 s or 20 000 requests, 16 connections; churn 15 s (also KVX_SOAK_SHORT=1)
  *   npm run soak -- --duration 60 --requests 50000 --concurrency 32
+ *   npm run soak -- --shape churn --duration 600    # one shape only (mixed or churn); --duration applies to each
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -20,6 +23,8 @@ import { startCredWorld } from '../faults/support/google.js';
 import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
 import { findLeaks, record, transcriptStats } from '../faults/support/transcript.js';
+import { runChurn } from './churn.js';
+import type { ChurnOptions } from './churn.js';
 
 interface Options {
   durationS: number;
@@ -29,13 +34,20 @@ interface Options {
   refreshBeforeS: number;
   sampleMs: number;
   label: string;
+  shapes: ('mixed' | 'churn')[];
+  churn: ChurnOptions;
 }
 
 function parseOptions(argv: string[]): Options {
   const short = argv.includes('--short') || process.env['KVX_SOAK_SHORT'] === '1';
+  const label = short ? 'short' : 'full';
+  const churn: ChurnOptions = short
+    ? { durationS: 15, concurrency: 16, refusedBodyBytes: 8 * 1024 * 1024, sampleMs: 500, label }
+    : { durationS: 180, concurrency: 32, refusedBodyBytes: 64 * 1024 * 1024, sampleMs: 1000, label };
+  const shapes: Options['shapes'] = ['mixed', 'churn'];
   const opts: Options = short
-    ? { durationS: 15, requests: 20_000, concurrency: 16, tokenLifetimeS: 5, refreshBeforeS: 2, sampleMs: 500, label: 'short' }
-    : { durationS: 180, requests: 150_000, concurrency: 48, tokenLifetimeS: 20, refreshBeforeS: 5, sampleMs: 1000, label: 'full' };
+    ? { durationS: 15, requests: 20_000, concurrency: 16, tokenLifetimeS: 5, refreshBeforeS: 2, sampleMs: 500, label, shapes, churn }
+    : { durationS: 180, requests: 150_000, concurrency: 48, tokenLifetimeS: 20, refreshBeforeS: 5, sampleMs: 1000, label, shapes, churn };
   const num = (flag: string): number | undefined => {
     const i = argv.indexOf(flag);
     if (i === -1) return undefined;
@@ -47,6 +59,13 @@ function parseOptions(argv: string[]): Options {
   opts.requests = num('--requests') ?? opts.requests;
   opts.concurrency = num('--concurrency') ?? opts.concurrency;
   opts.tokenLifetimeS = num('--token-lifetime') ?? opts.tokenLifetimeS;
+  churn.durationS = num('--duration') ?? churn.durationS;
+  const shapeAt = argv.indexOf('--shape');
+  if (shapeAt !== -1) {
+    const shape = argv[shapeAt + 1];
+    if (shape !== 'mixed' && shape !== 'churn') throw new Error('--shape needs mixed or churn');
+    opts.shapes = [shape];
+  }
   return opts;
 }
 
@@ -83,6 +102,18 @@ async function main(): Promise<number> {
   const opts = parseOptions(process.argv.slice(2));
   const world = await startCredWorld(opts.tokenLifetimeS);
   const mlflow = await startFakeMlflow({ gate: world.gate });
+  try {
+    let code = 0;
+    if (opts.shapes.includes('mixed')) code = Math.max(code, await mixed(opts, world, mlflow));
+    if (opts.shapes.includes('churn')) code = Math.max(code, await runChurn(opts.churn, world, mlflow));
+    return code;
+  } finally {
+    await mlflow.close();
+    await world.close();
+  }
+}
+
+async function mixed(opts: Options, world: Awaited<ReturnType<typeof startCredWorld>>, mlflow: FakeMlflow): Promise<number> {
   const { env, authArgs } = world.iamSetup();
   let proxy: ProxyProcess | undefined;
   const agent = new http.Agent({ keepAlive: true, maxSockets: opts.concurrency });
@@ -101,8 +132,6 @@ async function main(): Promise<number> {
   } finally {
     agent.destroy();
     await proxy?.stop();
-    await mlflow.close();
-    await world.close();
   }
 }
 

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { BodyBatch, writeBodyChunk } from './body.js';
+import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
 import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
@@ -161,7 +161,16 @@ export class ClientRequest {
   /** @internal parser events */
   receive(chunk: Buffer): void {
     if (this.sink) this.sink.data(chunk);
+    // Answered without reading its body (refused before forwarding): nothing will read these bytes.
+    else if (this.finished) releaseNow(chunk);
     else (this.buffered ??= []).push(chunk);
+  }
+
+  /** Frees body bytes held for a handler that answered without reading them. */
+  private dropUnread(): void {
+    const buffered = this.buffered;
+    this.buffered = undefined;
+    if (buffered) for (const chunk of buffered) releaseNow(chunk);
   }
 
   /** @internal */
@@ -218,6 +227,7 @@ export class ClientRequest {
   end(): void {
     if (this.finished) return;
     this.finished = true;
+    if (this.sink === undefined) this.dropUnread();
     const socket = this.connection.socket;
     if (!socket.destroyed && this.framing === 'chunked') socket.write('0\r\n\r\n', 'latin1');
     this.connection.answered(this, this.closeAfter);
@@ -226,6 +236,7 @@ export class ClientRequest {
   /** Breaks the connection: how a client learns that an answer already under way is incomplete. */
   destroy(): void {
     this.finished = true;
+    if (this.sink === undefined) this.dropUnread();
     this.connection.socket.destroy();
   }
 
@@ -242,7 +253,9 @@ type Phase = 'headers' | 'busy' | 'keepalive' | 'linger';
 /**
  * After its last answer a connection is half-closed and whatever the client still sends is read and dropped
  * for up to this long: closing with unread bytes makes the kernel send a reset, and a reset can destroy the
- * answer before the client has read it (nginx's lingering close).
+ * answer before the client has read it (nginx's lingering close). The parser is paused meanwhile, so the bytes
+ * land in the parser's one reused read buffer and go no further: lingering costs no memory however much the
+ * client sends, and it is bounded in time as nginx's lingering_time bounds it.
  */
 const LINGER_MS = 5_000;
 /** More request headers than this is an attack, not a client: 431, as node:http answers such requests. */
@@ -319,6 +332,7 @@ export class ClientConnection {
   private readonly onData = (data: Buffer): void => {
     if (this.stopped) {
       this.lastActivity = coarseNow();
+      releaseNow(data);
       return;
     }
     this.afterRead(this.parser.execute(data));
@@ -432,6 +446,8 @@ export class ClientConnection {
     this.stopped = true;
     this.phase = 'linger';
     this.phaseStarted = tick();
+    // Whatever still arrives is dropped unparsed (see LINGER_MS).
+    this.parser.pause();
     const socket = this.socket;
     if (socket.readableEnded) {
       socket.destroySoon();

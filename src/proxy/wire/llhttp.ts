@@ -17,6 +17,9 @@ export interface NativeParser {
   finish(): number | ParserError | undefined;
   consume(handle: object): void;
   unconsume(): void;
+  remove(): void;
+  close(): void;
+  pause(): void;
   [callback: number]: unknown;
 }
 
@@ -57,7 +60,10 @@ function loadHttpCommon(): HttpCommon {
     typeof parser.kOnMessageComplete !== 'number' ||
     typeof parser.kOnExecute !== 'number' ||
     typeof parser.prototype.execute !== 'function' ||
-    typeof parser.prototype.consume !== 'function'
+    typeof parser.prototype.consume !== 'function' ||
+    typeof parser.prototype.pause !== 'function' ||
+    typeof parser.prototype.remove !== 'function' ||
+    typeof parser.prototype.close !== 'function'
   ) {
     throw new Error(`this Node.js (${process.version}) has no usable HTTP parser binding; kvx-proxy needs Node.js 22.19 or later`);
   }
@@ -122,6 +128,23 @@ export function newParser(type: 'request' | 'response', maxHeaderSize: number): 
   return parser;
 }
 
+const CALLBACK_SLOTS = [kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete, kOnExecute];
+const closeParser = (parser: NativeParser): void => {
+  parser.close();
+};
+
+/**
+ * Frees the native parser of a connection that has closed, as node:http's freeParser does. A native parser is
+ * a strong handle: until it is closed, it keeps the closures in its callback slots alive, and through them the
+ * whole connection with its socket, requests and timers. The native object is deleted on a later turn, as in
+ * node:http: a native read callback still on the stack touches the parser after it called into JavaScript.
+ */
+export function freeParser(parser: NativeParser): void {
+  for (const slot of CALLBACK_SLOTS) parser[slot] = null;
+  parser.remove();
+  setImmediate(closeParser, parser);
+}
+
 /**
  * Headers arrive in batches of 32 pairs through kOnHeaders when there are many; kOnHeadersComplete then
  * gets `undefined` and the batches must be joined, as node:http does.
@@ -170,6 +193,7 @@ interface StreamHandle {
 export class ParserReader {
   private readonly handle: StreamHandle | undefined;
   private reading = true;
+  private released = false;
 
   constructor(
     private readonly socket: Socket,
@@ -201,13 +225,18 @@ export class ParserReader {
     else this.socket.pause();
   }
 
+  /** Once the socket has closed: hands the handle back and frees the parser (see freeParser). */
   release(): void {
-    if (this.handle === undefined) return;
-    try {
-      this.parser.unconsume();
-    } catch {
-      // The handle is already closed.
+    if (this.released) return;
+    this.released = true;
+    if (this.handle !== undefined) {
+      try {
+        this.parser.unconsume();
+      } catch {
+        // The handle is already closed.
+      }
     }
+    freeParser(this.parser);
   }
 }
 

@@ -212,7 +212,8 @@ export class UpstreamRequest {
   }
 }
 
-class UpstreamConnection {
+/** Exported for the tests that prove closed connections are collected. */
+export class UpstreamConnection {
   readonly parser: NativeParser;
   request: UpstreamRequest | undefined;
   idleSince = 0;
