@@ -106,9 +106,10 @@ function writeEntry(workDir, programs) {
 }
 
 /**
- * The sources load heavy modules on first use with `createRequire(import.meta.url)('x')`, which esbuild cannot
- * follow (and which would look for node_modules beside the executable at run time). In the bundle that becomes a
- * plain `require('x')`: esbuild then bundles the module and still runs it only on first use.
+ * The sources load heavy modules on first use with `lazyRequire('x')` (src/util/lazy-require.ts), which esbuild
+ * cannot follow (and which would look for node_modules beside the executable at run time). In the bundle that
+ * becomes a plain `require('x')`: esbuild then bundles the module and still runs it only on first use. The helper's
+ * own `createRequire(import.meta.url)` becomes `require` too, since the bundle has no import.meta.url.
  */
 const bundleLazyRequires = {
   name: 'bundle-lazy-requires',
@@ -116,8 +117,9 @@ const bundleLazyRequires = {
     build.onLoad({ filter: /[\\/]src[\\/].*\.ts$/ }, async (args) => {
       const { readFile } = await import('node:fs/promises');
       const source = await readFile(args.path, 'utf8');
-      if (!source.includes('createRequire(import.meta.url)')) return undefined;
-      return { contents: source.replaceAll('createRequire(import.meta.url)', 'require'), loader: 'ts' };
+      if (!source.includes('lazyRequire(') && !source.includes('createRequire(import.meta.url)')) return undefined;
+      const contents = source.replace(/\blazyRequire\(/g, 'require(').replaceAll('createRequire(import.meta.url)', 'require');
+      return { contents, loader: 'ts' };
     });
   },
 };

@@ -13,9 +13,9 @@
  * then kvx exits before reading any configuration or credential. An inspector the user asked for (`--inspect`,
  * `--inspect-brk`, `--inspect-wait`, in the command line or NODE_OPTIONS; VS Code's debugger) is left alone.
  */
-import { createRequire } from 'node:module';
 import type inspectorModule from 'node:inspector';
 import { StreamSink } from '../log/stream-sink.js';
+import { lazyRequire } from '../util/lazy-require.js';
 
 let notice: StreamSink | undefined;
 
@@ -38,8 +38,7 @@ function inspectorRequested(): boolean {
  */
 export function refuseUnrequestedInspector(): void {
   if (!process.features.inspector || inspectorRequested()) return;
-  // Written as `createRequire(import.meta.url)(...)`: the standalone build rewrites exactly that form.
-  const inspector = createRequire(import.meta.url)('node:inspector') as typeof inspectorModule;
+  const inspector = lazyRequire('node:inspector') as typeof inspectorModule;
   if (inspector.url() === undefined) return;
   inspector.close();
   new StreamSink(process.stderr).write(

@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import type * as Yaml from 'yaml';
 import { ConfigError, errorMessage } from '../errors.js';
@@ -7,6 +6,7 @@ import type { ConfigProblem } from '../errors.js';
 import { SCHEMA } from './schema.js';
 import type { FieldSpec, Fields, KvxConfig } from './schema.js';
 import { validateConfig } from './validate.js';
+import { lazyRequire } from '../util/lazy-require.js';
 
 /** One value set from the command line, named by the flag it came from so errors can point at it. */
 export interface ConfigOverride {
@@ -101,7 +101,7 @@ function readConfigFile(file: string, problems: ConfigProblem[]): Tree | undefin
   let doc: unknown;
   try {
     // Loaded on first use: about 25 ms of start-up that runs without a config file do not need.
-    doc = (createRequire(import.meta.url)('yaml') as typeof Yaml).parse(text, { prettyErrors: true });
+    doc = (lazyRequire('yaml') as typeof Yaml).parse(text, { prettyErrors: true });
   } catch (err) {
     problems.push({ path: `--config ${file}`, message: `is not valid YAML or JSON: ${errorMessage(err).split('\n')[0]}` });
     return undefined;

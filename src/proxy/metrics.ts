@@ -1,9 +1,9 @@
-import { createRequire } from 'node:module';
 import type * as PromClientModule from 'prom-client';
 import type { Registry } from 'prom-client';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
+import { lazyRequire } from '../util/lazy-require.js';
 
 type PromClient = typeof PromClientModule;
 
@@ -83,7 +83,7 @@ export class ProxyMetrics implements AuthMetrics {
     if (this.promRegistry) return this.promRegistry;
     let prom: PromClient;
     try {
-      prom = createRequire(import.meta.url)('prom-client') as PromClient;
+      prom = lazyRequire('prom-client') as PromClient;
     } catch (err) {
       const first = this.loadFailure === undefined;
       const code = errnoCode(err);

@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import type http from 'node:http';
-import { createRequire } from 'node:module';
 import type { AddressInfo, Server } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { HeaderInjector } from '../auth/injector.js';
@@ -20,14 +19,14 @@ import { ProxyMetrics } from './metrics.js';
 import { ClientListener } from './wire/client-connection.js';
 import type { RefusalKind } from './wire/client-connection.js';
 import { UpstreamPool } from './wire/upstream-pool.js';
+import { lazyRequire } from '../util/lazy-require.js';
 
 /**
  * node:http for the admin listener, loaded as CommonJS: importing it as an ES module makes Node build a facade
  * that reads every export, and its lazy WebSocket export then loads Node's bundled undici, about 30 ms of every
- * start (paid by each exec-wrapped pipeline step). Written as `createRequire(import.meta.url)(...)`: the standalone
- * build rewrites exactly that form.
+ * start (paid by each exec-wrapped pipeline step).
  */
-const { createServer: createHttpServer } = createRequire(import.meta.url)('node:http') as typeof http;
+const { createServer: createHttpServer } = lazyRequire('node:http') as typeof http;
 
 export interface StartOptions {
   logger?: Logger;

@@ -3,7 +3,6 @@
  * `Retry-After` honoured and capped, waits and requests that an interrupt cuts short, and retries decided per call
  * by what a repeat would do. The clients say how to authenticate and how to read their service's errors.
  */
-import { createRequire } from 'node:module';
 import type * as Undici from 'undici';
 import type { Dispatcher } from 'undici';
 import { KvxError, errorMessage } from '../errors.js';
@@ -12,6 +11,7 @@ import { silentLogger } from '../log/logger.js';
 import { RETRYABLE_STATUSES, backoffDelayMs, parseRetryAfter, sleep } from './backoff.js';
 import type { RetryPolicy } from './backoff.js';
 import { VERSION } from '../version.js';
+import { lazyRequire } from './lazy-require.js';
 
 export interface RestReply {
   status: number;
@@ -314,5 +314,5 @@ export function undiciAgent(options: Undici.Agent.Options): Dispatcher {
  * would add about 80 ms to every proxy start.
  */
 function undici(): typeof Undici {
-  return createRequire(import.meta.url)('undici') as typeof Undici;
+  return lazyRequire('undici') as typeof Undici;
 }

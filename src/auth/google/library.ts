@@ -1,11 +1,11 @@
 /** google-auth-library, for the credential kinds it parses and refreshes with endpoints we can set. */
-import { createRequire } from 'node:module';
 import type * as GoogleAuthLibrary from 'google-auth-library';
 import { errorMessage } from '../../errors.js';
+import { lazyRequire } from '../../util/lazy-require.js';
 
 /** google-auth-library takes about 50 ms to load; only credential files it parses need it, so it loads on first use. */
 export function googleAuthLibrary(): typeof GoogleAuthLibrary {
-  return createRequire(import.meta.url)('google-auth-library') as typeof GoogleAuthLibrary;
+  return lazyRequire('google-auth-library') as typeof GoogleAuthLibrary;
 }
 
 /** The OAuth error of a failed library call ({"error","error_description"}), else its message. */

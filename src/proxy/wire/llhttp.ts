@@ -1,6 +1,6 @@
-import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
+import { lazyRequire } from '../../util/lazy-require.js';
 
 /**
  * Node's own HTTP/1.1 parser (llhttp, in C++), the one node:http runs on. kvx parses both sides of every
@@ -48,8 +48,7 @@ export const PARSE_BODY = 0;
 export const SKIP_BODY = 1;
 
 function loadHttpCommon(): HttpCommon {
-  // Written as `createRequire(import.meta.url)(...)`: the standalone build rewrites exactly that form.
-  const common = createRequire(import.meta.url)('_http_common') as Partial<HttpCommon>;
+  const common = lazyRequire('_http_common') as Partial<HttpCommon>;
   const parser = common.HTTPParser;
   if (
     typeof parser !== 'function' ||
