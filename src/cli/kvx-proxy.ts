@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 import { refuseUnrequestedInspector } from './inspector-guard.js';
 import './require-node.js';
-import { Command } from 'commander';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
 import { redactConfig } from '../config/redact.js';
@@ -10,52 +9,48 @@ import { BatchedSink } from '../log/batched-sink.js';
 import { Logger } from '../log/logger.js';
 import { StreamSink } from '../log/stream-sink.js';
 import { startProxy } from '../proxy/server.js';
-import { VERSION } from '../version.js';
-import { registerExecCommand } from './exec.js';
-import { registerDoctorCommands } from './doctor.js';
-import { addConfigOptions, defaultIO, isMainModule, loadConfigFromOptions, runProgram } from './options.js';
-import type { CliIO } from './options.js';
+import { doctorCommands } from './doctor.js';
+import { execCommand } from './exec.js';
+import type { CommandFlags } from './flags.js';
+import { loadConfigFromOptions } from './options.js';
+import { EXIT, defaultIO, isMainModule, runCli } from './program.js';
+import type { CliIO } from './program.js';
 
 /**
  * kvx-proxy's entry point. Returns the exit code (and sets process.exitCode) rather than exiting, so tests
  * and the exec wrapper can call it in-process.
  */
 export async function main(argv: readonly string[], io: CliIO = defaultIO()): Promise<number> {
-  const program = buildProgram(io);
-  return runProgram(program, argv, io, 'kvx-proxy', () => (program as unknown as { kvxExitCode?: number }).kvxExitCode ?? 0);
+  return runCli(
+    {
+      name: 'kvx-proxy',
+      description: 'Authenticating reverse proxy for MLflow behind Google IAP, Cloud Run IAM or any auth layer',
+      commands: [
+        { id: 'kvx-proxy serve', isDefault: true, description: 'run the proxy until SIGTERM, SIGINT or SIGHUP', run: (flags) => serve(flags, io) },
+        { id: 'kvx-proxy check-config', description: 'validate the configuration and print it with secrets redacted', run: (flags) => checkConfig(flags, io) },
+        execCommand(io),
+        ...doctorCommands(io),
+      ],
+    },
+    argv,
+    io,
+  );
 }
 
-function buildProgram(io: CliIO): Command {
-  const program = new Command('kvx-proxy')
-    .description('Authenticating reverse proxy for MLflow behind Google IAP, Cloud Run IAM or any auth layer')
-    .version(VERSION, '-V, --version')
-    .showHelpAfterError('(run kvx-proxy --help for usage)')
-    // Set before any subcommand is added: commander copies these settings into subcommands at creation.
-    .exitOverride()
-    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
-  const setExit = (code: number) => ((program as unknown as { kvxExitCode?: number }).kvxExitCode = code);
-
-  addConfigOptions(program.command('serve', { isDefault: true }).description('run the proxy until SIGTERM, SIGINT or SIGHUP')).action(async (opts: Record<string, unknown>) => {
-    setExit(await serve(opts, io));
-  });
-
-  addConfigOptions(program.command('check-config').description('validate the configuration and print it with secrets redacted')).action(async (opts: Record<string, unknown>) => {
-    const loaded = loadConfigFromOptions(opts, io);
-    const { plans, problems } = planProviders(loaded.config, io.env);
-    if (problems.length > 0) throw new ConfigError(problems);
-    const { default: YAML } = await import('yaml');
-    io.stdout.write(YAML.stringify({ config: redactConfig(loaded.config), providers: plans.map((p) => ({ type: p.type, header: p.header, reason: p.reason })) }));
-    io.stderr.write('kvx-proxy: configuration is valid\n');
-  });
-  registerExecCommand(program, io, setExit);
-  registerDoctorCommands(program, io, setExit);
-  return program;
+async function checkConfig(flags: CommandFlags, io: CliIO): Promise<number> {
+  const loaded = loadConfigFromOptions(flags, io);
+  const { plans, problems } = planProviders(loaded.config, io.env);
+  if (problems.length > 0) throw new ConfigError(problems);
+  const { default: YAML } = await import('yaml');
+  io.stdout.write(YAML.stringify({ config: redactConfig(loaded.config), providers: plans.map((p) => ({ type: p.type, header: p.header, reason: p.reason })) }));
+  io.stderr.write('kvx-proxy: configuration is valid\n');
+  return EXIT.ok;
 }
 
 /** The signals that make `serve` drain and exit; SIGHUP is a closed terminal or session. */
 const STOP_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 
-async function serve(opts: Record<string, unknown>, io: CliIO): Promise<number> {
+async function serve(opts: CommandFlags, io: CliIO): Promise<number> {
   const loaded = loadConfigFromOptions(opts, io);
   const level = loaded.config.log.level;
   // A log reader that goes away (`kvx-proxy | tee`, tee closed) stops the logs, not the proxy; stderr, if

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { LoadedConfig } from '../config/load.js';
-import { upstreamUrlProblem } from '../config/validate.js';
+import { trackingUriFromEnv } from '../config/mlflow-env.js';
 import { ConfigError, KvxError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { startProxy } from '../proxy/server.js';
@@ -55,21 +55,14 @@ export function prepareExecConfig(loaded: LoadedConfig, env: NodeJS.ProcessEnv):
   if (!sources.has('admin.port') && !sources.has('admin.host')) config.admin.enabled = false;
   config.auth.requireTokenAtStart = true;
 
+  if (trackingUriFromEnv(loaded, env)) notes.push('upstream taken from MLFLOW_TRACKING_URI');
   if (config.upstream.url === '') {
-    const fromEnv = env['MLFLOW_TRACKING_URI'] ?? '';
-    if (fromEnv === '') {
-      throw new ConfigError([
-        {
-          path: 'upstream.url',
-          message: 'required: the MLflow server to forward to (config upstream.url, flag --upstream, env KVX_UPSTREAM_URL, or MLFLOW_TRACKING_URI set to the real server)',
-        },
-      ]);
-    }
-    const problem = upstreamUrlProblem(fromEnv);
-    if (problem) throw new ConfigError([{ path: 'MLFLOW_TRACKING_URI', message: `used as upstream.url because none is configured, but it ${problem}` }]);
-    config.upstream.url = fromEnv;
-    sources.set('upstream.url', 'env:MLFLOW_TRACKING_URI');
-    notes.push('upstream taken from MLFLOW_TRACKING_URI');
+    throw new ConfigError([
+      {
+        path: 'upstream.url',
+        message: 'required: the MLflow server to forward to (config upstream.url, flag --upstream, env KVX_UPSTREAM_URL, or MLFLOW_TRACKING_URI set to the real server)',
+      },
+    ]);
   }
   return notes;
 }

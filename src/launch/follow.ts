@@ -1,12 +1,17 @@
-import { KvxError, errorMessage } from '../errors.js';
+import type { LoadedConfig } from '../config/load.js';
+import { ConfigError, KvxError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { KeyValue, MlflowClient, MlflowRunStatus } from '../mlflow/client.js';
+import type { KeyValue, MlflowClient, MlflowRun, MlflowRunStatus } from '../mlflow/client.js';
 import { sleep } from '../util/backoff.js';
 import { TERMINAL_STATES, VertexApiError, shortState } from '../vertex/client.js';
 import type { PipelineJob, VertexClient } from '../vertex/client.js';
+import { finishExperimentLink } from './experiment-link.js';
+import type { ExperimentResult } from './experiment-link.js';
 import { failedTask, lastTask } from './progress.js';
 import type { Progress } from './progress.js';
-import { TAG, tagValue } from './tags.js';
+import { withSession } from './session.js';
+import type { LaunchEnvironment } from './session.js';
+import { RUN_ID_LABEL, TAG, tagValue } from './tags.js';
 
 export interface FollowOptions {
   vertex: VertexClient;
@@ -92,6 +97,33 @@ export async function followJob(options: FollowOptions): Promise<FollowResult> {
   return { job, state: shortState(job.state), terminal: TERMINAL_STATES.has(job.state ?? ''), interrupted: true, cancelRequested: true };
 }
 
+/**
+ * What `run --wait` and `follow` share: follows the job while the experiment link (when one is due) is made, and
+ * tells the link when following ends, so it stops waiting for a run context that will not come. Returns once both
+ * are done; when following fails, the link is settled first and the failure thrown. `link` decides whether its own
+ * failure is one (`run`) or only a warning (`follow`).
+ */
+export async function followWhileLinking(
+  options: FollowOptions,
+  link?: (followEnded: AbortSignal) => Promise<ExperimentResult | undefined>,
+): Promise<{ followed: FollowResult; experiment: ExperimentResult | undefined }> {
+  const followEnded = new AbortController();
+  const linking = link?.(followEnded.signal);
+  linking?.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
+  let followed: FollowResult;
+  try {
+    followed = await followJob(options);
+  } catch (err) {
+    followEnded.abort();
+    await linking?.catch(() => undefined);
+    throw err;
+  }
+  followEnded.abort();
+  const experiment = await linking;
+  options.progress.done();
+  return { followed, experiment };
+}
+
 const RUN_STATUS: Record<string, MlflowRunStatus> = { SUCCEEDED: 'FINISHED', FAILED: 'FAILED', CANCELLED: 'KILLED' };
 
 /** The tags that describe how the job ended: its state, the task that ran last, and the failed task with its error. */
@@ -157,4 +189,97 @@ export async function endRunByLauncher(
   const text = problems.join('; ');
   logger.error('could not end the MLflow run', { runId, error: text });
   return text;
+}
+
+export interface FollowInput {
+  /** Job id or projects/.../pipelineJobs/<id>. */
+  job: string;
+  /** MLflow run to mirror into; default the job's mlflow_run_id label. */
+  runId?: string;
+  cancelOnInterrupt: boolean;
+  pollIntervalMs: number;
+  /** How long to wait for the job to start when its run still has to join its Vertex AI experiment. */
+  experimentLinkTimeoutMs: number;
+}
+
+/** What `kvx-launch follow` prints (as is, with --json). */
+export interface FollowReport {
+  jobId: string;
+  jobName: string;
+  state: string;
+  runId: string | null;
+  runStatus: string | null;
+  interrupted: boolean;
+  vertexExperiment?: ExperimentResult;
+}
+
+/**
+ * `kvx-launch follow`: follows a job submitted earlier and mirrors its end into its MLflow run (from the job's
+ * label, or `input.runId`); a run that did not join its Vertex AI experiment at launch joins it now. Without a
+ * run, the job is only followed. Interrupted, the run stays RUNNING on purpose: the job still runs, and following
+ * again later finishes the mirror. `terminal` tells whether the job had ended.
+ */
+export async function followPipeline(loaded: LoadedConfig, input: FollowInput, environment: LaunchEnvironment): Promise<{ report: FollowReport; terminal: boolean }> {
+  return withSession(loaded, environment, async (session) => {
+    const { logger } = session;
+    const vertex = session.vertex();
+    const first = await vertex.getPipelineJob(input.job);
+    const runId = input.runId ?? first.labels?.[RUN_ID_LABEL];
+    if (runId !== undefined && !session.hasMlflow) {
+      throw new ConfigError([{ path: 'upstream.url', message: `job carries MLflow run ${runId}; set the tracking server to mirror its state (--tracking-uri, MLFLOW_TRACKING_URI)` }]);
+    }
+    let mlflow: MlflowClient | undefined;
+    let run: MlflowRun | undefined;
+    if (runId !== undefined) {
+      mlflow = await session.mlflow();
+      run = await mlflow.getRun(runId);
+    }
+    const jobId = first.name.split('/').pop()!;
+    const progress = environment.progress(jobId);
+    if (runId === undefined) progress.note(`job ${jobId} has no ${RUN_ID_LABEL} label and no --run-id was given: following without MLflow`);
+    const link =
+      mlflow === undefined || run === undefined
+        ? undefined
+        : (followEnded: AbortSignal) =>
+            finishExperimentLink({ mlflow: mlflow, vertex, logger }, run, first.name, loaded.config.vertex, {
+              timeoutMs: input.experimentLinkTimeoutMs,
+              signal: environment.signal,
+              wake: followEnded,
+              ...(environment.experimentLinkIntervalMs === undefined ? {} : { intervalMs: environment.experimentLinkIntervalMs }),
+            }).catch((err: unknown) => {
+              logger.warn('could not record the Vertex AI experiment link on the run', { runId, error: errorMessage(err) });
+              return undefined;
+            });
+    let outcome: Awaited<ReturnType<typeof followWhileLinking>>;
+    try {
+      outcome = await followWhileLinking(
+        { vertex, job: first.name, progress, logger, signal: environment.signal, cancelOnInterrupt: input.cancelOnInterrupt, pollIntervalMs: input.pollIntervalMs },
+        link,
+      );
+    } catch (err) {
+      if (mlflow !== undefined) {
+        const reason = `kvx-launch follow lost track of job ${jobId}: ${errorMessage(err)}. The job was not cancelled; run \`kvx-launch follow ${jobId}\` again to mirror its final state.`;
+        await endRunByLauncher(mlflow, runId!, 'FAILED', reason, [], logger);
+      }
+      throw err;
+    }
+    const { followed, experiment } = outcome;
+    let runStatus: string | undefined;
+    if (followed.terminal && mlflow !== undefined) {
+      runStatus = await mirrorFinalState(mlflow, runId!, followed.job);
+    } else if (followed.interrupted && mlflow !== undefined) {
+      // On purpose: the job still runs, so its run stays RUNNING; following again later finishes the mirror.
+      await mlflow.uninterrupted().setTags(runId!, [{ key: TAG.jobState, value: followed.state }]);
+    }
+    const report: FollowReport = {
+      jobId,
+      jobName: followed.job.name,
+      state: followed.state,
+      runId: runId ?? null,
+      runStatus: runStatus ?? null,
+      interrupted: followed.interrupted,
+      ...(experiment === undefined ? {} : { vertexExperiment: experiment }),
+    };
+    return { report, terminal: followed.terminal };
+  });
 }

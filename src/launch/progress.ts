@@ -124,3 +124,8 @@ export class TtyProgress implements Progress {
     this.drawn = lines.length;
   }
 }
+
+/** A live block on a terminal, one line per change otherwise. */
+export function progressFor(out: NodeJS.WritableStream & { isTTY?: boolean }, jobId: string): Progress {
+  return out.isTTY ? new TtyProgress(out, jobId) : new LineProgress(out, jobId);
+}

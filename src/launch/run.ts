@@ -1,18 +1,25 @@
+import type { LoadedConfig } from '../config/load.js';
 import type { KvxConfig } from '../config/schema.js';
 import { KvxError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { KeyValue, MlflowClient, MlflowRun, MlflowRunStatus } from '../mlflow/client.js';
+import type { KeyValue, MlflowClient, MlflowRunStatus } from '../mlflow/client.js';
 import { shortState } from '../vertex/client.js';
 import type { PipelineJob, VertexClient } from '../vertex/client.js';
 import { getOrCreateExperiment, linkJobToExperiment } from '../vertex/experiment.js';
-import type { ExperimentLink, VertexExperiment } from '../vertex/experiment.js';
 import { checkExperimentName, checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
 import { convertParameters } from '../vertex/params.js';
+import { loadSpecFile, parseSpec } from '../vertex/spec.js';
 import type { LoadedSpec, PipelineSpec } from '../vertex/spec.js';
 import { resolveExperiment } from './experiment.js';
-import { endRunByLauncher, followJob, mirrorFinalState } from './follow.js';
+import { recordExperimentLink } from './experiment-link.js';
+import type { ExperimentResult } from './experiment-link.js';
+import { endRunByLauncher, followWhileLinking, mirrorFinalState } from './follow.js';
+import type { FollowOptions } from './follow.js';
+import { silentProgress } from './progress.js';
 import type { Progress } from './progress.js';
-import { EXPERIMENT_ID_LABEL, RUN_ID_LABEL, TAG, tagValue } from './tags.js';
+import { withSession } from './session.js';
+import type { LaunchEnvironment } from './session.js';
+import { EXPERIMENT_ID_LABEL, RUN_ID_LABEL, TAG } from './tags.js';
 
 /** Everything a submission needs, checked before any MLflow or Vertex state is created. */
 export interface LaunchPlan {
@@ -114,14 +121,6 @@ export interface LaunchOptions {
   experimentLinkTimeoutMs?: number;
   /** First wait between looks for the run context (tests shorten it). */
   experimentLinkIntervalMs?: number;
-}
-
-export interface ExperimentResult {
-  name: string;
-  consoleUrl: string;
-  created: boolean;
-  link: ExperimentLink['state'];
-  reason?: string;
 }
 
 export interface LaunchResult {
@@ -248,7 +247,7 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
       return result;
     }
 
-    const followOptions: Parameters<typeof followJob>[0] = {
+    const followOptions: FollowOptions = {
       vertex,
       job: job.name,
       progress: deps.progress,
@@ -260,23 +259,13 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
     if (options.maxPollIntervalMs !== undefined) followOptions.maxPollIntervalMs = options.maxPollIntervalMs;
     // The link is made while the job is followed: its run context appears once the job starts running.
     // Recorded on the run as soon as it is known, so the run shows `linked` while the job still runs.
-    const followEnded = new AbortController();
-    const linking =
+    const link =
       vertexExperiment === undefined
         ? undefined
-        : linkJobToExperiment(vertex, vertexExperiment, job.name, linkOptions(options.signal, followEnded.signal)).then((link) => recordExperimentLink(mlflow, runId, vertexExperiment, link));
-    linking?.catch(() => {}); // awaited below; this only keeps an early rejection from counting as unhandled
-    let followed: Awaited<ReturnType<typeof followJob>>;
-    try {
-      followed = await followJob(followOptions);
-    } catch (err) {
-      followEnded.abort();
-      await linking?.catch(() => undefined);
-      throw err;
-    }
-    followEnded.abort();
-    if (linking !== undefined) result.vertexExperiment = await linking;
-    deps.progress.done();
+        : (followEnded: AbortSignal) =>
+            linkJobToExperiment(vertex, vertexExperiment, job.name, linkOptions(options.signal, followEnded)).then((made) => recordExperimentLink(mlflow, runId, vertexExperiment, made));
+    const { followed, experiment } = await followWhileLinking(followOptions, link);
+    if (experiment !== undefined) result.vertexExperiment = experiment;
     result.state = followed.state;
     result.interrupted = followed.interrupted;
     if (followed.terminal) {
@@ -302,56 +291,62 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
   }
 }
 
-/**
- * Puts the link's outcome on the run (also after an interrupt, which leaves it `pending`); the launch goes on
- * whatever it is (re-running would submit a second job).
- */
-export async function recordExperimentLink(mlflow: MlflowClient, runId: string, experiment: Pick<VertexExperiment, 'name' | 'consoleUrl'> & { created?: boolean }, link: ExperimentLink): Promise<ExperimentResult> {
-  await mlflow.uninterrupted().setTags(runId, [
-    { key: TAG.vertexExperimentLink, value: link.state },
-    { key: TAG.vertexExperimentLinkError, value: link.state === 'linked' ? '' : tagValue(link.reason ?? '') },
-  ]);
-  return {
-    name: experiment.name,
-    consoleUrl: experiment.consoleUrl,
-    created: experiment.created ?? false,
-    link: link.state,
-    ...(link.reason === undefined ? {} : { reason: link.reason }),
-  };
+export interface RunInput {
+  /** A compiled spec file, or (`isTemplate`) a template URI https://<region>-kfp.pkg.dev/... */
+  source: string;
+  isTemplate: boolean;
+  params: ReadonlyMap<string, string>;
+  /** Added to vertex.labels. */
+  labels: Record<string, string>;
+  jobId?: string;
+  displayName?: string;
+  now: Date;
+  userId?: string;
+  wait: boolean;
+  cancelOnInterrupt: boolean;
+  pollIntervalMs: number;
+  experimentLinkTimeoutMs: number;
 }
 
 /**
- * For `follow`: a run whose job did not make it into its Vertex AI experiment at launch (the job had not started)
- * gets another chance. The experiment comes from the run's tags, so no config is needed. Never throws for the
- * link itself; MLflow errors while recording propagate.
+ * `kvx-launch run`: reads the pipeline (a file, or a template downloaded with the caller's credentials), checks
+ * every input against the config, and launches (see `launch`).
  */
-export async function finishExperimentLink(
-  deps: { mlflow: MlflowClient; vertex: VertexClient; logger: Logger },
-  run: MlflowRun,
-  job: string,
-  where: { projectId: string; region: string },
-  options: { timeoutMs: number; intervalMs?: number; signal?: AbortSignal; wake?: AbortSignal },
-): Promise<ExperimentResult | undefined> {
-  const tags = new Map((run.data.tags ?? []).map((t) => [t.key, t.value]));
-  const name = tags.get(TAG.vertexExperiment);
-  if (!name || tags.get(TAG.vertexExperimentLink) === 'linked') return undefined;
-  let experiment: VertexExperiment;
-  try {
-    experiment = await getOrCreateExperiment(deps.vertex, name, where.projectId, where.region, { logger: deps.logger });
-  } catch (err) {
-    // Interrupted: the link stays as it was, for the next follow.
-    if (options.signal?.aborted === true) return undefined;
-    const reason = `${errorMessage(err)}${err instanceof KvxError && err.hint ? ` (hint: ${err.hint})` : ''}`;
-    return recordExperimentLink(deps.mlflow, run.info.run_id, { name, consoleUrl: tags.get(TAG.vertexExperimentUrl) ?? '' }, { state: 'failed', reason });
-  }
-  const link = await linkJobToExperiment(deps.vertex, experiment, job, {
-    logger: deps.logger,
-    timeoutMs: options.timeoutMs,
-    ...(options.intervalMs === undefined ? {} : { intervalMs: options.intervalMs }),
-    ...(options.signal === undefined ? {} : { signal: options.signal }),
-    ...(options.wake === undefined ? {} : { wake: options.wake }),
+export async function launchPipeline(loaded: LoadedConfig, input: RunInput, environment: LaunchEnvironment): Promise<LaunchResult> {
+  return withSession(loaded, environment, async (session) => {
+    const vertex = session.vertex();
+    const spec = input.isTemplate ? parseSpec(await downloadTemplate(vertex, input.source), input.source) : await loadSpecFile(input.source);
+    const flags: PlanFlags = { params: input.params, labels: input.labels, now: input.now };
+    if (input.userId !== undefined) flags.userId = input.userId;
+    if (input.jobId !== undefined) flags.jobId = input.jobId;
+    if (input.displayName !== undefined) flags.displayName = input.displayName;
+    if (input.isTemplate) flags.templateUri = input.source;
+    const plan = planLaunch(loaded.config, spec, flags);
+
+    const mlflow = await session.mlflow();
+    // Progress goes to stderr, so --json output on stdout stays clean.
+    const progress = input.wait ? environment.progress(plan.jobId) : silentProgress;
+    return launch({ mlflow, vertex, logger: session.logger, progress }, plan, {
+      wait: input.wait,
+      cancelOnInterrupt: input.cancelOnInterrupt,
+      signal: environment.signal,
+      pollIntervalMs: input.pollIntervalMs,
+      experimentLinkTimeoutMs: input.experimentLinkTimeoutMs,
+      ...(environment.experimentLinkIntervalMs === undefined ? {} : { experimentLinkIntervalMs: environment.experimentLinkIntervalMs }),
+    });
   });
-  return recordExperimentLink(deps.mlflow, run.info.run_id, experiment, link);
+}
+
+async function downloadTemplate(vertex: VertexClient, uri: string): Promise<string> {
+  try {
+    return await vertex.fetchTemplate(uri);
+  } catch (err) {
+    // An interrupt stays one (exit 130), not a bad template.
+    if (err instanceof KvxError && err.code === 'KVX_INTERRUPTED') throw err;
+    throw new KvxError('KVX_LAUNCH_INPUT', `cannot download pipeline template ${uri}: ${errorMessage(err)}`, {
+      hint: 'check the URI (https://<region>-kfp.pkg.dev/<project>/<repo>/<package>/<tag or sha256:...>) and that you can read the repository (Artifact Registry Reader)',
+    });
+  }
 }
 
 function withRunNote(err: unknown, runId: string, status: string, endProblem: string | undefined): KvxError {

@@ -1,10 +1,13 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { LoadedConfig } from '../config/load.js';
 import { KvxError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { MlflowApiError } from '../mlflow/client.js';
 import type { KeyValue, MlflowClient, MlflowRun } from '../mlflow/client.js';
 import { resolveExperiment } from './experiment.js';
+import { withSession } from './session.js';
+import type { LaunchEnvironment } from './session.js';
 import { TAG } from './tags.js';
 
 export interface StartRunInput {
@@ -96,6 +99,18 @@ export async function startRun(mlflow: MlflowClient, input: StartRunInput, logge
     await writeFile(input.output, result.runId);
   }
   return result;
+}
+
+/**
+ * `kvx-launch start-run`: the run is created in vertex.experimentName, or resumed from MLFLOW_RUN_ID (see
+ * `startRun`).
+ */
+export async function startPipelineRun(loaded: LoadedConfig, input: Pick<StartRunInput, 'jobName' | 'jobId' | 'output'>, environment: LaunchEnvironment): Promise<StartRunResult> {
+  return withSession(loaded, environment, async (session) => {
+    const mlflow = await session.mlflow();
+    const resumeRunId = environment.env['MLFLOW_RUN_ID'];
+    return startRun(mlflow, { ...input, experimentName: loaded.config.vertex.experimentName, ...(resumeRunId ? { resumeRunId } : {}) }, session.logger);
+  });
 }
 
 /** Runs tagged with this job name, oldest first. */

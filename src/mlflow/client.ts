@@ -220,21 +220,10 @@ export class MlflowClient {
     await this.request('POST', 'runs/delete', { run_id: runId }, true);
   }
 
-  async setTag(runId: string, key: string, value: string): Promise<void> {
-    await this.request('POST', 'runs/set-tag', { run_id: runId, run_uuid: runId, key, value }, true);
-  }
-
   /** Tags in one request (MLflow takes at most 100 per batch; split above that). */
   async setTags(runId: string, tags: KeyValue[]): Promise<void> {
     for (let i = 0; i < tags.length; i += 100) {
       await this.request('POST', 'runs/log-batch', { run_id: runId, tags: tags.slice(i, i + 100), params: [], metrics: [] }, true);
-    }
-  }
-
-  /** Params may be logged again with the same value, so a repeat is harmless. */
-  async logParams(runId: string, params: KeyValue[]): Promise<void> {
-    for (let i = 0; i < params.length; i += 100) {
-      await this.request('POST', 'runs/log-batch', { run_id: runId, params: params.slice(i, i + 100), tags: [], metrics: [] }, true);
     }
   }
 

@@ -13,24 +13,6 @@ const TYPE_NAMES: Record<ParameterType, string> = {
   STRUCT: 'struct (JSON object)',
 };
 
-/** `name=value` pairs from the command line; a name given twice is an error, not a silent override. */
-export function parseParamFlags(pairs: readonly string[]): Map<string, string> {
-  const out = new Map<string, string>();
-  const problems: string[] = [];
-  for (const pair of pairs) {
-    const eq = pair.indexOf('=');
-    const name = eq === -1 ? '' : pair.slice(0, eq).trim();
-    if (eq <= 0 || name === '') {
-      problems.push(`--param "${pair}" is malformed: write --param name=value`);
-      continue;
-    }
-    if (out.has(name)) problems.push(`--param ${name} is given more than once`);
-    out.set(name, pair.slice(eq + 1));
-  }
-  if (problems.length > 0) throw new KvxError('KVX_LAUNCH_INPUT', problems.join('\n'));
-  return out;
-}
-
 /** One line per declared parameter, for error messages: `  epochs: integer (default 10)`. */
 export function describeParameters(declared: readonly DeclaredParameter[]): string {
   if (declared.length === 0) return '  (the pipeline declares no parameters)';

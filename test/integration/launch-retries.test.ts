@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { expect } from 'chai';
 import { MlflowClient } from '../../src/mlflow/client.js';
 import { startFakeMlflow } from '../fakes/mlflow/index.js';
@@ -97,6 +98,22 @@ describe('kvx-launch run: retries that cannot duplicate, waits that an interrupt
     expect(run.info.status).to.equal('KILLED');
     expect(tags(run)['kvx_launch_error']).to.include('Interrupted before the pipeline job was submitted');
     expect(res.stderr).to.include(`MLflow run ${run.info.run_id} was ended KILLED`);
+    expect(h.vertex.jobs.size).to.equal(0);
+  });
+
+  it('an interrupt while a pipeline template download waits to retry exits 130, not as a bad template', async () => {
+    const uri = `${h.vertex.url}/kfp/my-project/kfp-repo/spaceflights/v3`;
+    h.vertex.templates.set(uri, await readFile(FIXTURE, 'utf8'));
+    for (let i = 0; i < 5; i++) h.vertex.replyFaults.push({ method: 'GET', path: /^\/kfp\//, fault: 503 });
+    const interrupt = new AbortController();
+    const started = Date.now();
+    const pending = launchCli(h, ['run', uri, '-c', h.config, '--param', 'dataset=x'], { deps: { now: NOW, interrupt: interrupt.signal } });
+    await until('the 503', () => h.vertex.requests.some((r) => r.status === 503));
+    interrupt.abort();
+    const res = await endsPromptly(pending, started);
+    expect(res.code, res.stderr).to.equal(130);
+    expect(res.stderr).not.to.include('cannot download pipeline template');
+    expect(h.mlflow.store.runs.size).to.equal(0);
     expect(h.vertex.jobs.size).to.equal(0);
   });
 });

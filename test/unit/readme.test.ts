@@ -1,9 +1,19 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { expect } from 'chai';
+import { flagReferenceMarkdown } from '../../src/cli/flags.js';
 import { configReferenceMarkdown } from '../../src/config/reference.js';
 
 const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
 const configurationDoc = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8');
+const launcherDoc = readFileSync(new URL('../../docs/launcher.md', import.meta.url), 'utf8');
+
+/** The text between `<!-- marker:start -->` and `<!-- marker:end -->`, as scripts/config-reference.ts --write puts it. */
+function generated(doc: string, marker: string): string {
+  const start = doc.indexOf(`<!-- ${marker}:start -->\n`);
+  const end = doc.indexOf(`\n<!-- ${marker}:end -->`);
+  expect(start, `<!-- ${marker}:start -->`).to.not.equal(-1);
+  return doc.slice(start + `<!-- ${marker}:start -->\n`.length, end);
+}
 const docs = [readme, readFileSync(new URL('../../bench/README.md', import.meta.url), 'utf8')].concat(
   readdirSync(new URL('../../docs/', import.meta.url)).map((f) => readFileSync(new URL(`../../docs/${f}`, import.meta.url), 'utf8')),
 );
@@ -14,6 +24,11 @@ describe('README', () => {
     const start = configurationDoc.indexOf('<!-- config-reference:start -->\n') + '<!-- config-reference:start -->\n'.length;
     const end = configurationDoc.indexOf('\n<!-- config-reference:end -->');
     expect(configurationDoc.slice(start, end)).to.equal(configReferenceMarkdown());
+  });
+
+  it('has the flag tables of kvx-proxy and kvx-launch generated from the flag table (npx tsx scripts/config-reference.ts --write)', () => {
+    expect(generated(configurationDoc, 'flags:kvx-proxy')).to.equal(flagReferenceMarkdown('kvx-proxy'));
+    expect(generated(launcherDoc, 'flags:kvx-launch')).to.equal(flagReferenceMarkdown('kvx-launch'));
   });
 
   it('gives a newcomer exactly two set-up commands, one to run the main job (the demo) and one to run the tests', () => {

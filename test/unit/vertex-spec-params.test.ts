@@ -3,10 +3,14 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { CommandFlags } from '../../src/cli/flags.js';
 import { KvxError } from '../../src/errors.js';
 import { checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../../src/vertex/naming.js';
-import { convertParameters, convertValue, parseParamFlags } from '../../src/vertex/params.js';
+import { convertParameters, convertValue } from '../../src/vertex/params.js';
 import { loadSpecFile, parseSpec } from '../../src/vertex/spec.js';
+
+/** kvx-launch run's --param, read through the flag table. */
+const parseParamFlags = (pairs: string[]) => new CommandFlags('kvx-launch run', { param: pairs }).pairs('--param');
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/kfp/spaceflights-pipeline.yaml', import.meta.url));
 
