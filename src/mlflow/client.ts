@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Dispatcher } from 'undici';
 import type { HeaderMap } from '../auth/provider.js';
 import type { KvxConfig } from '../config/schema.js';
@@ -7,6 +6,7 @@ import { KvxError } from '../errors.js';
 import type { RetryPolicy } from '../util/backoff.js';
 import { RestCore, undiciAgent } from '../util/rest.js';
 import type { RestClientOptions, RestReply } from '../util/rest.js';
+import { upstreamTlsOptions } from '../config/tls.js';
 
 export { undiciRequest } from '../util/rest.js';
 
@@ -102,12 +102,7 @@ export function retryPolicyFromEnv(env: NodeJS.ProcessEnv): { retry: RetryPolicy
 /** An undici dispatcher honouring the upstream.* TLS and connect settings the proxy uses too. */
 export function mlflowDispatcher(config: KvxConfig): Dispatcher {
   const { upstream } = config;
-  const connect: Record<string, unknown> = { timeout: upstream.connectTimeoutMs };
-  if (upstream.caFile) connect['ca'] = readFileSync(upstream.caFile);
-  if (upstream.certFile) connect['cert'] = readFileSync(upstream.certFile);
-  if (upstream.keyFile) connect['key'] = readFileSync(upstream.keyFile);
-  if (upstream.insecure) connect['rejectUnauthorized'] = false;
-  return undiciAgent({ connect, connections: 8 });
+  return undiciAgent({ connect: { timeout: upstream.connectTimeoutMs, ...upstreamTlsOptions(upstream) }, connections: 8 });
 }
 
 /**

@@ -14,7 +14,6 @@ export type ProxyErrorKind =
   | 'upstream_tls'
   | 'upstream_bad_response'
   | 'credentials_unavailable'
-  | 'shutting_down'
   | 'host_not_allowed'
   | 'origin_not_allowed'
   | 'cross_site_request';
@@ -29,17 +28,13 @@ const STATUS: Record<ProxyErrorKind, { status: number; errorCode: string }> = {
   upstream_bad_response: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   upstream_timeout: { status: 504, errorCode: 'DEADLINE_EXCEEDED' },
   credentials_unavailable: { status: 503, errorCode: 'TEMPORARILY_UNAVAILABLE' },
-  shutting_down: { status: 503, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   // 421: the request was sent to a server that does not answer for the host it names (RFC 9110 §15.5.20).
   host_not_allowed: { status: 421, errorCode: 'BAD_REQUEST' },
   origin_not_allowed: { status: 403, errorCode: 'PERMISSION_DENIED' },
   cross_site_request: { status: 403, errorCode: 'PERMISSION_DENIED' },
 };
 
-export function statusFor(kind: ProxyErrorKind): number {
-  return STATUS[kind].status;
-}
-
+/** The JSON body of every answer the proxy makes itself, in MLflow's error shape. */
 export function errorBody(kind: ProxyErrorKind, message: string): string {
   return JSON.stringify({ error_code: STATUS[kind].errorCode, message: `kvx-proxy: ${message}` });
 }

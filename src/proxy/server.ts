@@ -1,7 +1,5 @@
-import { readFileSync } from 'node:fs';
 import type http from 'node:http';
 import type { AddressInfo, Server } from 'node:net';
-import type { ConnectionOptions } from 'node:tls';
 import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
@@ -20,6 +18,9 @@ import { ClientListener } from './wire/client-connection.js';
 import type { RefusalKind } from './wire/client-connection.js';
 import { UpstreamPool } from './wire/upstream-pool.js';
 import { lazyRequire } from '../util/lazy-require.js';
+import { upstreamTlsOptions } from '../config/tls.js';
+import { isLoopbackHost } from '../config/validate.js';
+import { errorBody } from './errors.js';
 
 /**
  * node:http for the admin listener, loaded as CommonJS: importing it as an ES module makes Node build a facade
@@ -114,7 +115,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     fdLimit: connectionLimits.fdLimit,
     maxClientConnections: connectionLimits.maxClientConnections,
   });
-  if (!['127.0.0.1', '::1', 'localhost'].includes(config.listen.host) && !config.listen.host.startsWith('127.')) {
+  if (!isLoopbackHost(config.listen.host)) {
     logger.warn('listening on a non-loopback address: anyone who can reach this port gets authenticated MLflow access', { host: config.listen.host });
   }
 
@@ -200,11 +201,6 @@ async function startCredentials(injector: HeaderInjector, config: KvxConfig, log
 
 function poolOptions(config: KvxConfig): ConstructorParameters<typeof UpstreamPool>[0] {
   const { upstream } = config;
-  const tls: ConnectionOptions = {};
-  if (upstream.caFile) tls.ca = readFileSync(upstream.caFile);
-  if (upstream.certFile) tls.cert = readFileSync(upstream.certFile);
-  if (upstream.keyFile) tls.key = readFileSync(upstream.keyFile);
-  if (upstream.insecure) tls.rejectUnauthorized = false;
   return {
     origin: new URL(new URL(upstream.url).origin),
     maxConnections: upstream.maxConnections,
@@ -212,7 +208,7 @@ function poolOptions(config: KvxConfig): ConstructorParameters<typeof UpstreamPo
     headersTimeoutMs: upstream.headersTimeoutMs,
     idleTimeoutMs: upstream.idleTimeoutMs,
     keepAliveTimeoutMs: 30_000,
-    tls,
+    tls: upstreamTlsOptions(upstream),
   };
 }
 
@@ -226,7 +222,7 @@ function createClientListener(config: KvxConfig, forwarder: Forwarder, logger: L
           : kind === 'too_large'
             ? ['413 Content Too Large', `the request's Content-Length exceeds ${Number.MAX_SAFE_INTEGER} bytes (2^53 - 1), the largest length kvx-proxy forwards exactly`]
             : ['400 Bad Request', 'malformed HTTP request'];
-    return { status, body: JSON.stringify({ error_code: 'BAD_REQUEST', message: `kvx-proxy: ${message}` }) };
+    return { status, body: errorBody('bad_request', message) };
   };
   return new ClientListener({
     maxHeaderSize: config.server.maxHeaderSize,
