@@ -7,8 +7,9 @@ import type { GoogleAnswer } from './google/http.js';
 import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, upstreamRejectionHint } from './google/params.js';
 import { GoogleTokenProvider } from './google/provider.js';
 import type { CredentialsInfo } from './google/source.js';
-import { TokenFetchError, idToken } from './token-cache.js';
-import type { Token, TokenProviderOptions } from './token-cache.js';
+import { TokenFetchError, idToken } from './token.js';
+import type { Token } from './token.js';
+import type { TokenProviderOptions } from './token-provider.js';
 
 /**
  * `google-iam`: an ID token for a service account, minted by IAM Credentials `generateIdToken` on behalf of

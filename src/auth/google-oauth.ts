@@ -5,8 +5,9 @@ import type { ProviderPlan } from './registry.js';
 import { audienceOf, clientIdProblems, upstreamRejectionHint } from './google/params.js';
 import { GoogleTokenProvider } from './google/provider.js';
 import type { CredentialsInfo } from './google/source.js';
-import { TokenFetchError } from './token-cache.js';
-import type { Token, TokenProviderOptions } from './token-cache.js';
+import { TokenFetchError } from './token.js';
+import type { Token } from './token.js';
+import type { TokenProviderOptions } from './token-provider.js';
 
 /**
  * `google-oauth`: an ID token for the caller's own identity with audience `client_id`, from a

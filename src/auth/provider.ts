@@ -128,3 +128,12 @@ export abstract class RequestHeaderProvider implements HeaderProvider {
 export function authorizationValue(scheme: string, token: string): string {
   return scheme ? `${scheme} ${token}` : token;
 }
+
+/** Case-insensitive header lookup. */
+export function headerValue(headers: HeaderMap, name: string): string | undefined {
+  const direct = headers[name];
+  if (direct !== undefined) return direct;
+  const lower = name.toLowerCase();
+  for (const [key, value] of Object.entries(headers)) if (key.toLowerCase() === lower) return value;
+  return undefined;
+}

@@ -6,34 +6,34 @@ import type { ProviderPlan } from './registry.js';
 import { SecretSource } from './secret-source.js';
 
 /**
- * A fixed bearer token (an MLflow token, a PAT for a gateway). Params: exactly one of `token`, `token_env`,
- * `token_file`. The header object is rebuilt only when the secret changes, so a request costs nothing.
+ * A provider whose header is made from one secret param (`<param>`, `<param>_env` or `<param>_file`). The header
+ * object is rebuilt only when the secret changes, so a request costs nothing.
  */
-export class StaticTokenProvider implements HeaderProvider {
-  readonly name = 'static';
+abstract class SecretHeaderProvider implements HeaderProvider {
+  abstract readonly name: string;
+  protected readonly header: string;
   private headersValue: HeaderMap | undefined;
   private readonly source: SecretSource;
 
-  constructor(plan: ProviderPlan, context: ProviderContext) {
-    this.source = SecretSource.open(plan.params, 'token', {
+  constructor(plan: ProviderPlan, context: ProviderContext, param: string) {
+    this.header = context.header;
+    this.source = SecretSource.open(plan.params, param, {
       baseDir: context.baseDir,
       env: context.env,
       logger: context.logger,
       onChange: () => (this.headersValue = undefined),
     })!;
-    this.header = context.header;
-    this.scheme = context.scheme;
   }
 
-  private readonly header: string;
-  private readonly scheme: string;
+  /** The header value for `secret`. */
+  protected abstract valueFor(secret: string): string;
 
   inContext(): boolean {
     return true;
   }
 
   requestHeaders(): HeaderMap {
-    return (this.headersValue ??= Object.freeze({ [this.header]: authorizationValue(this.scheme, this.source.get(this.name)) }));
+    return (this.headersValue ??= Object.freeze({ [this.header]: this.valueFor(this.source.get(this.name)) }));
   }
 
   async start(): Promise<void> {
@@ -51,53 +51,37 @@ export class StaticTokenProvider implements HeaderProvider {
   }
 }
 
+/** A fixed bearer token (an MLflow token, a PAT for a gateway). Params: exactly one of `token`, `token_env`, `token_file`. */
+export class StaticTokenProvider extends SecretHeaderProvider {
+  readonly name = 'static';
+  private readonly scheme: string;
+
+  constructor(plan: ProviderPlan, context: ProviderContext) {
+    super(plan, context, 'token');
+    this.scheme = context.scheme;
+  }
+
+  protected valueFor(token: string): string {
+    return authorizationValue(this.scheme, token);
+  }
+}
+
 /**
  * HTTP Basic credentials, e.g. for MLflow's own basic-auth app. Params: `username`, and exactly one of
  * `password`, `password_env`, `password_file`. Defaults to the `Authorization` header even when auth.header
  * is Proxy-Authorization, because that is the split IAP-in-front-of-basic-auth needs.
  */
-export class BasicAuthProvider implements HeaderProvider {
+export class BasicAuthProvider extends SecretHeaderProvider {
   readonly name = 'basic';
-  private headersValue: HeaderMap | undefined;
-  private readonly source: SecretSource;
   private readonly username: string;
-  private readonly header: string;
 
   constructor(plan: ProviderPlan, context: ProviderContext) {
+    super(plan, context, 'password');
     this.username = String(plan.params['username']);
-    this.header = context.header;
-    this.source = SecretSource.open(plan.params, 'password', {
-      baseDir: context.baseDir,
-      env: context.env,
-      logger: context.logger,
-      onChange: () => (this.headersValue = undefined),
-    })!;
   }
 
-  inContext(): boolean {
-    return true;
-  }
-
-  requestHeaders(): HeaderMap {
-    if (this.headersValue === undefined) {
-      const encoded = Buffer.from(`${this.username}:${this.source.get(this.name)}`, 'utf8').toString('base64');
-      this.headersValue = Object.freeze({ [this.header]: `Basic ${encoded}` });
-    }
-    return this.headersValue;
-  }
-
-  async start(): Promise<void> {
-    this.source.get(this.name);
-  }
-
-  status(): ProviderStatus {
-    const status: ProviderStatus = { ready: this.source.available };
-    if (this.source.error) status.lastError = this.source.error;
-    return status;
-  }
-
-  close(): void {
-    this.source.close();
+  protected valueFor(password: string): string {
+    return `Basic ${Buffer.from(`${this.username}:${password}`, 'utf8').toString('base64')}`;
   }
 }
 

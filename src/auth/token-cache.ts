@@ -1,59 +1,19 @@
-import { Buffer } from 'node:buffer';
 import { CredentialsError, errorMessage } from '../errors.js';
 import { silentLogger } from '../log/logger.js';
 import type { Logger } from '../log/logger.js';
 import { noAuthMetrics } from '../metrics/auth-metrics.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
-import type { HeaderMap, HeaderProvider, ProviderContext, ProviderStatus, RequestHeaderOptions } from './provider.js';
-import { authorizationValue } from './provider.js';
+import { systemClock, unref } from './clock.js';
+import type { Clock } from './clock.js';
+import type { ProviderStatus } from './provider.js';
+import { TokenFetchError, checkArrived, untilAborted } from './token.js';
+import type { Token } from './token.js';
 
 /**
  * The one token lifecycle every token-producing provider shares: expiry read from the token, eager
  * background refresh ahead of expiry, one in-flight fetch, failures never cached, bounded exponential
  * backoff. kedro-vertexai cached any answer (a failure included) for a fixed 59 minutes; this is the fix.
  */
-
-/** Time source and timers; injectable so tests can drive hours of token life in milliseconds. */
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
-
-/** A credential as fetched. `expiresAt` always comes from the answer (JWT `exp`, `expires_in`), never a guess. */
-export interface Token {
-  value: string;
-  /** Epoch milliseconds. */
-  expiresAt: number;
-  /** Epoch milliseconds of the JWT `iat`, when the token says. */
-  issuedAt?: number;
-  /** Whose token it is (service-account or user email), when known. */
-  identity?: string;
-  audience?: string;
-}
-
-/**
- * What providers throw when a fetch fails for a reason they can explain. The message names the cause and
- * carries Google's own error text; it never contains a credential.
- */
-export class TokenFetchError extends Error {
-  readonly hint: string | undefined;
-  /** HTTP status Google answered with, when it answered. */
-  readonly status: number | undefined;
-
-  constructor(message: string, options: { hint?: string; status?: number; cause?: unknown } = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'TokenFetchError';
-    this.hint = options.hint;
-    this.status = options.status;
-  }
-}
 
 export interface TokenCacheOptions {
   /** Name used in errors, logs and metrics labels (`google-iam`). */
@@ -88,7 +48,7 @@ const DEFAULT_REFRESH_BEFORE_MS = 300_000;
 const DEFAULT_JITTER_MS = 30_000;
 const DEFAULT_BACKOFF_INITIAL_MS = 1_000;
 const DEFAULT_BACKOFF_MAX_MS = 60_000;
-const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+export const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
 export const DEFAULT_REQUEST_WAIT_MS = 2_000;
 /** Seconds growing to minutes: a misconfigured audience is not fixed in a second, nor left unprobed for an hour. */
 const DEFAULT_REJECTION_BACKOFF_INITIAL_MS = 5_000;
@@ -443,8 +403,7 @@ export class TokenCache {
   }
 
   private rejectionDelay(streak: number): number {
-    const base = Math.min(this.rejectionBackoffMaxMs, this.rejectionBackoffInitialMs * 2 ** Math.min(streak - 1, 30));
-    return Math.min(this.rejectionBackoffMaxMs, Math.max(this.rejectionBackoffInitialMs, base * (0.8 + 0.4 * this.random())));
+    return backoff(this.rejectionBackoffInitialMs, this.rejectionBackoffMaxMs, streak, this.random());
   }
 
   private async fetchOnce(abort: AbortController, startedAt: number): Promise<Token> {
@@ -452,8 +411,8 @@ export class TokenCache {
     unref(timeout);
     let token: Token;
     try {
-      token = await Promise.race([this.fetchToken(abort.signal), aborted(abort.signal)]);
-      this.check(token);
+      token = await untilAborted(this.fetchToken(abort.signal), abort.signal, 'token request aborted');
+      checkArrived(token, this.clock.now(), 'token');
     } catch (err) {
       this.clock.clearTimeout(timeout);
       throw this.failed(err);
@@ -462,18 +421,6 @@ export class TokenCache {
     if (this.closed) throw new CredentialsError(this.provider, 'provider is closed');
     this.accept(token, startedAt, this.inFlightAfterRejection);
     return token;
-  }
-
-  private check(token: Token): void {
-    const now = this.clock.now();
-    if (typeof token?.value !== 'string' || token.value === '') throw new TokenFetchError('the answer held no token');
-    if (!Number.isFinite(token.expiresAt)) throw new TokenFetchError('the token carries no expiry');
-    if (token.expiresAt <= now) {
-      throw new TokenFetchError(
-        `the token was already expired on arrival (expires ${new Date(token.expiresAt).toISOString()}, local time ${new Date(now).toISOString()})`,
-        { hint: 'check that this machine\'s clock is right (NTP); a clock running ahead makes every token look expired' },
-      );
-    }
   }
 
   private accept(token: Token, startedAt: number, afterRejection: boolean): void {
@@ -518,9 +465,7 @@ export class TokenCache {
   private failed(err: unknown): CredentialsError {
     const now = this.clock.now();
     this.failures += 1;
-    const base = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** Math.min(this.failures - 1, 30));
-    // ±20% so a fleet of proxies that failed together does not retry together.
-    const delay = Math.min(this.backoffMaxMs, Math.max(this.backoffInitialMs, base * (0.8 + 0.4 * this.random())));
+    const delay = backoff(this.backoffInitialMs, this.backoffMaxMs, this.failures, this.random());
     this.nextAttemptAt = now + delay;
     const reason = err instanceof Error && err.name === 'AbortError' ? 'token request aborted' : errorMessage(err);
     this.lastError = reason;
@@ -564,194 +509,11 @@ export class TokenCache {
   }
 }
 
-function unref(handle: unknown): void {
-  (handle as { unref?: () => void } | undefined)?.unref?.();
-}
-
-function aborted(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    const fail = () => reject(signal.reason instanceof Error ? signal.reason : new TokenFetchError('token request aborted'));
-    if (signal.aborted) fail();
-    else signal.addEventListener('abort', fail, { once: true });
-  });
-}
-
-/** Claims kvx reads from an ID token. The signature is the upstream's business; kvx only needs the times. */
-export interface IdTokenClaims {
-  exp?: number;
-  iat?: number;
-  aud?: string | string[];
-  iss?: string;
-  email?: string;
-  sub?: string;
-  [claim: string]: unknown;
-}
-
-/** Decodes a JWT's payload without verifying it; undefined when it is not a JWT. */
-export function decodeJwtClaims(token: string): IdTokenClaims | undefined {
-  const parts = token.split('.');
-  if (parts.length !== 3) return undefined;
-  try {
-    const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8')) as unknown;
-    return typeof claims === 'object' && claims !== null && !Array.isArray(claims) ? (claims as IdTokenClaims) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** A Token from an ID token, its expiry read from `exp`. Throws TokenFetchError when `exp` is missing. */
-export function idToken(value: string, fallbackIdentity?: string): Token {
-  const claims = decodeJwtClaims(value);
-  if (claims === undefined) throw new TokenFetchError('the answer is not a JWT ID token');
-  if (typeof claims.exp !== 'number') throw new TokenFetchError('the ID token has no exp claim');
-  const token: Token = { value, expiresAt: claims.exp * 1000 };
-  if (typeof claims.iat === 'number') token.issuedAt = claims.iat * 1000;
-  const identity = typeof claims.email === 'string' ? claims.email : fallbackIdentity;
-  if (identity !== undefined) token.identity = identity;
-  const aud = Array.isArray(claims.aud) ? claims.aud[0] : claims.aud;
-  if (typeof aud === 'string') token.audience = aud;
-  return token;
-}
-
-/** A Token from an OAuth access-token answer, its expiry read from `expires_in` (seconds). */
-export function accessToken(answer: { access_token?: unknown; expires_in?: unknown }, now: number, identity?: string): Token {
-  if (typeof answer.access_token !== 'string' || answer.access_token === '') throw new TokenFetchError('the answer held no access_token');
-  const expiresIn = Number(answer.expires_in);
-  if (!Number.isFinite(expiresIn) || expiresIn <= 0) throw new TokenFetchError('the answer held no usable expires_in');
-  const token: Token = { value: answer.access_token, expiresAt: now + expiresIn * 1000 };
-  if (identity !== undefined) token.identity = identity;
-  return token;
-}
-
-export interface TokenProviderOptions {
-  clock?: Clock;
-  random?: () => number;
-  backoffInitialMs?: number;
-  backoffMaxMs?: number;
-  rejectionBackoffInitialMs?: number;
-  rejectionBackoffMaxMs?: number;
-}
-
 /**
- * Base for providers whose header is `<scheme> <token>` from a TokenCache. requestHeaders() answers
- * synchronously with a frozen object while a usable token is held, which is the proxy's hot path.
+ * The wait after the `n`th failure in a row: doubling from `initialMs` up to `maxMs`, ±20% so a fleet of proxies
+ * that failed together does not retry together. `random` is uniform [0, 1).
  */
-export abstract class TokenProvider implements HeaderProvider {
-  abstract readonly name: string;
-  protected readonly header: string;
-  protected readonly scheme: string;
-  protected readonly cache: TokenCache;
-  private headersFor: { value: string; headers: HeaderMap } | undefined;
-
-  constructor(name: string, context: ProviderContext, options: TokenProviderOptions = {}) {
-    this.header = context.header;
-    this.scheme = context.scheme;
-    const { auth } = context.config;
-    const cacheOptions: TokenCacheOptions = {
-      provider: name,
-      fetch: (signal) => this.fetchToken(signal),
-      refreshBeforeMs: auth.refreshBeforeExpirySec * 1000,
-      jitterMs: auth.refreshJitterSec * 1000,
-      fetchTimeoutMs: auth.tokenFetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS,
-      requestWaitMs: auth.tokenWaitMs ?? DEFAULT_REQUEST_WAIT_MS,
-      // Read when needed: subclass fields (the audience) are set after this constructor.
-      rejectionHint: (status, identity) => this.rejectionHint(status, identity),
-      metrics: context.metrics,
-      logger: context.logger,
-    };
-    if (options.clock) cacheOptions.clock = options.clock;
-    if (options.random) cacheOptions.random = options.random;
-    if (options.backoffInitialMs !== undefined) cacheOptions.backoffInitialMs = options.backoffInitialMs;
-    if (options.backoffMaxMs !== undefined) cacheOptions.backoffMaxMs = options.backoffMaxMs;
-    if (options.rejectionBackoffInitialMs !== undefined) cacheOptions.rejectionBackoffInitialMs = options.rejectionBackoffInitialMs;
-    if (options.rejectionBackoffMaxMs !== undefined) cacheOptions.rejectionBackoffMaxMs = options.rejectionBackoffMaxMs;
-    this.cache = new TokenCache(cacheOptions);
-  }
-
-  /** Fetch a new token. Throw TokenFetchError with a plain-words cause; never put the token in it. */
-  protected abstract fetchToken(signal: AbortSignal): Promise<Token>;
-
-  /** What to check when the upstream answers `status` even to fresh tokens of `identity`; names the config key. */
-  protected rejectionHint(_status: number, _identity: string | undefined): string {
-    return `the upstream does not accept ${this.name}'s tokens even when new: check what it expects (audience, identity) against this provider's params`;
-  }
-
-  inContext(): boolean | Promise<boolean> {
-    return true;
-  }
-
-  requestHeaders(options?: RequestHeaderOptions): HeaderMap | Promise<HeaderMap> {
-    const token = this.cache.peek();
-    if (token !== undefined) return this.headersOf(token);
-    const waitMs = options?.waitMs;
-    return (waitMs === undefined ? this.cache.get() : this.cache.acquire(waitMs)).then((t) => this.headersOf(t));
-  }
-
-  /** A fresh token now, bypassing the held one (print-token, doctor). */
-  async freshToken(): Promise<Token> {
-    return this.cache.refresh();
-  }
-
-  /** The held or newly fetched token, for diagnostics. */
-  token(): Promise<Token> {
-    return this.cache.get();
-  }
-
-  start(): Promise<void> {
-    return this.cache.start();
-  }
-
-  invalidate(rejected: HeaderMap, options?: RequestHeaderOptions): Promise<void> {
-    const sent = this.tokenIn(rejected);
-    if (sent === undefined) return Promise.resolve();
-    return this.cache.invalidate(sent, options?.waitMs);
-  }
-
-  rejected(sent: HeaderMap, status: number): boolean {
-    const value = this.tokenIn(sent);
-    return value === undefined || this.cache.rejected(value, status);
-  }
-
-  accepted(sent: HeaderMap): void {
-    const value = this.tokenIn(sent);
-    if (value !== undefined) this.cache.accepted(value);
-  }
-
-  get unconfirmed(): boolean {
-    return this.cache.unconfirmed;
-  }
-
-  status(): ProviderStatus {
-    return this.cache.status();
-  }
-
-  close(): void {
-    this.cache.close();
-  }
-
-  /** This provider's token in headers it produced, or undefined when they do not carry one. */
-  private tokenIn(headers: HeaderMap): string | undefined {
-    const value = headerValue(headers, this.header);
-    if (value === undefined) return undefined;
-    const prefix = this.scheme ? `${this.scheme} ` : '';
-    if (prefix && !value.startsWith(prefix)) return undefined;
-    return value.slice(prefix.length);
-  }
-
-  private headersOf(token: Token): HeaderMap {
-    const cached = this.headersFor;
-    if (cached !== undefined && cached.value === token.value) return cached.headers;
-    const headers = Object.freeze({ [this.header]: authorizationValue(this.scheme, token.value) });
-    this.headersFor = { value: token.value, headers };
-    return headers;
-  }
-}
-
-/** Case-insensitive header lookup. */
-export function headerValue(headers: HeaderMap, name: string): string | undefined {
-  const direct = headers[name];
-  if (direct !== undefined) return direct;
-  const lower = name.toLowerCase();
-  for (const [key, value] of Object.entries(headers)) if (key.toLowerCase() === lower) return value;
-  return undefined;
+function backoff(initialMs: number, maxMs: number, n: number, random: number): number {
+  const base = Math.min(maxMs, initialMs * 2 ** Math.min(n - 1, 30));
+  return Math.min(maxMs, Math.max(initialMs, base * (0.8 + 0.4 * random)));
 }

@@ -1,6 +1,6 @@
 import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
-import { headerValue } from '../auth/token-cache.js';
+import { headerValue } from '../auth/provider.js';
 import type { LoadedConfig } from '../config/load.js';
 import { ConfigError, KvxError } from '../errors.js';
 import type { Logger } from '../log/logger.js';

@@ -10,7 +10,7 @@ import { HeaderInjector } from '../../src/auth/injector.js';
 import { planProviders } from '../../src/auth/registry.js';
 import { applicationDefaultCredentials } from '../../src/vertex/client.js';
 import type { SourceCredentials } from '../../src/auth/google/source.js';
-import { TokenFetchError } from '../../src/auth/token-cache.js';
+import { TokenFetchError } from '../../src/auth/token.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { generateSigningKey } from '../fakes/jwt.js';
 import { authorizedUserFile, writeCredentialsFile } from '../fakes/google-oauth-token.js';

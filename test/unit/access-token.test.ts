@@ -1,8 +1,9 @@
 import { expect } from 'chai';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import { AccessTokenHolder } from '../../src/auth/google/access-token.js';
-import { TokenFetchError } from '../../src/auth/token-cache.js';
-import type { Clock, Token } from '../../src/auth/token-cache.js';
+import { TokenFetchError } from '../../src/auth/token.js';
+import type { Clock } from '../../src/auth/clock.js';
+import type { Token } from '../../src/auth/token.js';
 
 const START = Date.UTC(2025, 0, 1);
 const HOUR = 3_600_000;

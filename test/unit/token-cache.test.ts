@@ -1,8 +1,12 @@
 import { expect } from 'chai';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import { CredentialsError } from '../../src/errors.js';
-import { TokenCache, TokenFetchError, TokenProvider, accessToken, decodeJwtClaims, idToken } from '../../src/auth/token-cache.js';
-import type { Clock, Token } from '../../src/auth/token-cache.js';
+import { TokenCache } from '../../src/auth/token-cache.js';
+import { TokenFetchError, accessToken, idToken } from '../../src/auth/token.js';
+import { TokenProvider } from '../../src/auth/token-provider.js';
+import { decodeJwtClaims } from '../../src/auth/jwt.js';
+import type { Clock } from '../../src/auth/clock.js';
+import type { Token } from '../../src/auth/token.js';
 import type { ProviderContext } from '../../src/auth/provider.js';
 import type { KvxConfig } from '../../src/config/schema.js';
 import { Logger, silentLogger } from '../../src/log/logger.js';

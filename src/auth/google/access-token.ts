@@ -3,11 +3,14 @@
  * (backoff, background refresh, metrics); this only keeps google-iam from fetching an access token per ID token,
  * and lets kvx-launch's Vertex calls use the token its MLflow provider already holds.
  */
-import { systemClock, TokenFetchError } from '../token-cache.js';
-import type { Clock, Token } from '../token-cache.js';
+import { systemClock, unref } from '../clock.js';
+import type { Clock } from '../clock.js';
+import { TokenFetchError, abortReason, checkArrived, untilAborted } from '../token.js';
+import type { Token } from '../token.js';
+import { DEFAULT_FETCH_TIMEOUT_MS } from '../token-cache.js';
 import type { CredentialsInfo, FindOptions, SourceCredentials } from './source.js';
 
-const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+const ABORTED = 'the access token request was aborted';
 /** Google's client libraries refresh this long before expiry, so a token is not sent out as it runs out. */
 const MAX_EXPIRY_MARGIN_MS = 300_000;
 
@@ -36,9 +39,9 @@ export class AccessTokenHolder {
   get(signal?: AbortSignal): Promise<Token> {
     const held = this.held;
     if (held !== undefined && this.clock.now() < held.usableUntil) return Promise.resolve(held.token);
-    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    if (signal?.aborted) return Promise.reject(abortReason(signal, ABORTED));
     const flight = this.inFlight ?? this.fetch();
-    return signal === undefined ? flight : untilAborted(flight, signal);
+    return signal === undefined ? flight : untilAborted(flight, signal, ABORTED);
   }
 
   /** Forget `value` if it is the held token (a Google API rejected it). */
@@ -57,8 +60,8 @@ export class AccessTokenHolder {
     const abort = new AbortController();
     const startedAt = this.clock.now();
     const timer = this.clock.setTimeout(() => abort.abort(new TokenFetchError(`the access token request timed out after ${this.fetchTimeoutMs} ms`)), this.fetchTimeoutMs);
-    (timer as { unref?: () => void } | undefined)?.unref?.();
-    const flight = untilAborted(this.fetchToken(abort.signal), abort.signal)
+    unref(timer);
+    const flight = untilAborted(this.fetchToken(abort.signal), abort.signal, ABORTED)
       .then((token) => {
         this.keep(token, startedAt);
         return token;
@@ -77,14 +80,7 @@ export class AccessTokenHolder {
 
   private keep(token: Token, startedAt: number): void {
     const now = this.clock.now();
-    if (typeof token?.value !== 'string' || token.value === '') throw new TokenFetchError('the answer held no access token');
-    if (!Number.isFinite(token.expiresAt)) throw new TokenFetchError('the access token carries no expiry');
-    if (token.expiresAt <= now) {
-      throw new TokenFetchError(
-        `the access token was already expired on arrival (expires ${new Date(token.expiresAt).toISOString()}, local time ${new Date(now).toISOString()})`,
-        { hint: 'check that this machine\'s clock is right (NTP); a clock running ahead makes every token look expired' },
-      );
-    }
+    checkArrived(token, now, 'access token');
     if (this.closed) throw closedError();
     // Lifetime measured from when we asked, so a slow answer does not stretch it; short-lived tokens keep 90% of it.
     const lifetime = token.expiresAt - Math.min(startedAt, now);
@@ -114,23 +110,4 @@ export function holdingAccessToken(
 
 function closedError(): TokenFetchError {
   return new TokenFetchError('the Google credentials were closed');
-}
-
-/** `promise`, or the signal's reason once it aborts first (a fetch that ignores its signal is not waited for). */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return Promise.reject(abortReason(signal));
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortReason(signal));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise
-      .then(resolve, reject)
-      .finally(() => signal.removeEventListener('abort', onAbort));
-  });
-}
-
-function abortReason(signal: AbortSignal): Error {
-  return signal.reason instanceof Error ? signal.reason : new TokenFetchError('the access token request was aborted');
 }

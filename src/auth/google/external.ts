@@ -3,7 +3,7 @@
  * accounts (workload identity federation).
  */
 import type { AuthClient } from 'google-auth-library';
-import { TokenFetchError } from '../token-cache.js';
+import { TokenFetchError } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import { CLOUD_PLATFORM_SCOPE, SETUP_HINT } from './source.js';

@@ -1,6 +1,6 @@
 /** The HTTP calls kvx makes to Google's token endpoints, and the error text it shows from their answers. */
 import { errorMessage } from '../../errors.js';
-import { TokenFetchError } from '../token-cache.js';
+import { TokenFetchError } from '../token.js';
 import type { Json } from './source.js';
 
 export interface GoogleAnswer {

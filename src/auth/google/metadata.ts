@@ -1,5 +1,5 @@
 /** The metadata server of Vertex AI, GKE (Workload Identity), Cloud Run and VMs: the attached service account. */
-import { TokenFetchError, accessToken, idToken } from '../token-cache.js';
+import { TokenFetchError, accessToken, idToken } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleCall, oneLine } from './http.js';
 import type { FindOptions, Json, SourceCredentials } from './source.js';

@@ -1,6 +1,6 @@
 /** Param checks and token checks shared by the google-iam and google-oauth providers. */
-import { TokenFetchError } from '../token-cache.js';
-import type { Token } from '../token-cache.js';
+import { TokenFetchError } from '../token.js';
+import type { Token } from '../token.js';
 
 export const SERVICE_ACCOUNT_EMAIL = /^[a-z0-9][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9-.:]+\.gserviceaccount\.com$/i;
 

@@ -1,6 +1,6 @@
 import type { ProviderContext } from '../provider.js';
-import { TokenProvider } from '../token-cache.js';
-import type { TokenProviderOptions } from '../token-cache.js';
+import { TokenProvider } from '../token-provider.js';
+import type { TokenProviderOptions } from '../token-provider.js';
 import { CredentialsLookup } from './discovery.js';
 import type { CredentialsInfo } from './source.js';
 

@@ -4,7 +4,7 @@
  */
 import { sign } from 'node:crypto';
 import { errorMessage } from '../../errors.js';
-import { TokenFetchError, accessToken, idToken } from '../token-cache.js';
+import { TokenFetchError, accessToken, idToken } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleCall, googleError, parseJson } from './http.js';
 import { CLOUD_PLATFORM_SCOPE } from './source.js';

@@ -3,7 +3,8 @@
  * access token it holds, and (for the kinds that can) ID tokens minted by itself.
  */
 import type { Logger } from '../../log/logger.js';
-import type { Clock, Token } from '../token-cache.js';
+import type { Clock } from '../clock.js';
+import type { Token } from '../token.js';
 
 export const CLOUD_PLATFORM_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
 

@@ -1,8 +1,9 @@
 /** A gcloud application-default login (authorized_user): a refresh token google-auth-library redeems at auth.endpoints.oauthToken. */
 import type { UserRefreshClient } from 'google-auth-library';
 import { errorMessage } from '../../errors.js';
-import { TokenFetchError, decodeJwtClaims } from '../token-cache.js';
-import type { Token } from '../token-cache.js';
+import { TokenFetchError } from '../token.js';
+import { decodeJwtClaims } from '../jwt.js';
+import type { Token } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import type { CredentialsInfo, FindOptions, Json, SourceCredentials } from './source.js';
