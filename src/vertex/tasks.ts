@@ -63,7 +63,7 @@ export function taskTree(taskDetails: readonly TaskDetail[] | undefined): TaskTr
     const node: TaskNode = { task: t, children: [], depth, path: '', label: '' };
     if (parent !== undefined) node.parent = parent;
     if (iteration !== undefined) node.iteration = iteration;
-    node.label = iteration === undefined ? t.taskName : `${t.taskName}[iteration ${iteration}]`;
+    node.label = iteration === undefined ? t.taskName : `${parent?.task.taskName ?? t.taskName}[iteration ${iteration}]`;
     // An iteration stands in for its loop in the path: for-loop-2[iteration 3]/train, not for-loop-2/for-loop-2[...].
     const prefix = iteration !== undefined && parent !== undefined ? parent.parent?.path : parent?.path;
     node.path = prefix ? `${prefix}/${node.label}` : node.label;

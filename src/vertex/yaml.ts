@@ -104,9 +104,8 @@ export function readYaml(text: string): YamlRead {
   }
   const error = firstError(docs);
   if (error !== undefined) {
-    // Report the problem in the text as given, not in a partly repaired one.
-    const original = firstError(YAML.parseAllDocuments(text, OPTIONS)) ?? error;
-    throw new YamlReadError(original.message.split('\n')[0]!, original.linePos?.[0]?.line);
+    // A repair only indents lines, so the line is the same in the text as given; the column may not be.
+    throw new YamlReadError(`${error.message.split(' at line ')[0]!.split('\n')[0]} (line ${error.linePos?.[0]?.line ?? '?'})`, error.linePos?.[0]?.line);
   }
   const documents = (Array.isArray(docs) ? docs : [docs]).map((d) => d.toJS({ maxAliasCount: OPTIONS.maxAliasCount }) as unknown);
   return { documents, warnings };
