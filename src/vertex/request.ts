@@ -116,7 +116,10 @@ export function legacyValue(p: DeclaredParameter, value: unknown, source: string
   }
 }
 
-/** What Python's json.dumps writes (", " and ": " separators, non-ASCII escaped), so values match the SDK's. */
+/**
+ * What Python's json.dumps writes (", " and ": " separators, non-ASCII escaped), so values match the SDK's. One
+ * difference stays: JavaScript has no float type, so a whole number is written `1` where Python may write `1.0`.
+ */
 export function pythonJsonDumps(value: unknown): string {
   if (value === null || value === undefined) return 'null';
   if (typeof value === 'boolean') return value ? 'true' : 'false';

@@ -80,9 +80,10 @@ const OPTIONS = {
   merge: true,
   uniqueKeys: false,
   version: '1.1',
-  // A spec is data read once; anchors are rare, and an alias bomb is bounded by the library's own limit.
-  maxAliasCount: 1000,
 } as const;
+
+/** Anchors are rare in specs; this bounds what an alias bomb can expand to. */
+const MAX_ALIAS_COUNT = 1000;
 
 /** Bounds the repair loop: one round per broken quoted scalar. */
 const MAX_REPAIRS = 10_000;
@@ -107,7 +108,7 @@ export function readYaml(text: string): YamlRead {
     // A repair only indents lines, so the line is the same in the text as given; the column may not be.
     throw new YamlReadError(`${error.message.split(' at line ')[0]!.split('\n')[0]} (line ${error.linePos?.[0]?.line ?? '?'})`, error.linePos?.[0]?.line);
   }
-  const documents = (Array.isArray(docs) ? docs : [docs]).map((d) => d.toJS({ maxAliasCount: OPTIONS.maxAliasCount }) as unknown);
+  const documents = (Array.isArray(docs) ? docs : [docs]).map((d) => d.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown);
   return { documents, warnings };
 }
 

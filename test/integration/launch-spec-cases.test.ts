@@ -103,7 +103,12 @@ describe('kvx-launch run: the specs users bring', () => {
   });
 
   it('a value outside a parameter\'s literals is refused before anything is created', async () => {
-    const res = await run(fixture('literals-and-system-inputs.yaml'), '--param', 'accelerator=tpu-v5');
+    // Without the system-set root input, so only the literals are in question.
+    const text = (await readFile(fixture('literals-and-system-inputs.yaml'), 'utf8')).replaceAll('      status:\n        isOptional: true\n        parameterType: TASK_FINAL_STATUS\n', '');
+    const literalsOnly = path.join(h.dir, 'literals-only.yaml');
+    await writeFile(literalsOnly, text);
+    expect(text).not.to.include('      status:\n        isOptional: true\n        parameterType: TASK_FINAL_STATUS');
+    const res = await run(literalsOnly, '--param', 'accelerator=tpu-v5');
     expect(res.code).to.equal(1);
     expect(res.stderr).to.include('parameter "accelerator" must be one of "nvidia-l4", "nvidia-a100-80gb"; got "tpu-v5"');
     expect(h.mlflow.store.runs.size).to.equal(0);
