@@ -67,7 +67,7 @@ export async function followJob(options: FollowOptions): Promise<FollowResult> {
       if (TERMINAL_STATES.has(job.state ?? '')) {
         return { job, state: shortState(job.state), terminal: true, interrupted: false, cancelRequested: false };
       }
-      const fingerprint = JSON.stringify([job.state, (job.jobDetail?.taskDetails ?? []).map((t) => [t.taskName, t.state])]);
+      const fingerprint = JSON.stringify([job.state, (job.jobDetail?.taskDetails ?? []).map((t) => [t.taskId ?? t.taskName, t.state])]);
       interval = fingerprint === previous ? Math.min(interval * 1.5, max) : min;
       previous = fingerprint;
     }
@@ -130,12 +130,12 @@ const RUN_STATUS: Record<string, MlflowRunStatus> = { SUCCEEDED: 'FINISHED', FAI
 export function finalStateTags(job: PipelineJob): KeyValue[] {
   const tags: KeyValue[] = [{ key: TAG.jobState, value: shortState(job.state) }];
   const last = lastTask(job);
-  if (last !== undefined) tags.push({ key: TAG.lastTask, value: last.taskName });
+  if (last !== undefined) tags.push({ key: TAG.lastTask, value: tagValue(last.path) });
   if (job.state === 'PIPELINE_STATE_FAILED') {
     const failed = failedTask(job);
     if (failed !== undefined) {
-      tags.push({ key: TAG.failedTask, value: failed.taskName });
-      tags.push({ key: TAG.failedTaskError, value: tagValue(failed.error?.message || '(Vertex AI gave no error message)') });
+      tags.push({ key: TAG.failedTask, value: tagValue(failed.path) });
+      tags.push({ key: TAG.failedTaskError, value: tagValue(failed.task.error?.message || '(Vertex AI gave no error message)') });
     }
   }
   if (job.error?.message) tags.push({ key: TAG.jobError, value: tagValue(job.error.message) });

@@ -1,5 +1,7 @@
-import type { PipelineJob, TaskDetail } from '../vertex/client.js';
+import type { PipelineJob } from '../vertex/client.js';
 import { shortState } from '../vertex/client.js';
+import { failedTaskNode, lastTaskNode, taskKey, taskTree } from '../vertex/tasks.js';
+import type { TaskNode } from '../vertex/tasks.js';
 
 /** What `follow` reports while it polls. */
 export interface Progress {
@@ -11,36 +13,14 @@ export interface Progress {
 
 export const silentProgress: Progress = { update() {}, note() {}, done() {} };
 
-/** Tasks people care about: everything but the pipeline's root DAG entry. */
-export function pipelineTasks(job: PipelineJob): TaskDetail[] {
-  const tasks = job.jobDetail?.taskDetails ?? [];
-  const hasChildren = tasks.some((t) => t.parentTaskId !== undefined && t.parentTaskId !== '');
-  return hasChildren ? tasks.filter((t) => t.parentTaskId !== undefined && t.parentTaskId !== '') : tasks;
+/** The task that ran last: the most recently started one (ties: the one that ended last), with its path. */
+export function lastTask(job: PipelineJob): TaskNode | undefined {
+  return lastTaskNode(taskTree(job.jobDetail?.taskDetails));
 }
 
-const time = (s?: string): number => (s === undefined ? Number.NaN : Date.parse(s));
-
-/** The task that ran last: the most recently started one (ties: the one that ended last). */
-export function lastTask(job: PipelineJob): TaskDetail | undefined {
-  let best: TaskDetail | undefined;
-  for (const t of pipelineTasks(job)) {
-    if (Number.isNaN(time(t.startTime))) continue;
-    if (best === undefined) {
-      best = t;
-      continue;
-    }
-    const ds = time(t.startTime) - time(best.startTime);
-    const de = (time(t.endTime) || Infinity) - (time(best.endTime) || Infinity);
-    if (ds > 0 || (ds === 0 && de > 0)) best = t;
-  }
-  return best;
-}
-
-/** The first task that failed (earliest end): the cause, not the tasks that failed because of it. */
-export function failedTask(job: PipelineJob): TaskDetail | undefined {
-  const failed = pipelineTasks(job).filter((t) => t.state === 'FAILED');
-  failed.sort((a, b) => (time(a.endTime) || Infinity) - (time(b.endTime) || Infinity));
-  return failed[0];
+/** The first task that failed (earliest end, inside the sub-DAGs that failed with it): the cause. */
+export function failedTask(job: PipelineJob): TaskNode | undefined {
+  return failedTaskNode(taskTree(job.jobDetail?.taskDetails));
 }
 
 /** One line per change: for logs and CI, where a redrawn display would be noise. */
@@ -60,12 +40,13 @@ export class LineProgress implements Progress {
       this.jobState = state;
       this.line(`job ${this.jobId} ${state}`);
     }
-    for (const t of pipelineTasks(job)) {
+    for (const { task: t, path } of taskTree(job.jobDetail?.taskDetails).nodes) {
       const s = t.state ?? 'PENDING';
-      if (this.taskStates.get(t.taskName) === s) continue;
-      this.taskStates.set(t.taskName, s);
+      const key = taskKey(t);
+      if (this.taskStates.get(key) === s) continue;
+      this.taskStates.set(key, s);
       const error = s === 'FAILED' && t.error?.message ? `: ${t.error.message}` : '';
-      this.line(`task ${t.taskName} ${s}${error}`);
+      this.line(`task ${path} ${s}${error}`);
     }
   }
 
@@ -116,9 +97,10 @@ export class TtyProgress implements Progress {
     if (this.last === undefined) return;
     this.clear();
     const lines = [`job ${this.jobId}: ${shortState(this.last.state)}`];
-    for (const t of pipelineTasks(this.last)) {
+    // Nested tasks under their parent, indented.
+    for (const { task: t, label, depth } of taskTree(this.last.jobDetail?.taskDetails).nodes) {
       const s = t.state ?? 'PENDING';
-      lines.push(`  ${SYMBOL[s] ?? '·'} ${t.taskName} ${s}`);
+      lines.push(`  ${'  '.repeat(depth)}${SYMBOL[s] ?? '·'} ${label} ${s}`);
     }
     this.out.write(`${lines.join('\n')}\n`);
     this.drawn = lines.length;

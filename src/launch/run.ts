@@ -9,7 +9,10 @@ import { getOrCreateExperiment, linkJobToExperiment } from '../vertex/experiment
 import { checkExperimentName, checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
 import { convertParameters } from '../vertex/params.js';
 import { loadSpecFile, parseSpec } from '../vertex/spec.js';
-import type { LoadedSpec, PipelineSpec } from '../vertex/spec.js';
+
+import { buildCreateRequest } from '../vertex/request.js';
+import type { CreateRequest } from '../vertex/request.js';
+import type { LoadedSpec } from '../vertex/spec.js';
 import { resolveExperiment } from './experiment.js';
 import { recordExperimentLink } from './experiment-link.js';
 import type { ExperimentResult } from './experiment-link.js';
@@ -39,6 +42,11 @@ export interface LaunchPlan {
   userId?: string;
   /** Vertex AI experiment to add the job to (vertex.experiment); checked against Vertex's naming rule. */
   vertexExperiment?: string;
+  /** Root input artifact name → artifact id or resource name. */
+  inputArtifacts?: Record<string, string>;
+  /** `fast` or `slow` (runtimeConfig.failurePolicy). */
+  failurePolicy?: string;
+  projectNumber?: string;
 }
 
 export interface PlanFlags {
@@ -48,6 +56,8 @@ export interface PlanFlags {
   displayName?: string;
   templateUri?: string;
   userId?: string;
+  inputArtifacts?: Record<string, string>;
+  failurePolicy?: string;
   now: Date;
 }
 
@@ -58,7 +68,9 @@ export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags
   if (!v.projectId) problems.push('vertex.projectId is required: set project_id in vertexai.yml, vertex.projectId, or --project');
   if (!v.region) problems.push('vertex.region is required: set region in vertexai.yml, vertex.region, or --region');
   if (!v.experimentName) problems.push('vertex.experimentName is required (the MLflow experiment and job id prefix): set run_config.experiment_name, or --experiment-name');
-  if (!v.root && !spec.spec.defaultPipelineRoot) problems.push('vertex.root is required (pipeline root, bucket/path): set run_config.root, or --root');
+  // As the SDK: the caller's root, else the spec's default, else a PipelineJob file's output directory.
+  const specRoot = spec.spec.defaultPipelineRoot || spec.jobRuntimeConfig?.gcsOutputDirectory;
+  if (!v.root && !specRoot) problems.push('vertex.root is required (pipeline root, bucket/path): set run_config.root, or --root');
   if (problems.length > 0) throw new KvxError('KVX_LAUNCH_INPUT', `missing launch settings:\n  - ${problems.join('\n  - ')}`);
 
   const jobId = flags.jobId !== undefined ? checkJobId(flags.jobId) : makeJobId(v.experimentName, flags.now);
@@ -67,9 +79,14 @@ export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags
     if (reserved in labels) throw new KvxError('KVX_LAUNCH_INPUT', `label ${reserved} is set by kvx-launch; remove it from vertex.labels / --label`);
   }
   if (Object.keys(labels).length > 62) throw new KvxError('KVX_LAUNCH_INPUT', `${Object.keys(labels).length} labels given; kvx-launch adds 2 and a job takes at most 64`);
-  const root = v.root ? (v.root.startsWith('gs://') ? v.root : `gs://${v.root.replace(/^\/+/, '')}`) : spec.spec.defaultPipelineRoot!;
+  const root = v.root ? (v.root.startsWith('gs://') ? v.root : `gs://${v.root.replace(/^\/+/, '')}`) : specRoot!;
   if (!/^gs:\/\/[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](\/.*)?$/.test(root)) {
-    throw new KvxError('KVX_LAUNCH_INPUT', `vertex.root "${v.root}" is not a Cloud Storage location: write bucket/path (gs:// is added)`);
+    throw new KvxError(
+      'KVX_LAUNCH_INPUT',
+      v.root
+        ? `vertex.root "${v.root}" is not a Cloud Storage location: write bucket/path (gs:// is added)`
+        : `the pipeline root "${root}" of ${spec.source} is not a Cloud Storage location: set vertex.root (run_config.root, --root) to bucket/path`,
+    );
   }
   if (v.serviceAccount && !/^[^@\s]+@[^@\s]+$/.test(v.serviceAccount)) {
     throw new KvxError('KVX_LAUNCH_INPUT', `vertex.serviceAccount "${v.serviceAccount}" is not a service account email (name@project.iam.gserviceaccount.com)`);
@@ -91,6 +108,9 @@ export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags
   };
   if (flags.templateUri !== undefined) plan.templateUri = flags.templateUri;
   if (flags.userId !== undefined) plan.userId = flags.userId;
+  if (flags.inputArtifacts !== undefined) plan.inputArtifacts = flags.inputArtifacts;
+  if (flags.failurePolicy !== undefined) plan.failurePolicy = flags.failurePolicy;
+  if (v.projectNumber) plan.projectNumber = v.projectNumber;
   if (v.experiment) {
     plan.vertexExperiment = checkExperimentName(v.experiment);
     if (plan.vertexExperiment === jobId) {
@@ -99,8 +119,9 @@ export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags
       });
     }
   }
-  // Checked now, with a stand-in run id, so a bad --param fails before any run or job exists.
-  convertParameters(spec.parameters, flags.params, { mlflowRunId: '0'.repeat(32), source: spec.source });
+  // Checked now, with a stand-in run id, so a bad --param or artifact fails before any run or job exists.
+  const standIn = '0'.repeat(32);
+  createRequest(plan, planParameters(plan, standIn), { [RUN_ID_LABEL]: standIn, [EXPERIMENT_ID_LABEL]: '0' });
   return plan;
 }
 
@@ -140,31 +161,29 @@ export interface LaunchResult {
 
 export const DEFAULT_EXPERIMENT_LINK_TIMEOUT_MS = 300_000;
 
-/** The request body of projects.locations.pipelineJobs.create. */
-export function pipelineJobBody(plan: LaunchPlan, parameterValues: Record<string, unknown>, runLabels: Record<string, string>): Record<string, unknown> {
-  const body: Record<string, unknown> = {
-    displayName: plan.displayName,
-    runtimeConfig: { gcsOutputDirectory: plan.gcsOutputDirectory, parameterValues },
-    labels: { ...plan.labels, ...runLabels },
-  };
-  if (plan.templateUri !== undefined) body['templateUri'] = plan.templateUri;
-  else body['pipelineSpec'] = plan.enableCaching ? plan.spec.spec : withCachingDisabled(plan.spec.spec);
-  if (plan.serviceAccount) body['serviceAccount'] = plan.serviceAccount;
-  if (plan.network) body['network'] = plan.network;
-  return body;
+/** The typed parameter values for a run: the PipelineJob file's under the caller's, plus the run id. */
+export function planParameters(plan: LaunchPlan, mlflowRunId: string): Record<string, unknown> {
+  const preset = plan.spec.jobRuntimeConfig?.parameterValues;
+  return convertParameters(plan.spec.parameters, plan.params, { mlflowRunId, source: plan.spec.source, ...(preset === undefined ? {} : { preset }) });
 }
 
-/** What the Vertex SDK does for enable_caching=False: every task in every DAG gets cachingOptions.enableCache false. */
-function withCachingDisabled(spec: PipelineSpec): PipelineSpec {
-  const copy = structuredClone(spec);
-  const dags: { tasks?: Record<string, Record<string, unknown>> }[] = [];
-  if (copy.root.dag) dags.push(copy.root.dag);
-  for (const component of Object.values(copy.components ?? {})) {
-    const dag = (component as { dag?: { tasks?: Record<string, Record<string, unknown>> } }).dag;
-    if (dag) dags.push(dag);
-  }
-  for (const dag of dags) for (const task of Object.values(dag.tasks ?? {})) task['cachingOptions'] = { enableCache: false };
-  return copy;
+/** The projects.locations.pipelineJobs.create request: caching off unless enabled, as kedro-vertexai runs. */
+export function createRequest(plan: LaunchPlan, parameterValues: Record<string, unknown>, runLabels: Record<string, string>): CreateRequest {
+  return buildCreateRequest(plan.spec, parameterValues, {
+    jobId: plan.jobId,
+    displayName: plan.displayName,
+    pipelineRoot: plan.gcsOutputDirectory,
+    ...(plan.enableCaching ? {} : { enableCaching: false }),
+    ...(plan.templateUri === undefined ? {} : { templateUri: plan.templateUri }),
+    labels: { ...plan.labels, ...runLabels },
+    serviceAccount: plan.serviceAccount,
+    network: plan.network,
+    ...(plan.inputArtifacts === undefined ? {} : { inputArtifacts: plan.inputArtifacts }),
+    ...(plan.failurePolicy === undefined ? {} : { failurePolicy: plan.failurePolicy }),
+    projectId: plan.projectId,
+    ...(plan.projectNumber === undefined ? {} : { projectNumber: plan.projectNumber }),
+    region: plan.region,
+  });
 }
 
 /**
@@ -212,9 +231,9 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
   let job: PipelineJob;
   try {
     options.signal?.throwIfAborted();
-    const parameterValues = convertParameters(plan.spec.parameters, plan.params, { mlflowRunId: runId, source: plan.spec.source });
     const runLabels = { [RUN_ID_LABEL]: toLabelValue(runId), [EXPERIMENT_ID_LABEL]: toLabelValue(experiment.experimentId) };
-    job = await deps.vertex.createPipelineJob(plan.jobId, pipelineJobBody(plan, parameterValues, runLabels), [RUN_ID_LABEL, runLabels[RUN_ID_LABEL]]);
+    const request = createRequest(plan, planParameters(plan, runId), runLabels);
+    job = await deps.vertex.createPipelineJob(request.pipelineJobId, request.pipelineJob, [RUN_ID_LABEL, runLabels[RUN_ID_LABEL]]);
   } catch (err) {
     const interrupted = options.signal?.aborted === true;
     const reason = interrupted

@@ -43,6 +43,9 @@ export interface TaskDetail {
   taskId?: string;
   parentTaskId?: string;
   taskName: string;
+  /** Unique across the job (newer API versions); taskName repeats across sub-DAGs and loop iterations. */
+  taskUniqueName?: string;
+  execution?: { metadata?: Record<string, unknown>; [key: string]: unknown };
   state?: string;
   createTime?: string;
   startTime?: string;

@@ -1,7 +1,8 @@
 import { KvxError } from '../errors.js';
 
-/** What Vertex AI accepts as a pipelineJobId. */
-export const JOB_ID_PATTERN = /^[a-z][-a-z0-9]{0,127}$/;
+/** What Vertex AI accepts as a pipelineJobId: `[a-z][-a-z0-9]*`, fewer than 128 characters. */
+export const JOB_ID_PATTERN = /^[a-z][-a-z0-9]{0,126}$/;
+export const MAX_JOB_ID_LENGTH = 127;
 
 /** `20240131235959` in UTC, the suffix kedro-vertexai gives job ids. */
 export function utcStamp(date: Date): string {
@@ -11,8 +12,8 @@ export function utcStamp(date: Date): string {
 
 /**
  * `<experiment_name>-<UTC yyyymmddHHMMSS>` made valid for Vertex: lower case, runs of other characters become
- * one dash, leading characters up to the first letter dropped, and the prefix shortened so the whole id fits
- * in 128 characters.
+ * one dash, leading characters up to the first letter dropped, and the prefix shortened so the whole id stays
+ * under 128 characters.
  */
 export function makeJobId(experimentName: string, now: Date): string {
   const suffix = `-${utcStamp(now)}`;
@@ -20,9 +21,9 @@ export function makeJobId(experimentName: string, now: Date): string {
     .toLowerCase()
     .replace(/[^a-z0-9]+/g, '-')
     .replace(/^[^a-z]+/, '');
-  prefix = prefix.slice(0, 128 - suffix.length).replace(/-+$/, '');
+  prefix = prefix.slice(0, MAX_JOB_ID_LENGTH - suffix.length).replace(/-+$/, '');
   if (prefix === '') {
-    throw new KvxError('KVX_LAUNCH_INPUT', `cannot make a Vertex AI job id from experiment name "${experimentName}": it contains no letter (job ids match [a-z][-a-z0-9]{0,127})`, {
+    throw new KvxError('KVX_LAUNCH_INPUT', `cannot make a Vertex AI job id from experiment name "${experimentName}": it contains no letter (job ids match [a-z][-a-z0-9]* and are under 128 characters)`, {
       hint: 'set run_config.experiment_name (vertex.experimentName, --experiment-name) to a name with a letter, or give the id with --job-id',
     });
   }
@@ -31,7 +32,7 @@ export function makeJobId(experimentName: string, now: Date): string {
 
 export function checkJobId(id: string, flag = '--job-id'): string {
   if (!JOB_ID_PATTERN.test(id)) {
-    throw new KvxError('KVX_LAUNCH_INPUT', `${flag} "${id}" is not a valid Vertex AI job id: it must start with a lower-case letter and hold at most 128 lower-case letters, digits and dashes`);
+    throw new KvxError('KVX_LAUNCH_INPUT', `${flag} "${id}" is not a valid Vertex AI job id: it must start with a lower-case letter and hold at most 127 lower-case letters, digits and dashes`);
   }
   return id;
 }
@@ -58,8 +59,14 @@ export function checkExperimentName(name: string, where = 'vertex.experiment (ru
   );
 }
 
-const LABEL_KEY = /^[a-z][a-z0-9_-]{0,62}$/;
-const LABEL_VALUE = /^[a-z0-9_-]{0,63}$/;
+/**
+ * Google's label rules as the PipelineJob API states them: keys and values up to 64 characters (code points) of
+ * lower-case letters (international ones too: letters without case, like CJK, count), digits, `_` and `-`;
+ * keys start with a letter.
+ */
+const LABEL_KEY = /^[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]{0,63}$/u;
+const LABEL_VALUE = /^[\p{Ll}\p{Lo}\p{N}_-]{0,64}$/u;
+export const MAX_LABELS = 64;
 
 /** Checks labels against Google's rules, naming each offender; returns them as strings. */
 export function checkLabels(labels: Record<string, unknown>, where: string): Record<string, string> {
@@ -67,18 +74,18 @@ export function checkLabels(labels: Record<string, unknown>, where: string): Rec
   const problems: string[] = [];
   for (const [key, raw] of Object.entries(labels)) {
     const value = raw === null || raw === undefined ? '' : String(raw);
-    if (!LABEL_KEY.test(key)) problems.push(`label key "${key}" must start with a lower-case letter and hold at most 63 lower-case letters, digits, _ and -`);
-    if (!LABEL_VALUE.test(value)) problems.push(`label ${key}="${value}": values hold at most 63 lower-case letters, digits, _ and -`);
+    if (!LABEL_KEY.test(key)) problems.push(`label key "${key}" must start with a lower-case letter and hold at most 64 lower-case letters, digits, _ and -`);
+    if (!LABEL_VALUE.test(value)) problems.push(`label ${key}="${value}": values hold at most 64 lower-case letters, digits, _ and -`);
     out[key] = value;
   }
-  if (Object.keys(out).length > 64) problems.push(`${Object.keys(out).length} labels given; a job takes at most 64`);
+  if (Object.keys(out).length > MAX_LABELS) problems.push(`${Object.keys(out).length} labels given; a job takes at most ${MAX_LABELS}`);
   if (problems.length > 0) throw new KvxError('KVX_LAUNCH_INPUT', `invalid labels (${where}):\n  - ${problems.join('\n  - ')}`);
   return out;
 }
 
 /** Any string made into a valid label value (MLflow run ids from other backends may carry upper case). */
 export function toLabelValue(value: string): string {
-  return value.toLowerCase().replace(/[^a-z0-9_-]/g, '_').slice(0, 63);
+  return value.toLowerCase().replace(/[^a-z0-9_-]/g, '_').slice(0, 64);
 }
 
 /**

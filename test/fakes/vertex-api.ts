@@ -2,17 +2,27 @@
  * A fake Vertex AI API (v1 PipelineJobs) on 127.0.0.1:0. It authenticates bearer tokens against an
  * AccessTokenStore (the one the fake metadata server issues from), validates create requests the way the real
  * API rejects them (Google error JSON `{"error":{"code","message","status"}}`), stores jobs, and advances each
- * job one step per GET through scripted states, so tests are deterministic without timers.
+ * job one step per GET through scripted states, so tests are deterministic without timers. Jobs report a task tree
+ * like a real one (see vertex-pipeline-run.ts).
+ *
+ * As strict as the real API and no stricter: `pipelineSpec` may come with `templateUri` (what the SDK sends for a
+ * template); parameters of a schemaVersion 2.0.0 spec are typed by their `type:` and must come in
+ * `runtimeConfig.parameters` as `{stringValue|intValue|doubleValue}`; `inputArtifacts` are checked against the
+ * spec's root artifacts and the artifacts the test registered; output-only fields a client sends are ignored;
+ * every service-account form Google issues is accepted.
  *
  * It also serves the ML Metadata calls behind Vertex AI experiments (the default metadata store, its contexts,
  * and addContextChildren), with the real API's id rules and errors. Like Vertex, it creates a job's pipeline run
  * context (`system.PipelineRun`, id = job id) only when the job starts running, and only then reports it in
  * `jobDetail.pipelineRunContext`.
  */
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import YAML from 'yaml';
 import type { AccessTokenStore } from './google-common.js';
+import { cancelRun, startRun, stepRun, taskJson } from './vertex-pipeline-run.js';
+import type { FakeTask, JobOutcome, RunState } from './vertex-pipeline-run.js';
 
 export interface GoogleErrorSpec {
   code: number;
@@ -20,15 +30,7 @@ export interface GoogleErrorSpec {
   message: string;
 }
 
-/** How a job will go: every task succeeds unless `failAt` names the task that fails. */
-export interface JobOutcome {
-  failAt?: string;
-  error?: string;
-  /** Stop advancing once the job is RUNNING with its first task running (for interrupt tests). */
-  stayRunning?: boolean;
-  /** Never leave QUEUED (no capacity): the job never starts, so it never gets a pipeline run context. */
-  stayQueued?: boolean;
-}
+export type { JobOutcome } from './vertex-pipeline-run.js';
 
 export interface FakeContext {
   id: string;
@@ -42,30 +44,25 @@ export interface FakeContext {
   createTime: string;
 }
 
-export interface FakeTask {
-  taskId: string;
-  parentTaskId?: string;
-  taskName: string;
-  state: string;
-  createTime: string;
-  startTime?: string;
-  endTime?: string;
-  error?: { code: number; message: string };
-}
+export type { FakeTask } from './vertex-pipeline-run.js';
 
 export interface FakeJob {
   id: string;
   body: Record<string, unknown>;
+  /** The spec the job runs (the body's, or the template's when only templateUri was sent). */
+  spec: Record<string, unknown>;
   state: string;
   outcome: JobOutcome;
-  /** Task names in execution order. */
-  plan: string[];
+  run: RunState;
   step: number;
+  /** The tasks created so far, in creation order; the first is the root. */
   tasks: FakeTask[];
   createTime: string;
   startTime?: string;
   endTime?: string;
   error?: { code: number; message: string };
+  /** Why the job fails as it starts (a runtime config Vertex takes but cannot run). */
+  startFailure?: { code: number; message: string };
   cancelRequested: boolean;
   gets: number;
 }
@@ -107,6 +104,8 @@ export interface FakeVertex {
   failNextCreate: GoogleErrorSpec | undefined;
   /** Pipeline templates served at `${url}/kfp/...`, by full URI. */
   templates: Map<string, string>;
+  /** ML Metadata artifacts of the default store, by id, that jobs may take as input artifacts. */
+  artifacts: Map<string, { schemaTitle: string }>;
   /** Contexts of the default metadata store, by id. */
   contexts: Map<string, FakeContext>;
   /** Whether the project's default metadata store exists (a project that never used Vertex metadata has none). */
@@ -118,11 +117,18 @@ export interface FakeVertex {
   close(): Promise<void>;
 }
 
-const JOB_ID = /^[a-z][-a-z0-9]{0,127}$/;
-const LABEL_KEY = /^[a-z][a-z0-9_-]{0,62}$/;
-const LABEL_VALUE = /^[a-z0-9_-]{0,63}$/;
+/** pipeline_job_id: `[a-z][-a-z0-9]*`, "less than 128 characters". */
+const JOB_ID = /^[a-z][-a-z0-9]{0,126}$/;
+/** Labels: up to 64 code points of lower-case (international) letters, digits, `_`, `-`; keys start with a letter. */
+const LABEL_KEY = /^[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]{0,63}$/u;
+const LABEL_VALUE = /^[\p{Ll}\p{Lo}\p{N}_-]{0,64}$/u;
 const NETWORK = /^projects\/(\d+)\/global\/networks\/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const EMAIL = /^[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.]+\.iam\.gserviceaccount\.com$|^\d+-compute@developer\.gserviceaccount\.com$/;
+/**
+ * Service accounts as Google issues them: user-managed (`name@project.iam.gserviceaccount.com`, domain-scoped
+ * projects included), App Engine default (`project-id@appspot.gserviceaccount.com`), Compute Engine default
+ * (`<number>-compute@developer.gserviceaccount.com`) and Google-managed agents (`service-<number>@gcp-sa-*.iam...`).
+ */
+const EMAIL = /^(?:[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.:]*[a-z0-9]\.iam\.gserviceaccount\.com|[a-z][-a-z0-9.:]{4,61}[a-z0-9]@appspot\.gserviceaccount\.com|\d+-compute@developer\.gserviceaccount\.com|service-\d+@gcp-sa-[a-z0-9-]+\.iam\.gserviceaccount\.com)$/;
 
 class GoogleError extends Error {
   constructor(
@@ -160,6 +166,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     nextOutcome: undefined,
     failNextCreate: undefined,
     templates: new Map(),
+    artifacts: new Map(),
     contexts: new Map(),
     metadataStoreExists: true,
     denied: new Set(),
@@ -181,36 +188,125 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     }
   }
 
+  /** A template's pipeline document (a multi-document file also holds a platform spec). */
+  function templateSpec(uri: string): Record<string, unknown> {
+    const text = fake.templates.get(uri);
+    if (text === undefined) throw new GoogleError(404, 'NOT_FOUND', `Template ${uri} not found or not accessible.`);
+    const docs = YAML.parseAllDocuments(text).map((d) => d.toJS() as unknown);
+    const doc = docs.find((d) => isDict(d) && (isDict(d['pipelineSpec']) || isDict(d['pipelineInfo'])));
+    if (!isDict(doc)) throw invalid(`Template ${uri} does not hold a pipeline spec.`);
+    return isDict(doc['pipelineSpec']) ? doc['pipelineSpec'] : doc;
+  }
+
+  /** The spec the job runs: the one sent, which with templateUri is the template as the caller changed it. */
   function specOf(body: Record<string, unknown>): Record<string, unknown> {
     const spec = body['pipelineSpec'];
     const template = body['templateUri'];
-    if (spec !== undefined && template !== undefined) throw invalid('Only one of pipeline_spec and template_uri can be set.');
-    if (typeof template === 'string') {
-      const text = fake.templates.get(template);
-      if (text === undefined) throw new GoogleError(404, 'NOT_FOUND', `Template ${template} not found or not accessible.`);
-      return YAML.parse(text) as Record<string, unknown>;
-    }
-    if (typeof spec !== 'object' || spec === null) throw invalid('Either pipeline_spec or template_uri must be set.');
-    const s = spec as Record<string, unknown>;
-    const info = s['pipelineInfo'] as { name?: unknown } | undefined;
+    if (template !== undefined && typeof template !== 'string') throw invalid('template_uri must be a string.');
+    if (typeof template === 'string') templateSpec(template);
+    if (spec === undefined && typeof template === 'string') return templateSpec(template);
+    if (!isDict(spec)) throw invalid('Either pipeline_spec or template_uri must be set.');
+    const info = spec['pipelineInfo'] as { name?: unknown } | undefined;
     if (typeof info?.name !== 'string' || !/^[a-z0-9][a-z0-9-]{0,127}$/.test(info.name)) {
       throw invalid('pipeline_spec.pipeline_info.name must match the regular expression "[a-z0-9][a-z0-9-]{0,127}".');
     }
-    if (typeof s['schemaVersion'] !== 'string' || typeof s['root'] !== 'object' || typeof s['deploymentSpec'] !== 'object') {
+    if (typeof spec['schemaVersion'] !== 'string' || typeof spec['root'] !== 'object' || typeof spec['deploymentSpec'] !== 'object') {
       throw invalid('Invalid pipeline_spec: schema_version, root and deployment_spec are required.');
     }
-    return s;
+    return spec;
   }
 
-  function validateCreate(id: string | null, body: Record<string, unknown>): { spec: Record<string, unknown> } {
+  /**
+   * Parameter values by the spec's schema version: 2.0.0 and older take runtime_config.parameters, typed by the
+   * declared `type:`; later ones take parameter_values. Returns why a 2.1.0+ job cannot run, when it was given the
+   * old field (Vertex accepts it and the job fails).
+   */
+  function checkParameters(spec: Record<string, unknown>, runtime: Record<string, unknown>): { code: number; message: string } | undefined {
+    const version = String(spec['schemaVersion']);
+    const legacy = atMost200(version);
+    const root = spec['root'] as { inputDefinitions?: { parameters?: Record<string, Record<string, unknown>> } };
+    const declared = root.inputDefinitions?.parameters ?? {};
+    const values = runtime['parameterValues'];
+    const parameters = runtime['parameters'];
+    const given = (v: unknown): v is Record<string, unknown> => isDict(v) && Object.keys(v).length > 0;
+    if (given(values) && given(parameters)) throw invalid('Only one of runtime_config.parameters and runtime_config.parameter_values can be set.');
+    if (values !== undefined && !isDict(values)) throw invalid('runtime_config.parameter_values must be a map.');
+    if (parameters !== undefined && !isDict(parameters)) throw invalid('runtime_config.parameters must be a map.');
+    const required = (def: Record<string, unknown>) => def['isOptional'] !== true && def['defaultValue'] === undefined && !SYSTEM_TYPES.has(String(def['parameterType'] ?? def['type']));
+    if (legacy) {
+      if (given(values)) {
+        throw invalid(`runtime_config.parameter_values is not supported for pipeline_spec.schema_version ${version}; pipelines of schema version 2.0.0 or lower take runtime_config.parameters.`);
+      }
+      const ps = (parameters ?? {}) as Record<string, unknown>;
+      for (const [name, value] of Object.entries(ps)) {
+        const def = declared[name];
+        if (def === undefined) throw invalid(`The pipeline parameter ${name} is not found in the pipeline job input definitions.`);
+        const type = String(def['type'] ?? def['parameterType']);
+        const v = isDict(value) ? value : {};
+        const fields = Object.keys(v).filter((k) => ['stringValue', 'intValue', 'doubleValue'].includes(k));
+        if (fields.length !== 1) throw invalid(`runtime_config.parameters.${name} must set exactly one of string_value, int_value, double_value.`);
+        const ok =
+          (type === 'STRING' && typeof v['stringValue'] === 'string') ||
+          (type === 'INT' && (Number.isSafeInteger(v['intValue']) || (typeof v['intValue'] === 'string' && /^-?\d{1,19}$/.test(v['intValue'])))) ||
+          (type === 'DOUBLE' && (typeof v['doubleValue'] === 'number' || (typeof v['doubleValue'] === 'string' && Number.isFinite(Number(v['doubleValue'])))));
+        if (!ok) throw invalid(`The value of pipeline parameter ${name} (${fields[0]}) does not match its declared type ${type}.`);
+      }
+      for (const [name, def] of Object.entries(declared)) {
+        if (required(def) && !(name in ps)) throw invalid(`The pipeline parameter ${name} is required but no value was provided in runtime_config.parameters.`);
+      }
+      return undefined;
+    }
+    const vs = (values ?? {}) as Record<string, unknown>;
+    for (const [name, value] of Object.entries(vs)) {
+      const def = declared[name];
+      if (def === undefined) throw invalid(`The pipeline parameter ${name} is not found in the pipeline job input definitions.`);
+      const type = String(def['parameterType'] ?? def['type']);
+      const ok =
+        SYSTEM_TYPES.has(type) ||
+        ((type === 'STRING') && typeof value === 'string') ||
+        ((type === 'NUMBER_INTEGER' || type === 'INT') && typeof value === 'number' && Number.isInteger(value)) ||
+        ((type === 'NUMBER_DOUBLE' || type === 'DOUBLE') && typeof value === 'number') ||
+        (type === 'BOOLEAN' && typeof value === 'boolean') ||
+        (type === 'LIST' && Array.isArray(value)) ||
+        (type === 'STRUCT' && isDict(value));
+      if (!ok) throw invalid(`The value of pipeline parameter ${name} has type ${jsonType(value)}, which does not match its declared type ${type}.`);
+    }
+    const old = given(parameters);
+    for (const [name, def] of Object.entries(declared)) {
+      if (!old && required(def) && !(name in vs)) throw invalid(`The pipeline parameter ${name} is required but no value was provided in runtime_config.parameter_values.`);
+    }
+    // Accepted, but the job's runtime config and its spec disagree: the job fails as it starts.
+    return old ? { code: 13, message: `Internal error: runtime_config.parameters cannot be resolved against pipeline_spec.schema_version ${version}, which takes runtime_config.parameter_values.` } : undefined;
+  }
+
+  function checkInputArtifacts(spec: Record<string, unknown>, runtime: Record<string, unknown>): void {
+    const root = spec['root'] as { inputDefinitions?: { artifacts?: Record<string, Record<string, unknown>> } };
+    const declared = root.inputDefinitions?.artifacts ?? {};
+    const given = runtime['inputArtifacts'] ?? {};
+    if (!isDict(given)) throw invalid('runtime_config.input_artifacts must be a map.');
+    for (const [name, value] of Object.entries(given)) {
+      if (declared[name] === undefined) throw invalid(`The input artifact ${name} is not found in the pipeline job input definitions.`);
+      const id = isDict(value) ? value['artifactId'] : undefined;
+      if (typeof id !== 'string' || id === '') throw invalid(`runtime_config.input_artifacts.${name}.artifact_id must be set.`);
+      if (id.includes('/')) throw invalid(`runtime_config.input_artifacts.${name}.artifact_id "${id}" must be an artifact id, not a resource name.`);
+      if (!fake.artifacts.has(id)) throw new GoogleError(404, 'NOT_FOUND', `Artifact projects/${projectNumber}/locations/${region}/metadataStores/default/artifacts/${id} is not found.`);
+    }
+    for (const [name, def] of Object.entries(declared)) {
+      if (def['isOptional'] !== true && !(name in given)) throw invalid(`The input artifact ${name} is required but no artifact was provided in runtime_config.input_artifacts.`);
+    }
+  }
+
+  /** Output-only fields a client sends (name, state, createTime, jobDetail, ...) are ignored, as Google does. */
+  function validateCreate(id: string | null, body: Record<string, unknown>): { spec: Record<string, unknown>; startFailure?: { code: number; message: string } } {
     if (id !== null && !JOB_ID.test(id)) {
-      throw invalid(`Invalid pipeline job id "${id}": it must match the regular expression "[a-z][-a-z0-9]{0,127}".`);
+      throw invalid(`Invalid pipeline job id "${id}": it must match the regular expression "[a-z][-a-z0-9]{0,127}" and be less than 128 characters.`);
     }
     if (id !== null && fake.jobs.has(id)) throw new GoogleError(409, 'ALREADY_EXISTS', `PipelineJob ${jobName(id)} already exists.`);
     const displayName = body['displayName'];
-    if (displayName !== undefined && (typeof displayName !== 'string' || displayName.length > 128)) throw invalid('display_name must be a string of at most 128 characters.');
+    if (displayName !== undefined && (typeof displayName !== 'string' || [...displayName].length > 128)) throw invalid('display_name must be a string of at most 128 characters.');
     const spec = specOf(body);
-    const runtime = (body['runtimeConfig'] ?? {}) as Record<string, unknown>;
+    const runtime = body['runtimeConfig'] ?? {};
+    if (!isDict(runtime)) throw invalid('runtime_config must be a message.');
     const out = runtime['gcsOutputDirectory'];
     if (out === undefined && typeof spec['defaultPipelineRoot'] !== 'string') {
       throw invalid('runtime_config.gcs_output_directory must be set when the pipeline spec has no default pipeline root.');
@@ -218,26 +314,11 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     if (out !== undefined && (typeof out !== 'string' || !/^gs:\/\/[a-z0-9][-a-z0-9_.]+[a-z0-9](\/.*)?$/.test(out))) {
       throw invalid(`runtime_config.gcs_output_directory "${String(out)}" must be a Cloud Storage path starting with gs://.`);
     }
-    if (runtime['parameters'] !== undefined && runtime['parameterValues'] !== undefined) throw invalid('Only one of runtime_config.parameters and runtime_config.parameter_values can be set.');
-    const declared = ((spec['root'] as { inputDefinitions?: { parameters?: Record<string, Record<string, unknown>> } }).inputDefinitions?.parameters ?? {}) as Record<string, Record<string, unknown>>;
-    const values = (runtime['parameterValues'] ?? {}) as Record<string, unknown>;
-    for (const [name, value] of Object.entries(values)) {
-      const def = declared[name];
-      if (def === undefined) throw invalid(`The pipeline parameter ${name} is not found in the pipeline job input definitions.`);
-      const type = String(def['parameterType']);
-      const ok =
-        (type === 'STRING' && typeof value === 'string') ||
-        (type === 'NUMBER_INTEGER' && typeof value === 'number' && Number.isInteger(value)) ||
-        (type === 'NUMBER_DOUBLE' && typeof value === 'number') ||
-        (type === 'BOOLEAN' && typeof value === 'boolean') ||
-        (type === 'LIST' && Array.isArray(value)) ||
-        (type === 'STRUCT' && typeof value === 'object' && value !== null && !Array.isArray(value));
-      if (!ok) throw invalid(`The value of pipeline parameter ${name} has type ${jsonType(value)}, which does not match its declared type ${type}.`);
-    }
-    for (const [name, def] of Object.entries(declared)) {
-      if (def['isOptional'] !== true && def['defaultValue'] === undefined && !(name in values)) {
-        throw invalid(`The pipeline parameter ${name} is required but no value was provided in runtime_config.parameter_values.`);
-      }
+    const startFailure = checkParameters(spec, runtime);
+    checkInputArtifacts(spec, runtime);
+    const policy = runtime['failurePolicy'];
+    if (policy !== undefined && !['PIPELINE_FAILURE_POLICY_UNSPECIFIED', 'PIPELINE_FAILURE_POLICY_FAIL_SLOW', 'PIPELINE_FAILURE_POLICY_FAIL_FAST'].includes(String(policy))) {
+      throw invalid(`Invalid value at 'pipeline_job.runtime_config.failure_policy' (type.googleapis.com/google.cloud.aiplatform.v1.PipelineFailurePolicy), "${String(policy)}"`);
     }
     const sa = body['serviceAccount'];
     if (sa !== undefined) {
@@ -253,44 +334,24 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     }
     const labels = body['labels'];
     if (labels !== undefined) {
-      if (typeof labels !== 'object' || labels === null) throw invalid('labels must be a map.');
-      const entries = Object.entries(labels as Record<string, unknown>);
+      if (!isDict(labels)) throw invalid('labels must be a map.');
+      const entries = Object.entries(labels);
       if (entries.length > 64) throw invalid(`At most 64 labels are allowed; got ${entries.length}.`);
       for (const [k, v] of entries) {
-        if (!LABEL_KEY.test(k)) throw invalid(`Invalid label key "${k}": keys must start with a lowercase letter and contain only lowercase letters, digits, underscores and dashes, at most 63 characters.`);
-        if (typeof v !== 'string' || !LABEL_VALUE.test(v)) throw invalid(`Invalid label value "${String(v)}" for key "${k}": values contain only lowercase letters, digits, underscores and dashes, at most 63 characters.`);
+        if (!LABEL_KEY.test(k)) throw invalid(`Invalid label key "${k}": keys must start with a lowercase letter and contain only lowercase letters, digits, underscores and dashes, at most 64 characters.`);
+        if (typeof v !== 'string' || !LABEL_VALUE.test(v)) throw invalid(`Invalid label value "${String(v)}" for key "${k}": values contain only lowercase letters, digits, underscores and dashes, at most 64 characters.`);
       }
     }
-    return { spec };
+    return startFailure === undefined ? { spec } : { spec, startFailure };
   }
 
-  /** Task names in dependency order, from the spec's root DAG. */
-  function taskPlan(spec: Record<string, unknown>): string[] {
-    const tasks = ((spec['root'] as { dag?: { tasks?: Record<string, { dependentTasks?: string[] }> } }).dag?.tasks ?? {}) as Record<string, { dependentTasks?: string[] }>;
-    const order: string[] = [];
-    const visit = (name: string, seen: Set<string>) => {
-      if (order.includes(name) || seen.has(name)) return;
-      seen.add(name);
-      for (const dep of tasks[name]?.dependentTasks ?? []) visit(dep, seen);
-      order.push(name);
-    };
-    for (const name of Object.keys(tasks)) visit(name, new Set());
-    return order;
-  }
-
-  /** One step: QUEUED → RUNNING → each task RUNNING then its outcome → the job's outcome. */
+  /** One step: QUEUED → RUNNING (the root task) → one task event per step → the job's end. */
   function advance(job: FakeJob): void {
     if (['PIPELINE_STATE_SUCCEEDED', 'PIPELINE_STATE_FAILED', 'PIPELINE_STATE_CANCELLED'].includes(job.state)) return;
     job.step++;
     const now = iso(job, job.step);
-    const root = job.tasks[0];
     if (job.state === 'PIPELINE_STATE_CANCELLING') {
-      for (const t of job.tasks) {
-        if (t.state === 'RUNNING' || t.state === 'PENDING') {
-          t.state = 'CANCELLED';
-          t.endTime = now;
-        }
-      }
+      cancelRun(job.run, now);
       job.state = 'PIPELINE_STATE_CANCELLED';
       job.endTime = now;
       job.error = { code: 1, message: 'CANCELLED' };
@@ -301,61 +362,52 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
         job.step--;
         return;
       }
+      if (job.startFailure !== undefined) {
+        job.state = 'PIPELINE_STATE_FAILED';
+        job.startTime = now;
+        job.endTime = now;
+        job.error = { ...job.startFailure };
+        return;
+      }
       if (fake.metadataStoreExists && !fake.contexts.has(job.id)) {
         fake.contexts.set(job.id, { id: job.id, displayName: job.id, schemaTitle: 'system.PipelineRun', schemaVersion: '0.0.1', metadata: {}, parents: [], createTime: now });
       }
       job.state = 'PIPELINE_STATE_RUNNING';
       job.startTime = now;
-      const pipelineName = String(((job.body['pipelineSpec'] as { pipelineInfo?: { name?: string } } | undefined)?.pipelineInfo?.name) ?? 'pipeline');
-      job.tasks.push({ taskId: '1000', taskName: pipelineName, state: 'RUNNING', createTime: now, startTime: now });
-      return;
     }
-    const current = job.tasks.slice(1).find((t) => t.state === 'RUNNING');
-    if (current !== undefined) {
-      if (job.outcome.stayRunning) {
-        job.step--;
-        return;
-      }
-      current.endTime = now;
-      if (job.outcome.failAt === current.taskName) {
-        current.state = 'FAILED';
-        current.error = { code: 9, message: job.outcome.error ?? `The replica workerpool0-0 exited with a non-zero status of 1.` };
-        job.state = 'PIPELINE_STATE_FAILED';
-        job.endTime = now;
-        root!.state = 'FAILED';
-        root!.endTime = now;
-        job.error = {
-          code: 9,
-          message: `The DAG failed because some tasks failed. The failed tasks are: [${current.taskName}].; Job (project_id = ${projectId}, job_id = ${job.id}) is failed due to the above error.; Failed to handle the job: {project_number = ${projectNumber}, job_id = ${job.id}}`,
-        };
-        return;
-      }
-      current.state = 'SUCCEEDED';
-      return;
-    }
-    const next = job.plan[job.tasks.length - 1];
-    if (next !== undefined) {
-      job.tasks.push({ taskId: String(1000 + job.tasks.length), parentTaskId: '1000', taskName: next, state: 'RUNNING', createTime: now, startTime: now });
-      return;
-    }
-    job.state = 'PIPELINE_STATE_SUCCEEDED';
+    const before = job.run.cursor;
+    const result = stepRun(job.run, job.outcome, now, () => job.outcome.error ?? 'The replica workerpool0-0 exited with a non-zero status of 1.');
+    if (result === 'running' && job.run.cursor === before) job.step--; // held (stayRunning): nothing changed
+    if (result === 'running') return;
     job.endTime = now;
-    root!.state = 'SUCCEEDED';
-    root!.endTime = now;
+    if (result === 'succeeded') {
+      job.state = 'PIPELINE_STATE_SUCCEEDED';
+      return;
+    }
+    job.state = 'PIPELINE_STATE_FAILED';
+    const failed = job.run.failed.map((t) => t.taskName).join(', ');
+    job.error = {
+      code: 9,
+      message: `The DAG failed because some tasks failed. The failed tasks are: [${failed}].; Job (project_id = ${projectId}, job_id = ${job.id}) is failed due to the above error.; Failed to handle the job: {project_number = ${projectNumber}, job_id = ${job.id}}`,
+    };
   }
 
   function jobJson(job: FakeJob): Record<string, unknown> {
+    const updateTime = iso(job, job.step);
     const out: Record<string, unknown> = {
       name: jobName(job.id),
       displayName: job.body['displayName'] ?? job.id,
       createTime: job.createTime,
-      updateTime: iso(job, job.step),
+      updateTime,
       state: job.state,
       runtimeConfig: job.body['runtimeConfig'],
       labels: { ...(job.body['labels'] as Record<string, string> | undefined), 'vertex-ai-pipelines-run-billing-id': '8437716493264371712' },
     };
-    if (job.body['pipelineSpec'] !== undefined) out['pipelineSpec'] = job.body['pipelineSpec'];
-    if (job.body['templateUri'] !== undefined) out['templateUri'] = job.body['templateUri'];
+    out['pipelineSpec'] = job.spec;
+    if (job.body['templateUri'] !== undefined) {
+      out['templateUri'] = job.body['templateUri'];
+      out['templateMetadata'] = { version: `sha256:${createHash('sha256').update(fake.templates.get(String(job.body['templateUri'])) ?? '').digest('hex')}` };
+    }
     if (job.body['serviceAccount'] !== undefined) out['serviceAccount'] = job.body['serviceAccount'];
     if (job.body['network'] !== undefined) out['network'] = job.body['network'];
     if (job.startTime) out['startTime'] = job.startTime;
@@ -363,9 +415,9 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     if (job.error) out['error'] = job.error;
     if (job.tasks.length > 0) {
       out['jobDetail'] = {
-        pipelineContext: { name: `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/pipeline` },
+        pipelineContext: { name: `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/${String((job.spec['pipelineInfo'] as { name?: string } | undefined)?.name ?? 'pipeline')}` },
         ...(fake.contexts.get(job.id)?.schemaTitle === 'system.PipelineRun' ? { pipelineRunContext: contextJson(fake.contexts.get(job.id)!) } : {}),
-        taskDetails: job.tasks.map((t) => ({ ...t })),
+        taskDetails: job.tasks.map((t) => taskJson(t, { projectNumber, region }, updateTime, job.outcome)),
       };
     }
     return out;
@@ -468,7 +520,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       if (displayName !== undefined && (typeof displayName !== 'string' || displayName.length > 128)) throw invalid('context.display_name must be a string of at most 128 characters.');
       const metadata = parsed['metadata'] ?? {};
       if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw invalid('context.metadata must be a struct.');
-      if (parsed['parentContexts'] !== undefined) throw invalid('context.parent_contexts is output only; use AddContextChildren.');
+      // parentContexts is output only: ignored, as Google ignores output-only fields (children join by AddContextChildren).
       if (fake.contexts.has(id)) throw new GoogleError(409, 'ALREADY_EXISTS', `Context ${fake.contextName(id)} already exists.`);
       const c: FakeContext = { id, displayName: typeof displayName === 'string' ? displayName : id, schemaTitle: title, schemaVersion: version, metadata: metadata as Record<string, unknown>, parents: [], createTime: new Date().toISOString() };
       if (typeof parsed['description'] === 'string') c.description = parsed['description'];
@@ -542,20 +594,24 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid('Invalid JSON payload received. Expected an object.');
       const id = u.searchParams.get('pipelineJobId');
-      const { spec } = validateCreate(id, parsed as Record<string, unknown>);
+      const { spec, startFailure } = validateCreate(id, parsed as Record<string, unknown>);
       const jobId = id ?? `pipeline-${Date.now()}`;
+      const outcome = fake.nextOutcome ?? {};
+      const run = startRun(spec, jobId, outcome);
       const job: FakeJob = {
         id: jobId,
         body: parsed as Record<string, unknown>,
+        spec,
         state: 'PIPELINE_STATE_QUEUED',
-        outcome: fake.nextOutcome ?? {},
-        plan: taskPlan(spec),
+        outcome,
+        run,
         step: 0,
-        tasks: [],
+        tasks: run.tasks,
         createTime: new Date().toISOString(),
         cancelRequested: false,
         gets: 0,
       };
+      if (startFailure !== undefined) job.startFailure = startFailure;
       fake.nextOutcome = undefined;
       fake.jobs.set(jobId, job);
       return { status: 200, json: jobJson(job) };
@@ -622,6 +678,18 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       server.closeAllConnections();
     });
   return fake;
+}
+
+const SYSTEM_TYPES: ReadonlySet<string> = new Set(['TASK_FINAL_STATUS', 'TASK_CONFIG']);
+
+function isDict(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** schemaVersion ≤ 2.0.0, compared as versions (what decides the runtime config's parameter field). */
+function atMost200(version: string): boolean {
+  const [major = 0, minor = 0, patch = 0] = version.split('.').map((n) => Number(n));
+  return major < 2 || (major === 2 && minor === 0 && patch === 0);
 }
 
 function jsonType(v: unknown): string {

@@ -153,10 +153,13 @@ describe('kvx-launch run (end to end against the fakes)', () => {
     expect(h.mlflow.store.runs.size).to.equal(0);
     const res = await launchCli(h, ['run', uri, '-c', h.config, '--param', 'dataset=x', '--param', 'epochs=3'], { deps: { now: NOW } });
     expect(res.code).to.equal(0);
-    const body = h.vertex.jobs.get(JOB_ID)!.body;
-    expect(body['templateUri']).to.equal(uri);
-    expect(body).not.to.have.property('pipelineSpec');
-    expect((body['runtimeConfig'] as { parameterValues: Record<string, unknown> }).parameterValues).to.include({ epochs: 3, mlflow_run_id: onlyRun(h).info.run_id });
+    const body = h.vertex.jobs.get(JOB_ID)!.body as { templateUri: string; pipelineSpec: { root: { dag: { tasks: Record<string, { cachingOptions?: unknown }> } } }; runtimeConfig: { parameterValues: Record<string, unknown> } };
+    expect(body.templateUri).to.equal(uri);
+    // As the SDK: the downloaded template with kvx's changes (caching off) goes with its URI, so the changes hold.
+    const tasks = Object.values(body.pipelineSpec.root.dag.tasks);
+    expect(tasks).to.have.length.above(0);
+    for (const task of tasks) expect(task.cachingOptions).to.deep.equal({ enableCache: false });
+    expect(body.runtimeConfig.parameterValues).to.include({ epochs: 3, mlflow_run_id: onlyRun(h).info.run_id });
   });
 
   it('restores a deleted experiment and reuses it', async () => {

@@ -156,9 +156,12 @@ describe('vertex: names, labels and networks', () => {
     expect(makeJobId('My_Experiment.v2', at)).to.equal('my-experiment-v2-20240131235958');
     expect(makeJobId('2024 Forecast', at)).to.equal('forecast-20240131235958');
     expect(makeJobId('exp-', at)).to.equal('exp-20240131235958');
+    // pipelineJobId: "less than 128 characters".
     const long = makeJobId('a'.repeat(300), at);
-    expect(long).to.have.length(128);
-    expect(long).to.match(/^[a-z][-a-z0-9]{0,127}$/);
+    expect(long).to.have.length(127);
+    expect(long).to.match(/^[a-z][-a-z0-9]{0,126}$/);
+    expect(checkJobId('a'.repeat(127))).to.have.length(127);
+    expect(thrown(() => checkJobId('a'.repeat(128))).message).to.match(/at most 127/);
     const e = thrown(() => makeJobId('2024_01', at));
     expect(e.message).to.match(/cannot make a Vertex AI job id from experiment name "2024_01"/);
     expect(e.hint).to.match(/--job-id/);
