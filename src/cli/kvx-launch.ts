@@ -5,6 +5,7 @@ import os from 'node:os';
 import type { LoadedConfig } from '../config/load.js';
 import { trackingTokenFromEnv, trackingUriFromEnv } from '../config/mlflow-env.js';
 import { ConfigError, KvxError } from '../errors.js';
+import { describeDryRun, dryRunPipeline } from '../launch/dry-run.js';
 import type { ExperimentResult } from '../launch/experiment-link.js';
 import { followPipeline } from '../launch/follow.js';
 import { progressFor } from '../launch/progress.js';
@@ -96,6 +97,8 @@ async function withInterrupt<T>(io: CliIO, deps: LaunchCliDeps, use: (environmen
     signal: controller.signal,
     googleAuth: (google) => deps.googleAuth ?? applicationDefaultCredentials(google),
     progress: (jobId) => progressFor(io.stderr, jobId),
+    // One line each, whatever the message holds, so every warning can be read (and grepped) on its own.
+    warn: (message) => io.stderr.write(`kvx-launch: warning: ${message.replace(/\s*\n\s*/g, ' ')}\n`),
     ...(deps.experimentLinkIntervalMs === undefined ? {} : { experimentLinkIntervalMs: deps.experimentLinkIntervalMs }),
   };
   try {
@@ -133,6 +136,8 @@ async function runCommand(flags: CommandFlags, specArg: string | undefined, io: 
     isTemplate,
     params: flags.pairs('--param'),
     labels: Object.fromEntries(flags.pairs('--label')),
+    inputArtifacts: Object.fromEntries(flags.pairs('--artifact')),
+    ...flags.given({ failurePolicy: '--failure-policy' }),
     now: (deps.now ?? (() => new Date()))(),
     wait,
     cancelOnInterrupt: flags.switch('--cancel-on-interrupt'),
@@ -140,6 +145,11 @@ async function runCommand(flags: CommandFlags, specArg: string | undefined, io: 
     experimentLinkTimeoutMs: flags.milliseconds('--experiment-link-timeout'),
   };
   const loaded = loadLaunchConfig(flags, io, true);
+  if (flags.switch('--dry-run')) {
+    const report = await withInterrupt(io, deps, (environment) => dryRunPipeline(loaded, input, environment));
+    io.stdout.write(flags.switch('--json') ? `${JSON.stringify(report)}\n` : describeDryRun(report));
+    return EXIT.ok;
+  }
   const result = await withInterrupt(io, deps, (environment) => launchPipeline(loaded, input, environment));
   io.stderr.write(experimentWarning(result.vertexExperiment, result.jobId));
   if (flags.switch('--json')) {

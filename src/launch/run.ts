@@ -6,6 +6,7 @@ import type { KeyValue, MlflowClient, MlflowRunStatus } from '../mlflow/client.j
 import { shortState } from '../vertex/client.js';
 import type { PipelineJob, VertexClient } from '../vertex/client.js';
 import { getOrCreateExperiment, linkJobToExperiment } from '../vertex/experiment.js';
+import type { VertexExperiment } from '../vertex/experiment.js';
 import { checkExperimentName, checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
 import { convertParameters } from '../vertex/params.js';
 import { loadSpecFile, parseSpec } from '../vertex/spec.js';
@@ -21,7 +22,7 @@ import type { FollowOptions } from './follow.js';
 import { silentProgress } from './progress.js';
 import type { Progress } from './progress.js';
 import { withSession } from './session.js';
-import type { LaunchEnvironment } from './session.js';
+import type { LaunchEnvironment, LaunchSession } from './session.js';
 import { EXPERIMENT_ID_LABEL, RUN_ID_LABEL, TAG } from './tags.js';
 
 /** Everything a submission needs, checked before any MLflow or Vertex state is created. */
@@ -186,6 +187,43 @@ export function createRequest(plan: LaunchPlan, parameterValues: Record<string, 
   });
 }
 
+/** The tags the run is created with: where the job runs, `SUBMITTING`, and the Vertex AI experiment it joins. */
+export function runStartTags(plan: LaunchPlan, consoleUrl: string, vertexExperiment: Pick<VertexExperiment, 'name' | 'consoleUrl'> | undefined): KeyValue[] {
+  const tags: KeyValue[] = [
+    { key: TAG.jobName, value: plan.jobId },
+    { key: TAG.project, value: plan.projectId },
+    { key: TAG.region, value: plan.region },
+    { key: TAG.pipelineName, value: plan.spec.spec.pipelineInfo.name },
+    { key: TAG.consoleUrl, value: consoleUrl },
+    { key: TAG.jobState, value: 'SUBMITTING' },
+    { key: TAG.sourceName, value: 'kvx-launch' },
+    { key: TAG.sourceType, value: 'JOB' },
+  ];
+  if (plan.userId) tags.push({ key: TAG.user, value: plan.userId });
+  if (vertexExperiment !== undefined) {
+    tags.push(
+      { key: TAG.vertexExperiment, value: vertexExperiment.name },
+      { key: TAG.vertexExperimentUrl, value: vertexExperiment.consoleUrl },
+      { key: TAG.vertexExperimentLink, value: 'pending' },
+    );
+  }
+  return tags;
+}
+
+/** The tags set once the job exists: its resource name as Vertex returned it, and its first state. */
+export function submittedTags(jobName: string, state: string): KeyValue[] {
+  return [
+    { key: TAG.runId, value: jobName },
+    { key: TAG.resourceName, value: jobName },
+    { key: TAG.jobState, value: state },
+  ];
+}
+
+/** The job's labels that point at its run. */
+export function jobRunLabels(runId: string, experimentId: string): Record<typeof RUN_ID_LABEL | typeof EXPERIMENT_ID_LABEL, string> {
+  return { [RUN_ID_LABEL]: toLabelValue(runId), [EXPERIMENT_ID_LABEL]: toLabelValue(experimentId) };
+}
+
 /**
  * Resolves the experiment, creates the run, submits the job, tags the run, and with `wait` follows the job and
  * mirrors its end into the run. From the moment the run exists, every way out of this function leaves it
@@ -200,28 +238,10 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
   const experiment = await resolveExperiment(mlflow, plan.experimentName, logger);
   const consoleUrl = vertex.consoleUrl(plan.jobId);
   const jobName = vertex.jobName(plan.jobId);
-  const startTags: KeyValue[] = [
-    { key: TAG.jobName, value: plan.jobId },
-    { key: TAG.project, value: plan.projectId },
-    { key: TAG.region, value: plan.region },
-    { key: TAG.pipelineName, value: plan.spec.spec.pipelineInfo.name },
-    { key: TAG.consoleUrl, value: consoleUrl },
-    { key: TAG.jobState, value: 'SUBMITTING' },
-    { key: TAG.sourceName, value: 'kvx-launch' },
-    { key: TAG.sourceType, value: 'JOB' },
-  ];
-  if (plan.userId) startTags.push({ key: TAG.user, value: plan.userId });
-  if (vertexExperiment !== undefined) {
-    startTags.push(
-      { key: TAG.vertexExperiment, value: vertexExperiment.name },
-      { key: TAG.vertexExperimentUrl, value: vertexExperiment.consoleUrl },
-      { key: TAG.vertexExperimentLink, value: 'pending' },
-    );
-  }
   const run = await mlflow.createRun({
     experimentId: experiment.experimentId,
     runName: plan.jobId,
-    tags: startTags,
+    tags: runStartTags(plan, consoleUrl, vertexExperiment),
     ...(plan.userId ? { userId: plan.userId } : {}),
   });
   const runId = run.info.run_id;
@@ -231,7 +251,7 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
   let job: PipelineJob;
   try {
     options.signal?.throwIfAborted();
-    const runLabels = { [RUN_ID_LABEL]: toLabelValue(runId), [EXPERIMENT_ID_LABEL]: toLabelValue(experiment.experimentId) };
+    const runLabels = jobRunLabels(runId, experiment.experimentId);
     const request = createRequest(plan, planParameters(plan, runId), runLabels);
     job = await deps.vertex.createPipelineJob(request.pipelineJobId, request.pipelineJob, [RUN_ID_LABEL, runLabels[RUN_ID_LABEL]]);
   } catch (err) {
@@ -245,11 +265,7 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
 
   try {
     // Uninterrupted: a job that exists is recorded on its run, whatever happens next.
-    await mlflow.uninterrupted().setTags(runId, [
-      { key: TAG.runId, value: job.name },
-      { key: TAG.resourceName, value: job.name },
-      { key: TAG.jobState, value: shortState(job.state) },
-    ]);
+    await mlflow.uninterrupted().setTags(runId, submittedTags(job.name, shortState(job.state)));
     result.jobName = job.name;
     const linkOptions = (signal: AbortSignal | undefined, wake?: AbortSignal): Parameters<typeof linkJobToExperiment>[3] => ({
       logger,
@@ -325,22 +341,34 @@ export interface RunInput {
   cancelOnInterrupt: boolean;
   pollIntervalMs: number;
   experimentLinkTimeoutMs: number;
+  /** Root input artifact name → artifact id or resource name (--artifact). */
+  inputArtifacts?: Record<string, string>;
+  /** `fast` or `slow` (--failure-policy). */
+  failurePolicy?: string;
 }
 
 /**
- * `kvx-launch run`: reads the pipeline (a file, or a template downloaded with the caller's credentials), checks
- * every input against the config, and launches (see `launch`).
+ * Reads the pipeline (a file, or a template downloaded with the caller's credentials), says on stderr what was
+ * read leniently or ignored, and checks every input against the config. Nothing is created.
  */
+export async function preparePlan(session: LaunchSession, config: KvxConfig, input: RunInput, environment: Pick<LaunchEnvironment, 'warn'>): Promise<LaunchPlan> {
+  const spec = input.isTemplate ? parseSpec(await downloadTemplate(session.vertex(), input.source), input.source) : await loadSpecFile(input.source);
+  for (const warning of spec.warnings) environment.warn(warning);
+  const flags: PlanFlags = { params: input.params, labels: input.labels, now: input.now };
+  if (input.userId !== undefined) flags.userId = input.userId;
+  if (input.jobId !== undefined) flags.jobId = input.jobId;
+  if (input.displayName !== undefined) flags.displayName = input.displayName;
+  if (input.isTemplate) flags.templateUri = input.source;
+  if (input.inputArtifacts !== undefined) flags.inputArtifacts = input.inputArtifacts;
+  if (input.failurePolicy !== undefined) flags.failurePolicy = input.failurePolicy;
+  return planLaunch(config, spec, flags);
+}
+
+/** `kvx-launch run`: prepares the plan (see `preparePlan`) and launches it (see `launch`). */
 export async function launchPipeline(loaded: LoadedConfig, input: RunInput, environment: LaunchEnvironment): Promise<LaunchResult> {
   return withSession(loaded, environment, async (session) => {
     const vertex = session.vertex();
-    const spec = input.isTemplate ? parseSpec(await downloadTemplate(vertex, input.source), input.source) : await loadSpecFile(input.source);
-    const flags: PlanFlags = { params: input.params, labels: input.labels, now: input.now };
-    if (input.userId !== undefined) flags.userId = input.userId;
-    if (input.jobId !== undefined) flags.jobId = input.jobId;
-    if (input.displayName !== undefined) flags.displayName = input.displayName;
-    if (input.isTemplate) flags.templateUri = input.source;
-    const plan = planLaunch(loaded.config, spec, flags);
+    const plan = await preparePlan(session, loaded.config, input, environment);
 
     const mlflow = await session.mlflow();
     // Progress goes to stderr, so --json output on stdout stays clean.

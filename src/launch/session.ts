@@ -26,6 +26,8 @@ export interface LaunchEnvironment {
   googleAuth(google: CredentialsLookup): GoogleHeaderSource;
   /** The display of a job being followed. */
   progress(jobId: string): Progress;
+  /** A line for people on stderr: something was read leniently or ignored, and the command goes on. */
+  warn(message: string): void;
   /** First wait between looks for a job's pipeline run context when adding it to a Vertex AI experiment. */
   experimentLinkIntervalMs?: number;
 }

@@ -170,12 +170,17 @@ export class VertexClient {
     return `https://console.cloud.google.com/vertex-ai/locations/${encodeURIComponent(this.options.region)}/pipelines/runs/${encodeURIComponent(id)}?project=${encodeURIComponent(this.options.projectId)}`;
   }
 
+  /** Where `pipelineJobs.create` is sent (POST), for a dry run to show. */
+  createPipelineJobUrl(jobId: string): string {
+    return `${this.endpoint}/v1/${this.parent}/pipelineJobs?pipelineJobId=${encodeURIComponent(jobId)}`;
+  }
+
   /**
    * Creates the job. Retrying is safe because the id is ours: when an attempt whose answer was lost did reach
    * Google, the job is there (a repeat gets ALREADY_EXISTS), and it is the result if it carries `ownerLabel`.
    */
   async createPipelineJob(jobId: string, body: Record<string, unknown>, ownerLabel: [string, string]): Promise<PipelineJob> {
-    return this.call<PipelineJob>('POST', `/v1/${this.parent}/pipelineJobs?pipelineJobId=${encodeURIComponent(jobId)}`, 'pipelineJobs.create', body, {
+    return this.call<PipelineJob>('POST', this.createPipelineJobUrl(jobId), 'pipelineJobs.create', body, {
       recover: async () => {
         let existing: PipelineJob;
         try {

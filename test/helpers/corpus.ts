@@ -1,6 +1,7 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { DeclaredParameter } from '../../src/vertex/spec.js';
 
 const PROJECT_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -26,4 +27,30 @@ export function kfpCorpusDir(): string {
 /** The shared reference directory (vertex/, kfp-specs/) beside the corpus. */
 export function sharedReferenceDir(): string {
   return path.dirname(kfpCorpusDir());
+}
+
+/** The compiled specs in `dir` (YAML or JSON; not the `.pyyaml.json` readings beside some fixtures), sorted. */
+export const specFiles = (dir: string): string[] =>
+  readdirSync(dir)
+    .filter((f) => /\.(ya?ml|json)$/.test(f) && !f.endsWith('.pyyaml.json'))
+    .sort()
+    .map((f) => path.join(dir, f));
+
+/** A value of the declared type, as a --param would give it: the first allowed one when literals restrict it. */
+export function sample(p: DeclaredParameter): string {
+  if (p.literals !== undefined && p.literals.length > 0) return typeof p.literals[0] === 'string' ? p.literals[0] : JSON.stringify(p.literals[0]);
+  switch (p.type) {
+    case 'NUMBER_INTEGER':
+      return '3';
+    case 'NUMBER_DOUBLE':
+      return '0.5';
+    case 'BOOLEAN':
+      return 'true';
+    case 'LIST':
+      return '["a", "b"]';
+    case 'STRUCT':
+      return '{"key": "value"}';
+    default:
+      return 'corpus value';
+  }
 }

@@ -4,7 +4,6 @@
  * API accepts, with values of the declared types in the field the spec's schema version takes, and runs to its
  * end; or kvx refuses it with a specific reason listed here. The outcome of each file is printed as a table.
  */
-import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
@@ -13,11 +12,11 @@ import { convertParameters } from '../../src/vertex/params.js';
 import { buildCreateRequest } from '../../src/vertex/request.js';
 import type { CreateRequest } from '../../src/vertex/request.js';
 import { loadSpecFile } from '../../src/vertex/spec.js';
-import type { DeclaredParameter, LoadedSpec } from '../../src/vertex/spec.js';
+import type { LoadedSpec } from '../../src/vertex/spec.js';
 import { AccessTokenStore } from '../fakes/google-common.js';
 import { startFakeVertex } from '../fakes/vertex-api.js';
 import type { FakeVertex } from '../fakes/vertex-api.js';
-import { kfpCorpusDir } from '../helpers/corpus.js';
+import { kfpCorpusDir, sample, specFiles } from '../helpers/corpus.js';
 
 const CORPUS = kfpCorpusDir();
 const FIXTURES = fileURLToPath(new URL('../fixtures/kfp/', import.meta.url));
@@ -26,31 +25,6 @@ const FIXTURES = fileURLToPath(new URL('../fixtures/kfp/', import.meta.url));
 const REFUSED: Record<string, RegExp> = {
   'refused-2_0_0-boolean.yaml': /parameter "verbose" is declared as "BOOLEAN", but schemaVersion 2\.0\.0 passes values in runtimeConfig\.parameters, which carry only STRING, INT and DOUBLE/,
 };
-
-const specFiles = (dir: string) =>
-  readdirSync(dir)
-    .filter((f) => /\.(ya?ml|json)$/.test(f) && !f.endsWith('.pyyaml.json'))
-    .sort()
-    .map((f) => path.join(dir, f));
-
-/** A value of the declared type, as a --param would give it: the first allowed one when literals restrict it. */
-function sample(p: DeclaredParameter): string {
-  if (p.literals !== undefined && p.literals.length > 0) return typeof p.literals[0] === 'string' ? p.literals[0] : JSON.stringify(p.literals[0]);
-  switch (p.type) {
-    case 'NUMBER_INTEGER':
-      return '3';
-    case 'NUMBER_DOUBLE':
-      return '0.5';
-    case 'BOOLEAN':
-      return 'true';
-    case 'LIST':
-      return '["a", "b"]';
-    case 'STRUCT':
-      return '{"key": "value"}';
-    default:
-      return 'corpus value';
-  }
-}
 
 /** The request carries each value in the field the schema version takes, with the declared type. */
 function checkTypedValues(loaded: LoadedSpec, request: CreateRequest): string[] {

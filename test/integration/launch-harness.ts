@@ -105,6 +105,8 @@ export async function startHarness(): Promise<Harness> {
       await mlflow.reset();
       vertex.jobs.clear();
       vertex.contexts.clear();
+      vertex.artifacts.clear();
+      vertex.templates.clear();
       vertex.denied.clear();
       vertex.metadataStoreExists = true;
       vertex.requests.length = 0;

@@ -6,6 +6,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import YAML from 'yaml';
 import { kfpCorpusDir } from '../helpers/corpus.js';
 import { launchCli, onlyRun, tags, useHarness } from './launch-harness.js';
 import type { Harness } from './launch-harness.js';
@@ -80,6 +81,85 @@ describe('kvx-launch run: the specs users bring', () => {
     expect(res.stderr).to.include('  model: system.Model (required)');
     expect(h.mlflow.store.runs.size).to.equal(0);
     expect(h.vertex.jobs.size).to.equal(0);
+  });
+
+  it('--artifact passes root input artifacts by id or resource name into runtimeConfig.inputArtifacts', async () => {
+    h.vertex.artifacts.set('8884357589702467656', { schemaTitle: 'system.Model' });
+    h.vertex.artifacts.set('baseline-3', { schemaTitle: 'system.Metrics' });
+    const res = await run(
+      fixture('input-artifacts.yaml'),
+      '--artifact',
+      'model=projects/123456789012/locations/europe-west4/metadataStores/default/artifacts/8884357589702467656',
+      '--artifact',
+      'baseline=baseline-3',
+      '--wait',
+    );
+    expect(res.code, res.stderr).to.equal(0);
+    expect(runtime()).to.deep.include({ inputArtifacts: { model: { artifactId: '8884357589702467656' }, baseline: { artifactId: 'baseline-3' } } });
+    expect(onlyRun(h).info.status).to.equal('FINISHED');
+  });
+
+  it('an --artifact the spec does not declare, or one in another region, is refused before anything is created', async () => {
+    const res = await run(fixture('input-artifacts.yaml'), '--artifact', 'model=projects/my-project/locations/us-central1/metadataStores/default/artifacts/m1', '--artifact', 'scaler=s1');
+    expect(res.code).to.equal(1);
+    expect(res.stderr).to.include('unknown input artifact "scaler"');
+    expect(res.stderr).to.include('it is in us-central1; the job runs in europe-west4');
+    expect(res.stderr).to.include('  baseline: system.Metrics (optional)');
+    expect(h.mlflow.store.runs.size).to.equal(0);
+    expect(h.vertex.requests).to.deep.equal([]);
+  });
+
+  it('--failure-policy fast|slow goes in runtimeConfig.failurePolicy, as the SDK sends it', async () => {
+    const fast = await run(fixture('multi-document.yaml'), '--failure-policy', 'fast');
+    expect(fast.code, fast.stderr).to.equal(0);
+    expect(runtime()).to.deep.include({ failurePolicy: 'PIPELINE_FAILURE_POLICY_FAIL_FAST' });
+    const slow = await run(fixture('multi-document.yaml'), '--failure-policy', 'slow', '--job-id', 'slow-one');
+    expect(slow.code, slow.stderr).to.equal(0);
+    expect(h.vertex.jobs.get('slow-one')!.body['runtimeConfig']).to.deep.include({ failurePolicy: 'PIPELINE_FAILURE_POLICY_FAIL_SLOW' });
+    const bad = await run(fixture('multi-document.yaml'), '--failure-policy', 'quick', '--job-id', 'bad-one');
+    expect(bad.code).to.equal(2);
+    expect(bad.stderr).to.include("argument 'quick' is invalid. Allowed choices are fast, slow");
+    expect(h.vertex.jobs.has('bad-one')).to.equal(false);
+  });
+
+  it('prints what was read leniently or ignored on stderr, one line each naming the file', async () => {
+    const repaired = await run(fixture('pyyaml-only.yaml'));
+    expect(repaired.code, repaired.stderr).to.equal(0);
+    const repairs = repaired.stderr.split('\n').filter((l) => l.includes('quoted string'));
+    expect(repairs).to.have.length.above(0);
+    for (const line of repairs) expect(line).to.match(/^kvx-launch: warning: .*pyyaml-only\.yaml: line \d+: a quoted string continues/);
+    const multi = await run(fixture('multi-document.yaml'), '--job-id', 'multi-one');
+    expect(multi.code, multi.stderr).to.equal(0);
+    expect(multi.stderr).to.match(/^kvx-launch: warning: .*multi-document\.yaml: document 2 of 2 ignored: a KFP platform spec/m);
+  });
+
+  it('a template given by --template-uri is sent with its spec, caching off', async () => {
+    const uri = `${h.vertex.url}/kfp/my-project/kfp-repo/nested/v1`;
+    h.vertex.templates.set(uri, await readFile(fixture('nested-loop-condition.yaml'), 'utf8'));
+    const res = await launchCli(h, ['run', '--template-uri', uri, '-c', h.config], { deps: { now: NOW } });
+    expect(res.code, res.stderr).to.equal(0);
+    const body = h.vertex.jobs.get(JOB_ID)!.body as { templateUri: string; pipelineSpec: { root: { dag: { tasks: Record<string, { cachingOptions?: unknown }> } }; components: Record<string, { dag?: { tasks: Record<string, { cachingOptions?: unknown }> } }> } };
+    expect(body.templateUri).to.equal(uri);
+    // Every task of every DAG, the sub-DAGs' too, as the SDK's enable_caching=False does.
+    const dags = [body.pipelineSpec.root, ...Object.values(body.pipelineSpec.components)].filter((c) => c.dag !== undefined);
+    expect(dags).to.have.length.above(1);
+    for (const dag of dags) for (const task of Object.values(dag.dag!.tasks)) expect(task.cachingOptions).to.deep.equal({ enableCache: false });
+    expect(h.vertex.requests.map((r) => `${r.method} ${r.path.split('?')[0]}`)).to.deep.equal([
+      'GET /kfp/my-project/kfp-repo/nested/v1',
+      'POST /v1/projects/my-project/locations/europe-west4/pipelineJobs',
+    ]);
+  });
+
+  it('a template URI with --enable-caching is sent with its spec as compiled', async () => {
+    const uri = `${h.vertex.url}/kfp/my-project/kfp-repo/nested/v1`;
+    const text = await readFile(fixture('nested-loop-condition.yaml'), 'utf8');
+    h.vertex.templates.set(uri, text);
+    const res = await launchCli(h, ['run', uri, '-c', h.config, '--enable-caching', '--json'], { deps: { now: NOW } });
+    expect(res.code, res.stderr).to.equal(0);
+    const job = h.vertex.jobs.get(JOB_ID)!;
+    expect(job.body['templateUri']).to.equal(uri);
+    expect(job.body['pipelineSpec']).to.deep.equal(YAML.parse(text));
+    expect(job.spec).to.deep.equal(YAML.parse(text));
   });
 
   it('a failure inside a nested pipeline names the failed task by its path', async () => {
