@@ -256,7 +256,8 @@ export async function runChurn(opts: ChurnOptions, world: Awaited<ReturnType<typ
       args: ['--upstream', relay.url, ...authArgs, '--port', '0', '--admin-port', '0'],
       // Request log lines for a few hundred thousand requests are not what this shape checks. The Node flags are
       // the shipped ones, as the executable, the image and `npm run proxy` run with.
-      env: { ...env, KVX_LOG_REQUESTS: 'false', KVX_UPSTREAM_CONNECT_TIMEOUT_MS: '2000', NODE_OPTIONS: NODE_FLAGS.join(' ') },
+      // The churn clients send `Host: kvx`, as the fault cases do.
+      env: { ...env, KVX_SERVER_ALLOWED_HOSTS: 'kvx', KVX_LOG_REQUESTS: 'false', KVX_UPSTREAM_CONNECT_TIMEOUT_MS: '2000', NODE_OPTIONS: NODE_FLAGS.join(' ') },
     });
     return await churn(opts, proxy, relay, mlflow);
   } finally {
