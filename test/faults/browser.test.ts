@@ -4,7 +4,7 @@
  * cleanly, and the names given with --allowed-hosts still work.
  */
 import { expect } from 'chai';
-import { mlflowError, parseRaw, raw, request, statusLines } from './support/client.js';
+import { mlflowError, raw, request } from './support/client.js';
 import { Harness } from './support/harness.js';
 
 describe('faults: browsers on the same machine', function () {
@@ -27,10 +27,10 @@ describe('faults: browsers on the same machine', function () {
       `GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: attacker.example:${port}\r\nSec-Fetch-Site: same-origin\r\n\r\n` +
         `GET /bytes/10 HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nSec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n`,
     );
-    expect(statusLines(r.text)).to.deep.equal([421, 200]);
-    const refused = parseRaw(r.text)!;
-    expect(refused.headers['x-kvx-error']).to.equal('host_not_allowed');
-    expect(mlflowError({ status: 421, headers: {}, body: Buffer.from(refused.body), text: refused.body }).message).to.include('server.allowedHosts');
+    expect(r.statuses).to.deep.equal([421, 200]);
+    const refused = r.responses[0]!;
+    expect(refused.value('x-kvx-error')).to.equal('host_not_allowed');
+    expect(mlflowError(refused).message).to.include('server.allowedHosts');
     expect(h.upstream.requests.slice(before).map((q) => q.url)).to.deep.equal(['/bytes/10']);
     expect(await h.metric('kvx_cross_site_refusals_total', { reason: 'host' })).to.equal(refusedBefore + 1);
     // Log lines are written in batches: wait for it rather than read the log at once.
@@ -47,10 +47,10 @@ describe('faults: browsers on the same machine', function () {
       h.proxy.port,
       `POST /api/2.0/mlflow/experiments/delete HTTP/1.1\r\nHost: 127.0.0.1:${h.proxy.port}\r\nOrigin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
     );
-    const answer = parseRaw(r.text)!;
+    const answer = r.responses[0]!;
     expect(answer.status).to.equal(403);
-    expect(answer.headers['x-kvx-error']).to.equal('origin_not_allowed');
-    expect(JSON.parse(answer.body)).to.include({ error_code: 'PERMISSION_DENIED' });
+    expect(answer.value('x-kvx-error')).to.equal('origin_not_allowed');
+    expect(JSON.parse(answer.text)).to.include({ error_code: 'PERMISSION_DENIED' });
     expect(r.closedByServer).to.equal(true);
     expect(h.upstream.requests.length).to.equal(before);
     await h.assertHealthy('after a cross-site POST');

@@ -3,35 +3,19 @@
  * lying Content-Length, forward-proxy attempts, path tricks, odd methods and pipelining.
  */
 import { expect } from 'chai';
-import net from 'node:net';
-import { mlflowError, parseRaw, raw, request, statusLines } from './support/client.js';
+import { RawConnection } from '../helpers/raw-http.js';
+import { mlflowError, raw, request } from './support/client.js';
 import { Harness } from './support/harness.js';
 import { pollUntil } from './support/proxy-process.js';
 
 /** Opens a connection, writes `head` and `body`, and destroys it once `abortWhen` says so. */
-function abortingClient(port: number, head: string, body: Buffer | undefined, abortWhen: (received: number) => boolean | Promise<boolean>): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    let received = 0;
-    let done = false;
-    const check = async () => {
-      if (done) return;
-      if (await abortWhen(received)) {
-        done = true;
-        socket.destroy();
-        return;
-      }
-      setTimeout(() => void check(), 5);
-    };
-    socket.on('data', (c: Buffer) => (received += c.length));
-    socket.on('error', () => {});
-    socket.on('close', () => resolve());
-    socket.on('connect', () => {
-      socket.write(head);
-      if (body) socket.write(body);
-      void check();
-    });
-  });
+async function abortingClient(port: number, head: string, body: Buffer | undefined, abortWhen: (received: number) => boolean | Promise<boolean>): Promise<void> {
+  const c = await RawConnection.open(port);
+  c.write(head);
+  if (body) c.write(body);
+  while (!c.ended && !(await abortWhen(c.received))) await new Promise((r) => setTimeout(r, 5));
+  c.destroy();
+  await c.closed;
 }
 
 describe('faults: clients', function () {
@@ -101,8 +85,8 @@ describe('faults: clients', function () {
     const results = await Promise.all(attackers);
     for (const r of results) {
       expect(r.closedByServer, 'slowloris connection still open when the wait ended').to.equal(true);
-      expect(statusLines(r.text)).to.deep.equal([408]);
-      expect(mlflowError({ status: 408, headers: {}, body: Buffer.alloc(0), text: parseRaw(r.text)!.body }).message).to.include('not received in time');
+      expect(r.statuses).to.deep.equal([408]);
+      expect(mlflowError(r.responses[0]!).message).to.include('not received in time');
     }
     await h.assertHealthy('after slowloris');
   });
@@ -118,9 +102,9 @@ describe('faults: clients', function () {
     const huge = await raw(h.proxy.port, `GET /api/2.0/mlflow/runs/get HTTP/1.1\r\nHost: kvx\r\nCookie: ${'a'.repeat(40_000)}\r\n\r\n`);
     const many = await raw(h.proxy.port, `GET /api/2.0/mlflow/runs/get HTTP/1.1\r\nHost: kvx\r\n${Array.from({ length: 2100 }, (_, i) => `x${i}:1\r\n`).join('')}\r\n`);
     for (const r of [huge, many]) {
-      const answer = parseRaw(r.text);
+      const answer = r.responses[0];
       expect(answer?.status).to.equal(431);
-      expect(JSON.parse(answer!.body)).to.include({ error_code: 'BAD_REQUEST' });
+      expect(JSON.parse(answer!.text)).to.include({ error_code: 'BAD_REQUEST' });
       expect(r.closedByServer).to.equal(true);
     }
     expect(h.upstream.requests.length).to.equal(before);
@@ -132,7 +116,7 @@ describe('faults: clients', function () {
     const r = await raw(h.proxy.port, [`POST /api/2.0/mlflow/runs/log-batch HTTP/1.1\r\nHost: kvx\r\nContent-Type: application/json\r\nContent-Length: 5000\r\nX-Request-Id: ${id}\r\n\r\n{"run_id":`], {
       endAfterWrite: true,
     });
-    expect(statusLines(r.text)).to.deep.equal([400]);
+    expect(r.statuses).to.deep.equal([400]);
     const seen = await pollUntil(() => h.upstream.byId(id), (l) => l.every((x) => x.cancelled), 3000);
     expect(seen.filter((x) => x.complete)).to.have.length(0);
     expect(seen.every((x) => x.cancelled)).to.equal(true);
@@ -154,9 +138,9 @@ describe('faults: clients', function () {
   it('body longer than Content-Length: the request is forwarded with exactly Content-Length bytes and answered; the surplus gets 400', async () => {
     const id = 'long-body';
     const r = await raw(h.proxy.port, `POST /upload HTTP/1.1\r\nHost: kvx\r\nContent-Length: 5\r\nX-Request-Id: ${id}\r\n\r\nhelloSURPLUS-THAT-IS-NOT-HTTP\r\n\r\n`);
-    expect(statusLines(r.text)).to.deep.equal([200, 400]);
-    const first = parseRaw(r.text)!;
-    expect(JSON.parse(first.body)).to.include({ bytes: 5 });
+    expect(r.statuses).to.deep.equal([200, 400]);
+    const first = r.responses[0]!;
+    expect(JSON.parse(first.text)).to.include({ bytes: 5 });
     const seen = h.upstream.byId(id);
     expect(seen).to.have.length(1);
     expect(seen[0]).to.include({ bytes: 5, complete: true });
@@ -168,9 +152,9 @@ describe('faults: clients', function () {
     const before = h.upstream.requests.length;
     for (const target of ['example.com:443', `127.0.0.1:${h.upstream.port}`]) {
       const r = await raw(h.proxy.port, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
-      const answer = parseRaw(r.text)!;
+      const answer = r.responses[0]!;
       expect(answer.status).to.equal(405);
-      expect(JSON.parse(answer.body).message).to.include('not a forward proxy');
+      expect(JSON.parse(answer.text).message).to.include('not a forward proxy');
       expect(r.closedByServer).to.equal(true);
     }
     expect(h.upstream.requests.length).to.equal(before);
@@ -183,9 +167,9 @@ describe('faults: clients', function () {
     for (const target of targets) {
       const method = target === '*' ? 'OPTIONS' : 'GET';
       const r = await raw(h.proxy.port, `${method} ${target} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n`);
-      const answer = parseRaw(r.text)!;
+      const answer = r.responses[0]!;
       expect(answer.status, target).to.equal(400);
-      expect(answer.headers['x-kvx-error']).to.equal('forbidden_target');
+      expect(answer.value('x-kvx-error')).to.equal('forbidden_target');
     }
     expect(h.upstream.requests.length).to.equal(before);
     await h.assertHealthy('after absolute-form targets');
@@ -207,9 +191,9 @@ describe('faults: clients', function () {
     ];
     for (const path of refused) {
       const r = await raw(h.proxy.port, `GET ${path} HTTP/1.1\r\nHost: kvx\r\nConnection: close\r\n\r\n`);
-      const answer = parseRaw(r.text);
+      const answer = r.responses[0];
       expect(answer?.status, path).to.equal(400);
-      expect(answer!.headers['x-kvx-error'], path).to.equal('bad_request');
+      expect(answer!.value('x-kvx-error'), path).to.equal('bad_request');
     }
     expect(h.upstream.requests.length, 'a refused path reached upstream').to.equal(before);
     const passing = ['/api/2.0/mlflow-artifacts/artifacts/dir%2Ffile..name', '/api/2.0/mlflow-artifacts/artifacts/model..v2/a.pkl', '/api/2.0/mlflow/runs/get?path=../x'];
@@ -225,11 +209,11 @@ describe('faults: clients', function () {
   it('TRACE is refused with 405; invalid methods get 400; other methods pass through', async () => {
     const before = h.upstream.requests.length;
     const trace = await raw(h.proxy.port, 'TRACE /api/2.0/mlflow/runs/get HTTP/1.1\r\nHost: kvx\r\nConnection: close\r\n\r\n');
-    expect(parseRaw(trace.text)!.status).to.equal(405);
-    expect(parseRaw(trace.text)!.headers['x-kvx-error']).to.equal('method_not_allowed');
+    expect(trace.responses[0]!.status).to.equal(405);
+    expect(trace.responses[0]!.value('x-kvx-error')).to.equal('method_not_allowed');
     for (const bad of ['FOO / HTTP/1.1', 'get / HTTP/1.1', 'G@T / HTTP/1.1', 'GET  HTTP/1.1', 'GET / HTTP/9.9', '\x16\x03\x01\x02\x00']) {
       const r = await raw(h.proxy.port, `${bad}\r\nHost: kvx\r\n\r\n`);
-      expect(statusLines(r.text), JSON.stringify(bad)).to.deep.equal([400]);
+      expect(r.statuses, JSON.stringify(bad)).to.deep.equal([400]);
       expect(r.closedByServer).to.equal(true);
     }
     expect(h.upstream.requests.length).to.equal(before);
@@ -258,8 +242,8 @@ describe('faults: clients', function () {
     // The last one asks to close, so the server ends the connection when done.
     parts[parts.length - 1] = parts.at(-1)!.replace('\r\n\r\n', '\r\nConnection: close\r\n\r\n');
     const r = await raw(h.proxy.port, parts.join(''));
-    const bodies = [...r.text.matchAll(/\{"method":[^}]*\}/g)].map((m) => JSON.parse(m[0]) as { path: string; bytes: number });
-    expect(statusLines(r.text)).to.deep.equal(Array(12).fill(200));
+    const bodies = r.responses.map((answer) => JSON.parse(answer.text) as { path: string; bytes: number });
+    expect(r.statuses).to.deep.equal(Array(12).fill(200));
     expect(bodies.map((b) => ({ path: b.path, bytes: b.bytes }))).to.deep.equal(expected);
     for (let i = 0; i < 12; i++) expect(h.upstream.byId(`pipe-${i}`), `pipe-${i}`).to.have.length(1);
     await h.assertHealthy('after pipelining');
@@ -274,7 +258,7 @@ describe('faults: clients', function () {
         'GET http://elsewhere.example/ HTTP/1.1\r\nHost: kvx\r\n\r\n' +
         'GET /q/3 HTTP/1.1\r\nHost: kvx\r\nX-Request-Id: q3\r\nConnection: close\r\n\r\n',
     );
-    expect(statusLines(r.text)).to.deep.equal([200, 400, 200]);
+    expect(r.statuses).to.deep.equal([200, 400, 200]);
     expect(h.upstream.byId('q1')).to.have.length(1);
     expect(h.upstream.byId('q3')).to.have.length(1);
     await h.assertHealthy('after a refused request in a pipeline');

@@ -3,7 +3,7 @@
  * with more connections than it can hold, in its first second (when it loads prom-client) and once warm.
  */
 import { expect } from 'chai';
-import net from 'node:net';
+import { RawConnection } from '../helpers/raw-http.js';
 import { request } from './support/client.js';
 import { FAST_ENV } from './support/harness.js';
 import { pollUntil, spawnProxy } from './support/proxy-process.js';
@@ -15,7 +15,7 @@ const FD_LIMIT = 64;
 const CLIENTS = 150;
 
 interface Crowd {
-  sockets: net.Socket[];
+  connections: RawConnection[];
   /** Connections closed by the proxy (not by release) before it answered anything. */
   closedUnanswered: () => number;
   answers: () => string[];
@@ -24,36 +24,25 @@ interface Crowd {
 
 /** Opens `count` connections at once; each sends `request` if given, else nothing. */
 async function crowd(port: number, count: number, requestText?: string): Promise<Crowd> {
-  const sockets: net.Socket[] = [];
-  const received = new Map<net.Socket, string>();
-  let closedUnanswered = 0;
-  let releasing = false;
-  await Promise.all(
-    Array.from({ length: count }, () => {
-      const socket = net.connect(port, '127.0.0.1');
-      sockets.push(socket);
-      received.set(socket, '');
-      socket.on('data', (d: Buffer) => received.set(socket, received.get(socket)! + d.toString('latin1')));
-      socket.on('error', () => {});
-      socket.on('close', () => {
-        if (!releasing && received.get(socket) === '') closedUnanswered++;
-      });
-      return new Promise<void>((resolve) => {
-        socket.once('connect', () => {
-          if (requestText) socket.write(requestText);
-          resolve();
-        });
-        socket.once('error', () => resolve());
-      });
-    }),
+  let refused = 0;
+  const opened = await Promise.all(
+    Array.from({ length: count }, () =>
+      RawConnection.open(port).then(
+        (c) => {
+          if (requestText) c.write(requestText);
+          return c;
+        },
+        () => void refused++,
+      ),
+    ),
   );
+  const connections = opened.filter((c) => c !== undefined);
   return {
-    sockets,
-    closedUnanswered: () => closedUnanswered,
-    answers: () => [...received.values()].filter((t) => t !== ''),
+    connections,
+    closedUnanswered: () => refused + connections.filter((c) => c.closeInfo?.byServer && c.received === 0).length,
+    answers: () => connections.map((c) => c.text).filter((t) => t !== ''),
     release: async () => {
-      releasing = true;
-      for (const s of sockets) s.destroy();
+      for (const c of connections) c.destroy();
       await new Promise((r) => setTimeout(r, 200));
     },
   };
@@ -117,7 +106,7 @@ describe('faults: file descriptor limit', function () {
 
     // One descriptor free: the scrape's own connection takes it, and loading prom-client still finds none.
     const full = proxy.fds().total;
-    clients.sockets.find((s) => !s.destroyed)!.destroy();
+    clients.connections.find((c) => !c.socket.destroyed)!.destroy();
     await pollUntil(() => proxy.fds().total, (n) => n < full, 3000);
     const unavailable = await request(proxy.adminUrl, '/metrics');
     expect(unavailable.status, unavailable.text).to.equal(503);

@@ -7,6 +7,7 @@ import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node
 import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { RawConnection } from '../helpers/raw-http.js';
 import { request } from './support/client.js';
 import { FAST_ENV, Harness } from './support/harness.js';
 import { PROXY_CLI, pollUntil, spawnProxy } from './support/proxy-process.js';
@@ -88,12 +89,9 @@ describe('faults: process', function () {
     );
     await pollUntil(() => release.length, (n) => n === 10, 5000);
     // An idle keep-alive client too (one answered request, connection kept): it is let go at once.
-    const idle = net.connect(h.proxy.port, '127.0.0.1');
-    idle.on('error', () => {});
-    const idleClosed = new Promise<void>((r) => idle.on('close', () => r()));
-    const firstAnswer = new Promise<void>((r) => idle.once('data', () => r()));
+    const idle = await RawConnection.open(h.proxy.port);
     idle.write('GET /bytes/10 HTTP/1.1\r\nHost: kvx\r\n\r\n');
-    await firstAnswer;
+    await idle.readResponse();
     await new Promise((r) => setTimeout(r, 50)); // let the server finish the answer and mark the connection idle
 
     events.push(`SIGTERM at ${Date.now() - t0}`);
@@ -106,7 +104,7 @@ describe('faults: process', function () {
     expect(readyz.status).to.equal(503);
     expect(JSON.parse(readyz.text)).to.include({ status: 'draining' });
     events.push(`readyz at ${Date.now() - t0}`);
-    await idleClosed;
+    await idle.closed;
     events.push(`idle closed at ${Date.now() - t0}`);
     expect(h.proxy.alive, 'exited while requests were in flight').to.equal(true);
 
@@ -131,35 +129,21 @@ describe('faults: process', function () {
     cleanups.push(() => h.stop());
     const total = 1024 * 1024 * 1024;
     const id = 'upload-1g';
-    const socket = net.connect(h.proxy.port, '127.0.0.1');
-    const received: Buffer[] = [];
-    socket.on('data', (c: Buffer) => received.push(c));
-    socket.on('error', () => {});
-    const closed = new Promise<void>((r) => socket.on('close', () => r()));
-    await new Promise<void>((r) => socket.on('connect', () => r()));
-    socket.write(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.bin HTTP/1.1\r\nHost: kvx\r\nContent-Length: ${total}\r\nX-Request-Id: ${id}\r\n\r\n`);
-    const chunk = Buffer.alloc(1024 * 1024, 0x5a);
-    let sent = 0;
-    let stop = false;
-    const pump = () => {
-      while (!stop && sent < total) {
-        sent += chunk.length;
-        if (!socket.write(chunk)) return void socket.once('drain', pump);
-      }
-    };
-    pump();
+    const upload = await RawConnection.open(h.proxy.port);
+    upload.write(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.bin HTTP/1.1\r\nHost: kvx\r\nContent-Length: ${total}\r\nX-Request-Id: ${id}\r\n\r\n`);
+    // Until the connection is cut.
+    void upload.writeRepeated(total, Buffer.alloc(1024 * 1024, 0x5a));
     await pollUntil(() => h.upstream.byId(id)[0]?.bytes ?? 0, (b) => b > 50 * 1024 * 1024, 20_000);
 
     h.proxy.signal('SIGTERM');
-    await closed;
-    stop = true;
+    await upload.closed;
     const exit = await h.proxy.exited;
     expect(exit).to.deep.equal({ code: 0, signal: null });
     const upstreamSide = await pollUntil(() => h.upstream.byId(id)[0]!, (r) => r.cancelled, 3000);
     expect(upstreamSide.complete, 'the upload cannot have completed').to.equal(false);
     expect(upstreamSide.cancelled, 'upstream request must be aborted, not left hanging').to.equal(true);
     expect(upstreamSide.bytes).to.be.below(total);
-    expect(Buffer.concat(received).toString('latin1'), 'no answer is invented for a cut upload').to.not.match(/^HTTP\/1\.1 2/);
+    expect(upload.text, 'no answer is invented for a cut upload').to.not.match(/^HTTP\/1\.1 2/);
     const cut = await h.proxy.waitForLog((l) => l.msg === 'shutdown deadline reached; cutting unfinished requests');
     expect(cut['cut']).to.equal(1);
   });

@@ -238,7 +238,7 @@ describe('faults: upstream', function () {
       } else {
         expect(o.status, o.id).to.equal(502);
         expect(o.kvx).to.equal('upstream_unreachable');
-        expect(mlflowError({ status: 502, headers: {}, body: Buffer.alloc(0), text: o.text }).error_code).to.equal('TEMPORARILY_UNAVAILABLE');
+        expect(mlflowError(o).error_code).to.equal('TEMPORARILY_UNAVAILABLE');
         if (o.method === 'POST') expect(arrived.length, `${o.id} failed: must not have been processed twice`).to.be.at.most(1);
       }
     }

@@ -25,39 +25,6 @@ export function request(
   });
 }
 
-/** Sends raw bytes and returns everything the server writes until it closes or `idleMs` passes quietly. */
-export function rawExchange(port: number, payload: string | Buffer, idleMs = 500): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1');
-    let out = '';
-    let timer: NodeJS.Timeout | undefined;
-    const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        socket.destroy();
-        resolve(out);
-      }, idleMs);
-    };
-    socket.on('connect', () => {
-      socket.write(payload);
-      arm();
-    });
-    socket.on('data', (d) => {
-      out += d.toString('latin1');
-      arm();
-    });
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve(out);
-    });
-    socket.on('error', (err) => {
-      clearTimeout(timer);
-      if (out) resolve(out);
-      else reject(err);
-    });
-  });
-}
-
 /** A scripted upstream for behaviours the MLflow fake does not model (stalls, resets, redirects). */
 export async function startScriptedUpstream(handler: http.RequestListener): Promise<{ url: string; port: number; server: http.Server; close(): Promise<void> }> {
   const server = http.createServer(handler);

@@ -8,8 +8,9 @@
 import { expect } from 'chai';
 import { registerProviderType } from '../../src/auth/registry.js';
 import type { HeaderMap, HeaderProvider } from '../../src/auth/provider.js';
-import { rawExchange, request, startScriptedUpstream } from '../helpers/http.js';
+import { request, startScriptedUpstream } from '../helpers/http.js';
 import type { SimpleResponse } from '../helpers/http.js';
+import { exchange } from '../helpers/raw-http.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 
@@ -129,7 +130,7 @@ describe('proxy: browsers on the same machine (Host and Origin checks)', () => {
     });
 
     it('refuses a request with two Host headers (RFC 9112) with 400', async () => {
-      const raw = await rawExchange(port, `GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nHost: attacker.example\r\nConnection: close\r\n\r\n`);
+      const raw = (await exchange(port, `GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nHost: attacker.example\r\nConnection: close\r\n\r\n`, { idleMs: 500 })).text;
       expect(raw).to.match(/^HTTP\/1\.1 400 /);
       expect(raw).to.include('x-kvx-error: bad_request');
       expect(seen).to.deep.equal([]);
@@ -166,10 +167,13 @@ describe('proxy: browsers on the same machine (Host and Origin checks)', () => {
         const res = await send('/api/2.0/mlflow/runs/update', { host: `127.0.0.1:${port}`, origin, 'content-type': 'text/plain' }, 'POST', '{}');
         expectRefused(res, 403, 'origin_not_allowed');
       }
-      const raw = await rawExchange(
-        port,
-        `POST /api/2.0/mlflow/runs/update HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nOrigin: http://127.0.0.1:${port}\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`,
-      );
+      const raw = (
+        await exchange(
+          port,
+          `POST /api/2.0/mlflow/runs/update HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nOrigin: http://127.0.0.1:${port}\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`,
+          { idleMs: 500 },
+        )
+      ).text;
       expect(raw).to.match(/^HTTP\/1\.1 403 /);
       expect(seen).to.deep.equal([]);
     });
@@ -243,7 +247,7 @@ describe('proxy: browsers on the same machine (Host and Origin checks)', () => {
         '{"run_id":"r"}',
       );
       expect(python.status).to.equal(200);
-      const http10 = await rawExchange(port, 'GET /health HTTP/1.0\r\n\r\n');
+      const http10 = (await exchange(port, 'GET /health HTTP/1.0\r\n\r\n', { idleMs: 500 })).text;
       expect(http10).to.match(/^HTTP\/1\.1 200 /);
       expect(seen.map((s) => s.auth)).to.deep.equal([`Bearer ${TOKEN}`, `Bearer ${TOKEN}`]);
     });

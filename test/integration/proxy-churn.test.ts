@@ -15,6 +15,7 @@ import { Exchange } from '../../src/proxy/forward.js';
 import { ClientConnection, ClientRequest } from '../../src/proxy/wire/client-connection.js';
 import { UpstreamConnection, UpstreamRequest } from '../../src/proxy/wire/upstream-pool.js';
 import { startTestProxy } from '../helpers/proxy.js';
+import { RawConnection } from '../helpers/raw-http.js';
 import type { TestProxy } from '../helpers/proxy.js';
 
 const TOKEN = 'churn-secret-token-81c3';
@@ -66,43 +67,37 @@ function atMost(baseline: Counts, names: Tracked[], slack = 0): Partial<Counts> 
   return Object.fromEntries(names.map((n) => [n, baseline[n] + slack]));
 }
 
-/** A request on a fresh connection, closed by the client once the answer is in (or at `abortAfter` bytes of it). */
-function oneShot(port: number, head: string, body?: Buffer, options: { abortAfterBytes?: number; keepAlive?: boolean; abortAfterWrite?: boolean } = {}): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    let received = '';
-    socket.on('error', () => {});
-    socket.on('close', () => resolve(received.slice(0, 12)));
-    socket.on('data', (d: Buffer) => {
-      received += d.toString('latin1');
-      if (options.abortAfterBytes !== undefined) {
-        if (received.length >= options.abortAfterBytes) socket.destroy();
-      } else if (options.keepAlive) {
-        // A keep-alive client that leaves after one answer (the proxy sees EOF, not a request).
-        if (received.includes('\r\n\r\n')) socket.end();
-      }
-    });
-    socket.on('connect', () => {
-      socket.write(head);
-      if (body) socket.write(body);
-      if (options.abortAfterWrite) setTimeout(() => socket.destroy(), 5);
-    });
-  });
+/**
+ * A request on a fresh connection, closed by the client once the answer is in (or at `abortAfter` bytes of it);
+ * resolves with the first bytes of what came back once the connection has closed.
+ */
+async function oneShot(port: number, head: string, body?: Buffer, options: { abortAfterBytes?: number; keepAlive?: boolean; abortAfterWrite?: boolean } = {}): Promise<string> {
+  const c = await RawConnection.open(port);
+  c.write(head);
+  if (body) c.write(body);
+  if (options.abortAfterWrite) {
+    await sleep(5);
+    c.destroy();
+  } else if (options.abortAfterBytes !== undefined) {
+    await c.receivedAtLeast(options.abortAfterBytes);
+    c.destroy();
+  } else if (options.keepAlive) {
+    // A keep-alive client that leaves after one answer (the proxy sees EOF, not a request).
+    await c.readResponse();
+    c.end();
+  }
+  await c.closed;
+  return c.text.slice(0, 12);
 }
 
 /** Opens a connection, writes a head and part of a body, and resets the connection once `ready` says so. */
-function abortMidBody(port: number, head: string, part: Buffer, ready: () => boolean): Promise<void> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.on('error', () => {});
-    socket.on('close', () => resolve());
-    socket.on('connect', () => {
-      socket.write(head);
-      socket.write(part);
-      const check = () => (ready() ? socket.destroy() : setTimeout(check, 2));
-      check();
-    });
-  });
+async function abortMidBody(port: number, head: string, part: Buffer, ready: () => boolean): Promise<void> {
+  const c = await RawConnection.open(port);
+  c.write(head);
+  c.write(part);
+  while (!ready() && !c.ended) await sleep(2);
+  c.destroy();
+  await c.closed;
 }
 
 /** Runs `count` tasks, `concurrency` at a time. */

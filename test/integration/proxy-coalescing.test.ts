@@ -10,6 +10,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
 import { startTestProxy } from '../helpers/proxy.js';
+import { RawConnection, decodeChunked } from '../helpers/raw-http.js';
 import type { TestProxy } from '../helpers/proxy.js';
 
 const TOKEN = 'coalescing-secret-token-90ab';
@@ -34,28 +35,6 @@ function chunkFrames(pieces: number, first = 0): Buffer {
 
 /** A whole chunked request body: the frames and the last chunk. */
 const chunkedUpload = (pieces: number, first = 0): Buffer => Buffer.concat([chunkFrames(pieces, first), Buffer.from('0\r\n\r\n')]);
-
-/** Decodes a chunked body from `start`: undefined while incomplete; counts the data frames. */
-function decodeChunked(buf: Buffer, start: number): { body: Buffer; frames: number; end: number } | undefined {
-  const parts: Buffer[] = [];
-  let pos = start;
-  for (;;) {
-    const lineEnd = buf.indexOf('\r\n', pos);
-    if (lineEnd === -1) return undefined;
-    const size = parseInt(buf.subarray(pos, lineEnd).toString('latin1'), 16);
-    if (Number.isNaN(size)) throw new Error(`bad chunk size line at ${pos}`);
-    pos = lineEnd + 2;
-    if (size === 0) {
-      if (buf.length < pos + 2) return undefined;
-      expect(buf.subarray(pos, pos + 2).toString('latin1'), 'the last chunk ends the body').to.equal('\r\n');
-      return { body: Buffer.concat(parts), frames: parts.length, end: pos + 2 };
-    }
-    if (buf.length < pos + size + 2) return undefined;
-    parts.push(buf.subarray(pos, pos + size));
-    expect(buf.subarray(pos + size, pos + size + 2).toString('latin1')).to.equal('\r\n');
-    pos += size + 2;
-  }
-}
 
 /**
  * Counts the write dispatches of the proxy's sockets: those whose local port is `localPort` (the proxy's
@@ -91,70 +70,28 @@ declare module 'node:net' {
   }
 }
 
-/** A raw client on one keep-alive connection: sends bytes, reads what comes, optionally slowly. */
-class RawClient {
-  readonly socket: net.Socket;
-  private parts: Buffer[] = [];
-  /** The last bytes received, to see the last chunk arrive without joining everything on every read. */
-  private tail = Buffer.alloc(0);
-  private waiter: (() => void) | undefined;
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    socket.on('data', (chunk: Buffer) => {
-      this.parts.push(chunk);
-      this.tail = Buffer.concat([this.tail, chunk.subarray(-5)]).subarray(-5);
-      this.waiter?.();
-    });
-  }
-
-  static async connect(url: string): Promise<RawClient> {
-    const { hostname, port } = new URL(url);
-    const socket = net.connect(Number(port), hostname);
-    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    return new RawClient(socket);
-  }
-
-  /**
-   * Reads one response with a chunked body (and no trailers); `slow` pauses reading now and then (a client
-   * slower than the proxy). The test bodies never contain the last chunk's bytes, so the tail says when to parse.
-   */
-  async chunkedResponse(slow = false): Promise<{ head: string; body: Buffer; frames: number }> {
-    const deadline = Date.now() + 30_000;
-    let lastPause = Date.now();
-    for (;;) {
-      if (this.tail.toString('latin1') === '0\r\n\r\n') {
-        const data = Buffer.concat(this.parts);
-        const headEnd = data.indexOf('\r\n\r\n');
-        const head = data.subarray(0, headEnd).toString('latin1');
-        expect(head).to.match(/^HTTP\/1\.1 200 /);
-        expect(head.toLowerCase()).to.include('transfer-encoding: chunked');
-        const decoded = decodeChunked(data, headEnd + 4);
-        if (decoded) {
-          // What follows is the next answer on the connection (pipelining), to be read by the next call.
-          const rest = data.subarray(decoded.end);
-          this.parts = rest.length ? [rest] : [];
-          if (!rest.length) this.tail = Buffer.alloc(0);
-          return { head, body: decoded.body, frames: decoded.frames };
-        }
-      }
-      if (Date.now() > deadline) throw new Error(`no whole response within 30 s; ${this.parts.reduce((n, p) => n + p.length, 0)} bytes so far`);
-      if (slow && Date.now() - lastPause > 50) {
-        this.socket.pause();
-        await sleep(40);
-        this.socket.resume();
-        lastPause = Date.now();
-      }
-      await new Promise<void>((resolve) => {
-        this.waiter = resolve;
-        setTimeout(resolve, 50);
-      });
-      this.waiter = undefined;
-    }
-  }
-
-  close(): void {
-    this.socket.destroy();
+/**
+ * Reads one 200 response with a chunked body and no trailers; `slow` pauses reading now and then (a client
+ * slower than the proxy).
+ */
+async function chunkedResponse(client: RawConnection, slow = false): Promise<{ head: string; body: Buffer; frames: number }> {
+  let resume: NodeJS.Timeout | undefined;
+  const pauser = slow
+    ? setInterval(() => {
+        client.socket.pause();
+        resume = setTimeout(() => client.socket.resume(), 40);
+      }, 90)
+    : undefined;
+  try {
+    const answer = await client.readResponse('GET', 30_000);
+    expect(answer.head).to.match(/^HTTP\/1\.1 200 /);
+    expect(answer.head.toLowerCase()).to.include('transfer-encoding: chunked');
+    expect(answer.trailers, 'the last chunk ends the body').to.deep.equal([]);
+    return { head: answer.head, body: answer.body, frames: answer.frames };
+  } finally {
+    clearInterval(pauser);
+    clearTimeout(resume);
+    client.socket.resume();
   }
 }
 
@@ -221,16 +158,16 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
     await new Promise<void>((resolve) => (upstream ? upstream.close(() => resolve()) : resolve()));
   });
 
-  const askFor = (client: RawClient, pieces: number) =>
-    client.socket.write(`GET /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.bin?pieces=${pieces} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
-  const download = async (client: RawClient, pieces: number) => {
+  const askFor = (client: RawConnection, pieces: number) =>
+    client.write(`GET /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.bin?pieces=${pieces} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  const download = async (client: RawConnection, pieces: number) => {
     askFor(client, pieces);
-    return client.chunkedResponse();
+    return chunkedResponse(client);
   };
 
   it('writes a download of 4,000 chunks of 255 bytes in about one write per read, not one per chunk', async () => {
     const pieces = 4000;
-    const client = await RawClient.connect(proxy.url);
+    const client = await RawConnection.open(proxyPort);
     const clientPort = client.socket.localPort;
     counter = new WriteCounter((s) => s.localPort === proxyPort && s.remotePort === clientPort);
     try {
@@ -245,13 +182,13 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
       const again = await download(client, 3);
       expect(again.body.equals(expectedBody(3))).to.equal(true);
     } finally {
-      client.close();
+      client.destroy();
     }
   });
 
   it('keeps backpressure and order when the client reads slowly', async () => {
     const pieces = 100_000; // 25 MB: more than the sockets' kernel buffers hold (about 9 MB here)
-    const client = await RawClient.connect(proxy.url);
+    const client = await RawConnection.open(proxyPort);
     const clientPort = client.socket.localPort;
     counter = new WriteCounter((s) => s.localPort === proxyPort && s.remotePort === clientPort);
     try {
@@ -261,7 +198,7 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
       await sleep(1000);
       const sentWhileClientStalled = upstreamProgress;
       client.socket.resume();
-      const { body, frames } = await client.chunkedResponse(true);
+      const { body, frames } = await chunkedResponse(client, true);
       expect(sentWhileClientStalled, 'pieces the upstream could send while the client read nothing').to.be.below(pieces);
       expect(counter.maxBuffered, 'bytes the proxy held for the client').to.be.below(1 << 20);
       expect(body.length).to.equal(pieces * PIECE);
@@ -269,7 +206,7 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
       expect(frames).to.be.at.most(pieces / 20);
       expect(counter.count).to.be.at.most(pieces / 20);
     } finally {
-      client.close();
+      client.destroy();
     }
   });
 
@@ -294,12 +231,12 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
     const rawPort = (raw.address() as AddressInfo).port;
     const uploadProxy = await startTestProxy(`http://127.0.0.1:${rawPort}`, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_COALESCE_TOKEN' }, env);
     counter = new WriteCounter((s) => s.remotePort === rawPort);
-    const client = await RawClient.connect(uploadProxy.url);
+    const client = await RawConnection.open(uploadProxy.address.port);
     try {
-      client.socket.write(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/up.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n`);
+      client.write(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/up.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n`);
       // In a few large writes, as a client's socket sends a stream of small chunks when it is not held back.
-      for (let i = 0; i < pieces; i += 1000) client.socket.write(chunkFrames(Math.min(1000, pieces - i), i));
-      client.socket.write('0\r\n\r\n');
+      for (let i = 0; i < pieces; i += 1000) client.write(chunkFrames(Math.min(1000, pieces - i), i));
+      client.write('0\r\n\r\n');
       const deadline = Date.now() + 20_000;
       while (received === undefined && Date.now() < deadline) await sleep(20);
       expect(received, 'the upstream got the whole body').to.not.equal(undefined);
@@ -307,7 +244,7 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
       expect(received!.frames, 'chunk frames sent upstream').to.be.at.most(pieces / 20);
       expect(counter.count, 'writes to the upstream socket').to.be.at.most(pieces / 20);
     } finally {
-      client.close();
+      client.destroy();
       await uploadProxy.close();
       await new Promise<void>((resolve) => raw.close(() => resolve()));
     }
@@ -315,19 +252,19 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
 
   it('keeps the bodies of pipelined chunked uploads apart: each request gets its own pieces, none of the next', async () => {
     uploads.length = 0;
-    const client = await RawClient.connect(proxy.url);
+    const client = await RawConnection.open(proxyPort);
     try {
       const put = (name: string, first: number) =>
         Buffer.concat([Buffer.from(`PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/${name} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n`), chunkedUpload(500, first)]);
       // Both requests in one write: the second's head and pieces arrive in the read that ends the first.
-      client.socket.write(Buffer.concat([put('a.bin', 0), put('b.bin', 500)]));
-      await client.chunkedResponse();
-      await client.chunkedResponse();
+      client.write(Buffer.concat([put('a.bin', 0), put('b.bin', 500)]));
+      await chunkedResponse(client);
+      await chunkedResponse(client);
       expect(uploads).to.have.length(2);
       expect(uploads[0]!.equals(expectedBody(500, 0)), 'the first body, and only it').to.equal(true);
       expect(uploads[1]!.equals(expectedBody(500, 500)), 'the second body, and only it').to.equal(true);
     } finally {
-      client.close();
+      client.destroy();
     }
   });
 });

@@ -4,9 +4,10 @@ import { expect } from 'chai';
 import { startFakeMlflow, bearerGate } from '../fakes/mlflow/index.js';
 import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { MlflowClientEmulator, runTrackingWorkflow } from '../helpers/mlflow-client.js';
+import { exchange } from '../helpers/raw-http.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
-import { closedPort, rawExchange, request, startScriptedUpstream } from '../helpers/http.js';
+import { closedPort, request, startScriptedUpstream } from '../helpers/http.js';
 
 const TOKEN = 'static-secret-token-4f9a';
 const env = { TEST_MLFLOW_TOKEN: TOKEN };
@@ -117,25 +118,25 @@ describe('proxy: forwarding to a protected MLflow', () => {
   });
 
   it('refuses absolute-form targets and CONNECT: never an open proxy', async () => {
-    const absolute = await rawExchange(proxy.address.port, 'GET http://example.com/secret HTTP/1.1\r\nHost: example.com\r\n\r\n');
+    const absolute = (await exchange(proxy.address.port, 'GET http://example.com/secret HTTP/1.1\r\nHost: example.com\r\n\r\n', { idleMs: 500 })).text;
     expect(absolute).to.match(/^HTTP\/1\.1 400/);
     expect(absolute).to.contain('"error_code":"BAD_REQUEST"');
     expect(absolute).to.contain('not a forward proxy');
-    const connect = await rawExchange(proxy.address.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+    const connect = (await exchange(proxy.address.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', { idleMs: 500 })).text;
     expect(connect).to.match(/^HTTP\/1\.1 405/);
     expect(connect).to.contain('CONNECT is refused');
   });
 
   it('refuses dot-segment paths, raw or encoded', async () => {
     for (const target of ['/api/../admin', '/api/%2e%2e/admin', '/./x']) {
-      const res = await rawExchange(proxy.address.port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      const res = (await exchange(proxy.address.port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, { idleMs: 500 })).text;
       expect(res, target).to.match(/^HTTP\/1\.1 400/);
     }
   });
 
   it('answers 431 to oversized headers and keeps serving', async () => {
     const huge = 'x'.repeat(40 * 1024);
-    const res = await rawExchange(proxy.address.port, `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${huge}\r\n\r\n`);
+    const res = (await exchange(proxy.address.port, `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${huge}\r\n\r\n`, { idleMs: 500 })).text;
     expect(res).to.match(/^HTTP\/1\.1 431/);
     expect(res).to.contain('server.maxHeaderSize');
     expect((await request(`${proxy.url}/health`)).status).to.equal(200);

@@ -1,14 +1,15 @@
 /**
- * HTTP/1.1 wire conformance of the proxy, engine-agnostic: clients are raw `net` sockets (or node:http where
- * that is the natural client), the upstream is a `net` listener that hands each connection either to a
- * node:http server or to a raw script. Every case asserts exact bytes, headers and statuses, so the same file
- * checks any engine behind `startProxy`.
+ * HTTP/1.1 wire conformance of the proxy, engine-agnostic: clients are the tests' raw HTTP/1.1 client
+ * (test/helpers/raw-http.ts) or node:http where that is the natural client; the upstream is a `net` listener
+ * that hands each connection either to a node:http server or to a raw script. Every case asserts exact bytes,
+ * headers and statuses, so the same file checks any engine behind `startProxy`.
  */
 import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
 import { startTestProxy } from '../helpers/proxy.js';
+import { RawConnection } from '../helpers/raw-http.js';
 import type { TestProxy } from '../helpers/proxy.js';
 
 const TOKEN = 'wire-secret-token-5e21';
@@ -23,190 +24,6 @@ function pattern(length: number, salt = 0): Buffer {
   const out = Buffer.alloc(length);
   for (let i = 0; i < length; i++) out[i] = (i * 31 + salt * 7 + (i >> 8)) & 0xff;
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Raw client: writes exact bytes, parses answers strictly (status line, headers, framing) one after another.
-// ---------------------------------------------------------------------------------------------------------
-
-type Framing = 'none' | 'length' | 'chunked' | 'close';
-
-interface RawResponse {
-  version: string;
-  status: number;
-  /** Status line and header lines, as received. */
-  head: string;
-  /** Header lines in order, name as received, value with surrounding whitespace trimmed. */
-  headers: [string, string][];
-  body: Buffer;
-  framing: Framing;
-  /** All values of a header, name compared case-insensitively. */
-  header(name: string): string[];
-}
-
-/** Decodes a chunked body starting at `pos`; undefined while incomplete, throws when malformed. */
-function decodeChunked(buf: Buffer, start: number): { body: Buffer; end: number } | undefined {
-  const parts: Buffer[] = [];
-  let pos = start;
-  for (;;) {
-    const lineEnd = buf.indexOf('\r\n', pos);
-    if (lineEnd === -1) return undefined;
-    const sizeText = buf.subarray(pos, lineEnd).toString('latin1').split(';')[0]!.trim();
-    if (!/^[0-9a-fA-F]{1,16}$/.test(sizeText)) throw new Error(`bad chunk size line ${JSON.stringify(buf.subarray(pos, lineEnd).toString('latin1'))}`);
-    const size = parseInt(sizeText, 16);
-    pos = lineEnd + 2;
-    if (size === 0) {
-      for (;;) {
-        const end = buf.indexOf('\r\n', pos);
-        if (end === -1) return undefined;
-        if (end === pos) return { body: Buffer.concat(parts), end: end + 2 };
-        pos = end + 2; // a trailer line
-      }
-    }
-    if (buf.length < pos + size + 2) return undefined;
-    parts.push(buf.subarray(pos, pos + size));
-    if (buf[pos + size] !== 13 || buf[pos + size + 1] !== 10) throw new Error('chunk data not followed by CRLF');
-    pos += size + 2;
-  }
-}
-
-/** Parses one response at the start of `buf`; undefined while incomplete, throws when the bytes are not HTTP. */
-function parseResponse(buf: Buffer, ended: boolean, method: string): { response: RawResponse; size: number } | undefined {
-  const headEnd = buf.indexOf('\r\n\r\n');
-  if (headEnd === -1) {
-    // Stray bytes (say, a body where none belongs) fail at once instead of waiting for a head that never comes.
-    if (!'HTTP/1.'.startsWith(buf.subarray(0, 7).toString('latin1'))) throw new Error(`not a status line: ${JSON.stringify(buf.subarray(0, 200).toString('latin1'))}`);
-    return undefined;
-  }
-  const head = buf.subarray(0, headEnd).toString('latin1');
-  const [statusLine, ...lines] = head.split('\r\n');
-  const m = /^HTTP\/(1\.[01]) (\d{3})(?: [^\r\n]*)?$/.exec(statusLine ?? '');
-  if (!m) throw new Error(`not a status line: ${JSON.stringify(head.slice(0, 200))}`);
-  const headers = lines.map((line): [string, string] => {
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw new Error(`bad header line ${JSON.stringify(line)}`);
-    return [line.slice(0, colon), line.slice(colon + 1).trim()];
-  });
-  const header = (name: string) => headers.filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
-  const status = Number(m[2]);
-  const start = headEnd + 4;
-  const make = (body: Buffer, framing: Framing, size: number) => ({ response: { version: m[1]!, status, head, headers, body, framing, header }, size });
-
-  if (status < 200 || status === 204 || status === 304 || method === 'HEAD') return make(Buffer.alloc(0), 'none', start);
-  const te = header('transfer-encoding');
-  const cl = header('content-length');
-  if (te.length > 0) {
-    if (cl.length > 0) throw new Error(`response has both Transfer-Encoding and Content-Length:\n${head}`);
-    if (!/(^|,)\s*chunked$/i.test(te.join(','))) throw new Error(`Transfer-Encoding without final chunked:\n${head}`);
-    const decoded = decodeChunked(buf, start);
-    return decoded && make(decoded.body, 'chunked', decoded.end);
-  }
-  if (cl.length > 0) {
-    if (cl.length > 1 || !/^\d+$/.test(cl[0]!)) throw new Error(`bad Content-Length:\n${head}`);
-    const length = Number(cl[0]);
-    if (buf.length < start + length) return undefined;
-    return make(buf.subarray(start, start + length), 'length', start + length);
-  }
-  if (!ended) return undefined;
-  return make(buf.subarray(start), 'close', buf.length);
-}
-
-class RawClient {
-  private buf = Buffer.alloc(0);
-  /** The server ended or closed the connection. */
-  ended = false;
-  private readonly waiters = new Set<() => void>();
-
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.notify();
-    });
-    const gone = () => {
-      this.ended = true;
-      this.notify();
-    };
-    socket.on('end', gone);
-    socket.on('close', gone);
-    socket.on('error', gone);
-  }
-
-  static connect(port: number): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.once('error', reject);
-      socket.once('connect', () => {
-        socket.off('error', reject);
-        resolve(new RawClient(socket));
-      });
-    });
-  }
-
-  write(data: string | Buffer): void {
-    this.socket.write(data);
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-  }
-
-  /** Bytes received and not consumed yet. */
-  get pending(): string {
-    return this.buf.toString('latin1');
-  }
-
-  private notify(): void {
-    for (const w of [...this.waiters]) w();
-  }
-
-  private until<T>(what: string, ready: () => T | undefined): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const finish = (err: Error | undefined, value?: T) => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        if (err) reject(err);
-        else resolve(value as T);
-      };
-      const check = () => {
-        let value: T | undefined;
-        try {
-          value = ready();
-        } catch (err) {
-          return finish(err as Error);
-        }
-        if (value !== undefined) return finish(undefined, value);
-        if (this.ended) finish(new Error(`${what}: connection closed first; unconsumed bytes ${JSON.stringify(this.pending.slice(0, 500))}`));
-      };
-      const timer = setTimeout(() => finish(new Error(`${what}: nothing within ${WAIT_MS} ms; unconsumed bytes ${JSON.stringify(this.pending.slice(0, 500))}`)), WAIT_MS);
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  /** The next response on the connection, interim (1xx) ones included. */
-  readResponse(method = 'GET'): Promise<RawResponse> {
-    return this.until(`response to ${method}`, () => {
-      const parsed = parseResponse(this.buf, this.ended, method);
-      if (!parsed) return undefined;
-      this.buf = this.buf.subarray(parsed.size);
-      return parsed.response;
-    });
-  }
-
-  /** The next final response, with the interim ones that came before it. */
-  async readFinal(method = 'GET'): Promise<{ interim: RawResponse[]; final: RawResponse }> {
-    const interim: RawResponse[] = [];
-    for (;;) {
-      const r = await this.readResponse(method);
-      if (r.status >= 200) return { interim, final: r };
-      interim.push(r);
-    }
-  }
-
-  /** Waits for the server to end the connection; returns whatever arrived unconsumed. */
-  closedByServer(): Promise<string> {
-    return this.until('server close', () => (this.ended ? this.pending : undefined));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -333,10 +150,10 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
   this.timeout(10_000);
   let upstream: Upstream;
   let proxy: TestProxy;
-  const clients: RawClient[] = [];
+  const clients: RawConnection[] = [];
 
-  const connect = async (): Promise<RawClient> => {
-    const c = await RawClient.connect(proxy.address.port);
+  const connect = async (): Promise<RawConnection> => {
+    const c = await RawConnection.open(proxy.address.port, { timeoutMs: WAIT_MS });
     clients.push(c);
     return c;
   };
@@ -761,10 +578,10 @@ describe('proxy: nothing of one message bleeds into the next (trailers, targets,
   this.timeout(10_000);
   let upstream: Upstream;
   let proxy: TestProxy;
-  const clients: RawClient[] = [];
+  const clients: RawConnection[] = [];
 
-  const connect = async (): Promise<RawClient> => {
-    const c = await RawClient.connect(proxy.address.port);
+  const connect = async (): Promise<RawConnection> => {
+    const c = await RawConnection.open(proxy.address.port, { timeoutMs: WAIT_MS });
     clients.push(c);
     return c;
   };
@@ -945,7 +762,7 @@ describe('proxy: nothing of one message bleeds into the next (trailers, targets,
 
     const allowing = await startTestProxy(upstream.url, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_WIRE_TOKEN', 'headers.allowUnderscores': true }, env);
     try {
-      const d = await RawClient.connect(allowing.address.port);
+      const d = await RawConnection.open(allowing.address.port, { timeoutMs: WAIT_MS });
       clients.push(d);
       d.write(head);
       expect((await d.readResponse()).status).to.equal(200);

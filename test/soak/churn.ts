@@ -12,6 +12,8 @@ import type { AddressInfo } from 'node:net';
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { FakeMlflow } from '../fakes/mlflow/index.js';
+import { RawConnection } from '../helpers/raw-http.js';
+import type { RawResponse } from '../helpers/raw-http.js';
 import type { startCredWorld } from '../faults/support/google.js';
 import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
@@ -144,93 +146,73 @@ class FlakyRelay {
 }
 
 interface RawAnswer {
+  /** 0 without a whole, well-formed answer. */
   status: number;
+  /** The answer's body as text ('' without one). */
+  body: string;
+  /** Everything received, for describing a problem. */
   text: string;
+  /** The socket's error code, or why no answer could be read. */
   error?: string;
 }
 
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** The answer on `c`, or why there is none, without throwing (a churn client records problems, it does not stop). */
+async function answerOn(c: RawConnection): Promise<{ response?: RawResponse; failure?: string }> {
+  try {
+    return { response: await c.readResponse() };
+  } catch (err) {
+    return { failure: (err as Error).message };
+  }
+}
+
+async function answered(c: RawConnection, outcome: { response?: RawResponse; failure?: string }): Promise<RawAnswer> {
+  const { error } = await c.closed;
+  const problem = error ?? outcome.failure;
+  return { status: outcome.response?.status ?? 0, body: outcome.response?.text ?? '', text: c.text, ...(problem !== undefined ? { error: problem } : {}) };
+}
+
 /** One request on a fresh connection; the client leaves after the answer, or at the point `leave` names. */
-function fresh(
+async function fresh(
   port: number,
   head: string,
   body: Buffer | undefined,
   leave: 'after-answer' | 'mid-answer' | 'mid-body' | 'mid-head' = 'after-answer',
 ): Promise<RawAnswer> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    let error: string | undefined;
-    const answer = (): RawAnswer => {
-      const text = Buffer.concat(chunks).toString('latin1');
-      const m = /^HTTP\/1\.1 (\d{3}) /.exec(text);
-      return { status: m ? Number(m[1]) : 0, text, ...(error !== undefined ? { error } : {}) };
-    };
-    socket.on('error', (err: NodeJS.ErrnoException) => (error = err.code ?? err.message));
-    socket.on('close', () => resolve(answer()));
-    socket.on('data', (d: Buffer) => {
-      chunks.push(d);
-      if (leave === 'mid-answer') socket.destroy();
-      else if (complete(Buffer.concat(chunks))) socket.end();
-    });
-    socket.on('connect', () => {
-      socket.write(head);
-      if (leave === 'mid-head') setTimeout(() => socket.destroy(), 2);
-      else if (leave === 'mid-body') {
-        // Part of the body, then a reset once the proxy has had time to start forwarding it.
-        socket.write(body!);
-        setTimeout(() => socket.destroy(), 20);
-      } else if (body) socket.write(body);
-    });
-  });
-}
-
-/** Whether a response with a Content-Length body (all the proxy and the fake send here) is complete. */
-function complete(buf: Buffer): boolean {
-  const end = buf.indexOf('\r\n\r\n');
-  if (end === -1) return false;
-  const m = /\r\ncontent-length: *(\d+)/i.exec(buf.subarray(0, end).toString('latin1'));
-  return m !== null && buf.length >= end + 4 + Number(m[1]);
+  const c = await RawConnection.open(port, { timeoutMs: 30_000 });
+  c.write(head);
+  if (leave === 'after-answer') {
+    if (body) c.write(body);
+    const outcome = await answerOn(c);
+    c.end();
+    return answered(c, outcome);
+  }
+  if (leave === 'mid-head') await sleep(2);
+  else if (leave === 'mid-body') {
+    // Part of the body, then a reset once the proxy has had time to start forwarding it.
+    c.write(body!);
+    await sleep(20);
+  } else await c.receivedAtLeast(1).catch(() => false);
+  c.destroy();
+  return answered(c, {});
 }
 
 /** Streams `bytes` of body at a refused path as fast as the proxy takes them, then reads the answer. */
-function refusedUpload(port: number, path: string, bytes: number): Promise<RawAnswer> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
-    const chunk = Buffer.alloc(256 * 1024, 0x62);
-    const chunks: Buffer[] = [];
-    let sent = 0;
-    let error: string | undefined;
-    socket.pause();
-    socket.on('data', (d: Buffer) => chunks.push(d));
-    socket.on('error', (err: NodeJS.ErrnoException) => (error = err.code ?? err.message));
-    socket.on('end', () => socket.end());
-    socket.on('close', () => {
-      const text = Buffer.concat(chunks).toString('latin1');
-      const m = /^HTTP\/1\.1 (\d{3}) /.exec(text);
-      resolve({ status: m ? Number(m[1]) : 0, text, ...(error !== undefined ? { error } : {}) });
-    });
-    const pump = () => {
-      while (sent < bytes && !socket.destroyed) {
-        const piece = bytes - sent >= chunk.length ? chunk : chunk.subarray(0, bytes - sent);
-        sent += piece.length;
-        if (!socket.write(piece)) {
-          socket.once('drain', pump);
-          return;
-        }
-      }
-      socket.resume();
-    };
-    socket.on('connect', () => {
-      socket.write(`POST ${path} HTTP/1.1\r\nHost: kvx\r\nContent-Type: application/octet-stream\r\nContent-Length: ${bytes}\r\n\r\n`);
-      pump();
-    });
-  });
+async function refusedUpload(port: number, path: string, bytes: number): Promise<RawAnswer> {
+  const c = await RawConnection.open(port, { allowHalfOpen: true, timeoutMs: 30_000 });
+  c.socket.pause();
+  c.write(`POST ${path} HTTP/1.1\r\nHost: kvx\r\nContent-Type: application/octet-stream\r\nContent-Length: ${bytes}\r\n\r\n`);
+  await c.writeRepeated(bytes, Buffer.alloc(256 * 1024, 0x62));
+  c.socket.resume();
+  const outcome = await answerOn(c);
+  c.end();
+  return answered(c, outcome);
 }
 
-function isMlflowError(text: string): boolean {
-  const end = text.indexOf('\r\n\r\n');
+function isMlflowError(body: string): boolean {
   try {
-    const parsed = JSON.parse(text.slice(end + 4)) as { error_code?: unknown; message?: unknown };
+    const parsed = JSON.parse(body) as { error_code?: unknown; message?: unknown };
     return typeof parsed.error_code === 'string' && typeof parsed.message === 'string';
   } catch {
     return false;
@@ -274,6 +256,7 @@ export async function runChurn(opts: ChurnOptions, world: Awaited<ReturnType<typ
       args: ['--upstream', relay.url, ...authArgs, '--port', '0', '--admin-port', '0'],
       // Request log lines for a few hundred thousand requests are not what this shape checks. The Node flags are
       // the shipped ones, as the executable, the image and `npm run proxy` run with.
+      // The churn clients send `Host: kvx`, as the fault cases do.
       env: { ...env, KVX_SERVER_ALLOWED_HOSTS: 'kvx', KVX_LOG_REQUESTS: 'false', KVX_UPSTREAM_CONNECT_TIMEOUT_MS: '2000', NODE_OPTIONS: NODE_FLAGS.join(' ') },
     });
     return await churn(opts, proxy, relay, mlflow);
@@ -293,7 +276,7 @@ async function churn(opts: ChurnOptions, proxy: ProxyProcess, relay: FlakyRelay,
     const { head, data } = json(method, path, body);
     const a = await fresh(port, head, data);
     if (a.status !== 200) throw new Error(`churn set-up ${method} ${path}: ${a.status} ${a.text.slice(0, 200)}`);
-    return JSON.parse(a.text.slice(a.text.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>;
+    return JSON.parse(a.body) as Record<string, unknown>;
   };
   const exp = (await call('POST', '/api/2.0/mlflow/experiments/create', { name: `churn-${Date.now()}` })) as { experiment_id: string };
   const run = (await call('POST', '/api/2.0/mlflow/runs/create', { experiment_id: exp.experiment_id, start_time: Date.now() })) as { run: { info: { run_id: string } } };
@@ -358,15 +341,15 @@ async function churn(opts: ChurnOptions, proxy: ProxyProcess, relay: FlakyRelay,
       if (roll < 8) {
         const a = await fresh(port, `GET /api/2.0/mlflow/runs/get?run_id=${runId} HTTP/1.1\r\nHost: kvx\r\nConnection: close\r\n\r\n`, undefined);
         o = { kind: 'get', status: a.status };
-        if (a.status === 200 && !a.text.includes(runId)) o.problem = 'answer is not this run';
-        else if (a.status !== 200 && !isMlflowError(a.text)) o.problem = `${a.status} not in MLflow's error shape (${a.error ?? ''}) ${JSON.stringify(a.text.slice(0, 120))}`;
+        if (a.status === 200 && !a.body.includes(runId)) o.problem = 'answer is not this run';
+        else if (a.status !== 200 && !isMlflowError(a.body)) o.problem = `${a.status} not in MLflow's error shape (${a.error ?? ''}) ${JSON.stringify(a.text.slice(0, 120))}`;
       } else if (roll < 11) {
         // A keep-alive client that leaves after one answer.
         const { head, data } = json('POST', '/api/2.0/mlflow/runs/log-batch', { run_id: runId, metrics: [{ key: 'loss', value: i, timestamp: Date.now(), step: i }] });
         const a = await fresh(port, head, data);
         o = { kind: 'post-leave', status: a.status };
-        if (a.status === 200 && a.text.slice(a.text.indexOf('\r\n\r\n') + 4) !== '{}') o.problem = 'unexpected log-batch answer';
-        else if (a.status !== 200 && !isMlflowError(a.text)) o.problem = `${a.status} not in MLflow's error shape (${a.error ?? ''}) ${JSON.stringify(a.text.slice(0, 120))}`;
+        if (a.status === 200 && a.body !== '{}') o.problem = 'unexpected log-batch answer';
+        else if (a.status !== 200 && !isMlflowError(a.body)) o.problem = `${a.status} not in MLflow's error shape (${a.error ?? ''}) ${JSON.stringify(a.text.slice(0, 120))}`;
       } else if (roll < 14) {
         const head = `PUT ${artifact.replace('big.bin', `abort-${i % 8}.bin`)} HTTP/1.1\r\nHost: kvx\r\nContent-Type: application/octet-stream\r\nContent-Length: ${4 * 1024 * 1024}\r\n\r\n`;
         await fresh(port, head, Buffer.alloc(256 * 1024, 0x64), 'mid-body');
@@ -379,7 +362,7 @@ async function churn(opts: ChurnOptions, proxy: ProxyProcess, relay: FlakyRelay,
         const a = await refusedUpload(port, paths[i % paths.length]!, opts.refusedBodyBytes);
         o = { kind: 'refused-body', status: a.status };
         if (a.status !== 400 && a.status !== 403) o.problem = `refused upload answered ${a.status} (${a.error ?? 'no error'})`;
-        else if (!isMlflowError(a.text)) o.problem = 'refusal not in MLflow error shape';
+        else if (!isMlflowError(a.body)) o.problem = 'refusal not in MLflow error shape';
       } else {
         await fresh(port, 'POST /api/2.0/mlflow/runs/log-batch HTTP/1.1\r\nHost: kvx\r\nContent-Le', undefined, 'mid-head');
         o = { kind: 'abort-head', status: 0 };
