@@ -219,7 +219,8 @@ function isMlflowError(body: string): boolean {
   }
 }
 
-function fetchText(url: string): Promise<string> {
+/** A page of the admin listener (metrics, readyz) as text. */
+export function fetchText(url: string): Promise<string> {
   return new Promise((resolve, reject) => {
     http
       .get(url, { agent: false }, (res) => {
@@ -233,7 +234,8 @@ function fetchText(url: string): Promise<string> {
   });
 }
 
-function metricValue(text: string, name: string): number {
+/** One sample's value from Prometheus text; NaN when absent. */
+export function metricValue(text: string, name: string): number {
   const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(text);
   return m ? Number(m[1]) : NaN;
 }

@@ -23,7 +23,7 @@ import { startCredWorld } from '../faults/support/google.js';
 import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
 import { findLeaks, record, transcriptStats } from '../faults/support/transcript.js';
-import { runChurn } from './churn.js';
+import { fetchText, metricValue, runChurn } from './churn.js';
 import type { ChurnOptions } from './churn.js';
 
 interface Options {
@@ -369,24 +369,6 @@ function trend(values: number[]): number[] {
   return out;
 }
 
-function fetchText(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http
-      .get(url, { agent: false }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => resolve(text));
-        res.on('error', reject);
-      })
-      .on('error', reject);
-  });
-}
-
-function metricValue(text: string, name: string): number {
-  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(text);
-  return m ? Number(m[1]) : NaN;
-}
 
 function isMlflowError(body: Buffer): boolean {
   try {
