@@ -12,27 +12,14 @@ import { loadSpecFile } from '../../src/vertex/spec.js';
 import { kfpCorpusDir, sample, specFiles } from '../helpers/corpus.js';
 import { FIXTURE, launchCli, onlyRun, tags, useHarness } from './launch-harness.js';
 import type { Harness } from './launch-harness.js';
+import type { DryRunReport } from '../../src/launch/dry-run.js';
 
 const NOW = () => new Date(Date.UTC(2024, 4, 17, 8, 30, 5));
 const JOB_ID = 'spaceflights-20240517083005';
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/kfp/${name}`, import.meta.url));
 
-interface DryRun {
-  dryRun: true;
-  create: string;
-  request: { pipelineJobId: string; pipelineJob: Record<string, unknown> };
-  mlflow: {
-    trackingUri: string;
-    experiment: { name: string; action: string; experimentId: string };
-    run: { name: string; tags: Record<string, string>; userId?: string };
-    tagsAfterSubmit: Record<string, string>;
-    jobLabels: Record<string, string>;
-    follow: boolean;
-  };
-  vertexExperiment?: { name: string; consoleUrl: string; actions: string[] };
-  placeholders: Record<string, string>;
-  warnings: string[];
-}
+// What `--dry-run --json` prints is the report type itself: a field renamed in src cannot go unnoticed here.
+type DryRun = DryRunReport;
 
 /** The dry run's values with its placeholders replaced by what the real run got. */
 function substitute<T>(value: T, actual: Record<string, string>): T {

@@ -440,6 +440,11 @@ async function churn(opts: ChurnOptions, proxy: ProxyProcess, relay: FlakyRelay,
     ['proxy open fds', `start ${start.fds}, middle ${middle.fds}, end ${end.fds}, once idle ${settled.fds}`],
     ['verdict', problems.length === 0 ? 'PASS' : `FAIL (${problems.length} problems)`],
   ];
+  return printVerdict(rows, problems);
+}
+
+/** A shape's result table and its problems on stdout; the exit code (1 with any problem). */
+export function printVerdict(rows: readonly (readonly [string, string])[], problems: readonly string[]): number {
   const width = Math.max(...rows.map(([k]) => k.length));
   process.stdout.write(`\n| ${'measure'.padEnd(width)} | result |\n|${'-'.repeat(width + 2)}|--------|\n`);
   for (const [k, v] of rows) process.stdout.write(`| ${k.padEnd(width)} | ${v} |\n`);

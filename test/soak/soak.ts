@@ -23,7 +23,7 @@ import { startCredWorld } from '../faults/support/google.js';
 import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
 import { findLeaks, record, transcriptStats } from '../faults/support/transcript.js';
-import { fetchText, metricValue, runChurn } from './churn.js';
+import { fetchText, metricValue, printVerdict, runChurn } from './churn.js';
 import type { ChurnOptions } from './churn.js';
 
 interface Options {
@@ -351,14 +351,7 @@ async function run(opts: Options, world: Awaited<ReturnType<typeof startCredWorl
     ['secrets in logs, bodies, metrics', `${leaks.length} (${logged} request log lines, ${transcriptStats().metrics} metrics pages searched)`],
     ['verdict', problems.length === 0 ? 'PASS' : `FAIL (${problems.length} problems)`],
   ];
-  const width = Math.max(...rows.map(([k]) => k.length));
-  process.stdout.write(`\n| ${'measure'.padEnd(width)} | result |\n|${'-'.repeat(width + 2)}|--------|\n`);
-  for (const [k, v] of rows) process.stdout.write(`| ${k.padEnd(width)} | ${v} |\n`);
-  if (problems.length > 0) {
-    process.stdout.write(`\nproblems:\n${problems.slice(0, 30).map((p) => `  - ${p}`).join('\n')}\n`);
-    return 1;
-  }
-  return 0;
+  return printVerdict(rows, problems);
 }
 
 /** Ten evenly spaced medians: the shape of a series. */
