@@ -180,6 +180,15 @@ describe('google-user provider and kvx-proxy login / logout', () => {
     expect(world.oauth.refreshAudiences).to.deep.equal(['']);
   });
 
+  it('falls back to printing the URL when no browser opener can be started', async () => {
+    // No PATH: xdg-open (or open) cannot be found, as on a server without a desktop.
+    env['PATH'] = '';
+    const result = await run(['login', '-c', configFile()], async (stderr) => void (await browse(stderr)));
+    expect(result.code, result.err).to.equal(0);
+    expect(result.err).to.include('Sign in with Google by opening this URL in a browser on this machine');
+    expect(result.err).to.match(/ssh -L \d+:127\.0\.0\.1:\d+/);
+  });
+
   it('logout revokes the refresh token at Google and deletes it; a second logout finds none', async () => {
     await run(['login', '--no-browser', '-c', configFile()], async (stderr) => void (await browse(stderr)));
     const refreshToken = storedRefreshToken();
