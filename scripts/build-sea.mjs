@@ -141,6 +141,9 @@ async function bundle(entry, outfile) {
     // false (the dispatcher calls main), which an empty import.meta gives.
     logOverride: { 'empty-import-meta': 'silent' },
     metafile: true,
+    // A native addon cannot be bundled; the executable has none, so `kvx-proxy login` stores its refresh token in
+    // the 0600 file instead of the OS keychain (src/auth/google/login-store.ts falls back when the require fails).
+    external: ['@napi-rs/keyring'],
     plugins: [bundleLazyRequires],
   });
   if (result.errors.length > 0) throw new Error('esbuild failed');

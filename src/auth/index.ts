@@ -2,6 +2,7 @@
 import './static.js';
 import './google-iam.js';
 import './google-oauth.js';
+import './google-user.js';
 import './custom.js';
 import { BUILT_IN_PROVIDER_TYPES } from '../config/schema.js';
 import { providerType } from './registry.js';

@@ -86,7 +86,7 @@ export function planProviders(config: KvxConfig, env: NodeJS.ProcessEnv = proces
         path: 'auth',
         message:
           'no header provider selected: set auth.params.client_id (and service_account for impersonation), ' +
-          'auth.provider (static, basic, google-iam, google-oauth, custom), auth.module, or auth.provider: none to forward without credentials',
+          'auth.provider (static, basic, google-iam, google-oauth, google-user, custom), auth.module, or auth.provider: none to forward without credentials',
       });
     }
   }

@@ -464,10 +464,14 @@ export class TokenCache {
 
   private failed(err: unknown): CredentialsError {
     const now = this.clock.now();
-    this.failures += 1;
+    // Permanent: the provider answers again without asking Google, so requests may retry soon (and find a new
+    // login at once), but no timer keeps retrying for nobody and the same failure is not warned of again.
+    const permanent = err instanceof TokenFetchError && err.permanent;
+    this.failures = permanent ? 1 : this.failures + 1;
     const delay = backoff(this.backoffInitialMs, this.backoffMaxMs, this.failures, this.random());
     this.nextAttemptAt = now + delay;
     const reason = err instanceof Error && err.name === 'AbortError' ? 'token request aborted' : errorMessage(err);
+    const repeated = permanent && reason === this.lastError;
     this.lastError = reason;
     this.lastHint = err instanceof TokenFetchError || err instanceof CredentialsError ? err.hint : undefined;
     if (this.closed) return new CredentialsError(this.provider, 'provider is closed');
@@ -475,14 +479,15 @@ export class TokenCache {
     const held = this.held;
     const stillValid = held !== undefined && now < held.usableUntil;
     if (!stillValid) this.metrics.tokenExpiry(this.provider, undefined);
-    this.logger.warn(stillValid ? 'token refresh failed; still using the current token' : 'token fetch failed; no valid token held', {
+    (repeated ? this.logger.debug : this.logger.warn).call(this.logger, stillValid ? 'token refresh failed; still using the current token' : 'token fetch failed; no valid token held', {
       provider: this.provider,
       error: reason,
       failures: this.failures,
       retryInMs: Math.round(delay),
+      ...(permanent ? { retry: 'on the next request only' } : {}),
       ...(stillValid ? { tokenExpiresAt: new Date(held.token.expiresAt).toISOString() } : {}),
     });
-    this.schedule(this.nextAttemptAt);
+    if (!permanent) this.schedule(this.nextAttemptAt);
     return this.unavailable(delay);
   }
 

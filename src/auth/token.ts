@@ -20,12 +20,31 @@ export class TokenFetchError extends Error {
   readonly hint: string | undefined;
   /** HTTP status Google answered with, when it answered. */
   readonly status: number | undefined;
+  /**
+   * Retrying cannot help until the user acts (a refresh token Google refused): the token cache then schedules no
+   * background retry, and only requests try again, which the provider answers without calling Google.
+   */
+  readonly permanent: boolean;
 
-  constructor(message: string, options: { hint?: string; status?: number; cause?: unknown } = {}) {
+  constructor(message: string, options: { hint?: string; status?: number; cause?: unknown; permanent?: boolean } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'TokenFetchError';
     this.hint = options.hint;
     this.status = options.status;
+    this.permanent = options.permanent ?? false;
+  }
+}
+
+/**
+ * A user login that Google no longer accepts (`invalid_grant`: revoked, expired, or a Workspace re-authentication
+ * policy's `invalid_rapt`/`rapt_required`), or none stored: only a new `kvx-proxy login` helps.
+ */
+export class LoginRequiredError extends TokenFetchError {
+  readonly code = 'KVX_LOGIN_REQUIRED';
+
+  constructor(message: string, options: { hint?: string; status?: number; cause?: unknown } = {}) {
+    super(message, { ...options, permanent: true });
+    this.name = 'LoginRequiredError';
   }
 }
 

@@ -12,7 +12,7 @@ import { parseKeyValues } from '../util/key-values.js';
  */
 
 export const COMMANDS = {
-  'kvx-proxy': ['serve', 'check-config', 'exec', 'doctor', 'print-token'],
+  'kvx-proxy': ['serve', 'check-config', 'exec', 'doctor', 'print-token', 'login', 'logout'],
   'kvx-launch': ['run', 'follow', 'start-run'],
 } as const;
 
@@ -72,6 +72,10 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: '--timeout-ms', value: '<ms>', help: 'time allowed for each upstream request', commands: ['kvx-proxy doctor'], default: '15000' },
   { name: '--token-only', help: 'print only the token, without the scheme (like gcloud auth print-identity-token)', commands: ['kvx-proxy print-token'] },
   { name: '--header', value: '<name>', help: 'header whose value to print (default: auth.header)', commands: ['kvx-proxy print-token'] },
+  { name: '--oauth-client-id', value: '<id>', help: 'desktop OAuth client id of the google-user provider', commands: PROXY, key: 'auth.params.oauth_client_id' },
+  { name: '--oauth-client-secret-file', value: '<path>', help: 'file holding that desktop client\'s secret', commands: PROXY, key: 'auth.params.oauth_client_secret_file' },
+  { name: '--no-browser', help: 'print the sign-in URL instead of opening a browser', commands: ['kvx-proxy login'] },
+  { name: '--login-timeout', value: '<seconds>', help: 'how long to wait for the browser to come back', commands: ['kvx-proxy login'], default: '300' },
 
   // kvx-launch: where the pipeline runs and where its MLflow run is.
   { name: '--project', value: '<id>', help: 'Google Cloud project', commands: LAUNCH, key: 'vertex.projectId' },

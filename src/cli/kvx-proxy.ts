@@ -11,6 +11,7 @@ import { StreamSink } from '../log/stream-sink.js';
 import { startProxy } from '../proxy/server.js';
 import { doctorCommands } from './doctor.js';
 import { execCommand } from './exec.js';
+import { loginCommands } from './login.js';
 import type { CommandFlags } from './flags.js';
 import { loadConfigFromOptions } from './options.js';
 import { EXIT, defaultIO, isMainModule, runCli } from './program.js';
@@ -30,6 +31,7 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO()): Pr
         { id: 'kvx-proxy check-config', description: 'validate the configuration and print it with secrets redacted', run: (flags) => checkConfig(flags, io) },
         execCommand(io),
         ...doctorCommands(io),
+        ...loginCommands(io),
       ],
     },
     argv,

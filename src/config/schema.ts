@@ -62,7 +62,7 @@ type ItemOf<S> = { -readonly [K in keyof S as S[K] extends { required: true } | 
  * can register more; the schema lists these for flags, documentation and the Helm chart's enum, and
  * src/auth/index.ts refuses to load when one of them has no implementation.
  */
-export const BUILT_IN_PROVIDER_TYPES = ['static', 'basic', 'google-iam', 'google-oauth', 'custom'] as const;
+export const BUILT_IN_PROVIDER_TYPES = ['static', 'basic', 'google-iam', 'google-oauth', 'google-user', 'custom'] as const;
 /** What auth.provider takes: a provider type, `auto` (chosen from auth.params) or `none`. */
 export const AUTH_PROVIDER_TYPES = ['auto', 'none', ...BUILT_IN_PROVIDER_TYPES] as const;
 
@@ -189,7 +189,7 @@ export const SCHEMA = {
             required: true,
             choices: BUILT_IN_PROVIDER_TYPES,
             openChoices: true,
-            doc: 'Provider type: static, basic, google-iam, google-oauth, custom, or one a module registered.',
+            doc: 'Provider type: static, basic, google-iam, google-oauth, google-user, custom, or one a module registered.',
           },
           params: { kind: 'map', doc: 'Params, merged over auth.params.', secretKeys: /token|secret|password|key/i, pathKeys: /_file$/ },
           header: { kind: 'string', doc: 'Header name; defaults to auth.header.' },
@@ -224,6 +224,8 @@ export const SCHEMA = {
           metadataHost: { kind: 'string', default: '', doc: 'Metadata server host[:port]; GCE_METADATA_HOST is honoured when unset.' },
           iamCredentials: { kind: 'string', default: 'https://iamcredentials.googleapis.com', doc: 'IAM Credentials API base URL.' },
           oauthToken: { kind: 'string', default: 'https://oauth2.googleapis.com/token', doc: 'OAuth 2.0 token endpoint.' },
+          oauthAuthorize: { kind: 'string', default: 'https://accounts.google.com/o/oauth2/v2/auth', doc: 'OAuth 2.0 authorization endpoint the browser is sent to by `kvx-proxy login`.' },
+          oauthRevoke: { kind: 'string', default: 'https://oauth2.googleapis.com/revoke', doc: 'OAuth 2.0 revocation endpoint `kvx-proxy logout` revokes the login at.' },
         },
       },
     },

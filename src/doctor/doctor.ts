@@ -8,6 +8,7 @@ import { decodeJwtClaims } from '../auth/jwt.js';
 import { headerValue } from '../auth/provider.js';
 import type { IdTokenClaims } from '../auth/jwt.js';
 import { oneLine } from '../auth/google/http.js';
+import { IAP_USER_ADVICE } from '../auth/google-oauth.js';
 import type { CredentialsInfo } from '../auth/google/source.js';
 import type { LoadedConfig } from '../config/load.js';
 import { errorMessage } from '../errors.js';
@@ -74,13 +75,15 @@ export async function runDoctor(loaded: LoadedConfig, options: DoctorOptions): P
   }
 
   const claimsByHeader = new Map<string, IdTokenClaims>();
+  /** Set when a gcloud user login's own ID token is sent (Cloud Run IAM): an IAP rejecting it gets that advice. */
+  const userOwnToken = { used: false };
   let headers: HeaderMap | undefined = {};
   try {
     for (const plan of plans) {
       if (!injector.active.some((a) => a.plan === plan)) add({ name: `provider ${plan.type}`, state: 'skip', detail: 'inContext() returned false: this provider does not apply' });
     }
     for (const active of injector.active) {
-      const got = await checkProvider(active, add, now);
+      const got = await checkProvider(active, add, now, userOwnToken);
       if (got === undefined) headers = undefined;
       else if (headers !== undefined) {
         Object.assign(headers, got.headers);
@@ -92,7 +95,7 @@ export async function runDoctor(loaded: LoadedConfig, options: DoctorOptions): P
     } else if (headers === undefined) {
       add({ name: 'upstream', state: 'skip', detail: 'no credentials, so the upstream checks would only show the rejection' });
     } else {
-      await checkUpstream(loaded, headers, claimsByHeader, plans, add, options);
+      await checkUpstream(loaded, headers, claimsByHeader, plans, add, options, userOwnToken.used);
     }
   } finally {
     await injector.close();
@@ -118,7 +121,7 @@ interface ProviderResult {
   claims?: IdTokenClaims;
 }
 
-async function checkProvider(active: ActiveProvider, add: (s: DoctorStep) => void, now: () => number): Promise<ProviderResult | undefined> {
+async function checkProvider(active: ActiveProvider, add: (s: DoctorStep) => void, now: () => number, userOwnToken: { used: boolean }): Promise<ProviderResult | undefined> {
   const { plan, provider } = active;
   const describable = provider as { credentialsInfo?: () => Promise<CredentialsInfo> };
   let info: CredentialsInfo | undefined;
@@ -155,22 +158,36 @@ async function checkProvider(active: ActiveProvider, add: (s: DoctorStep) => voi
     add({ name: `headers (${provider.name})`, state: 'ok', detail: `sets ${names.join(', ')} (not a JWT, so no audience or expiry to show)` });
     return { headers };
   }
-  checkClaims(claims, plan, provider.name, add, now());
+  // google-oauth with a gcloud user login sends the login's own ID token (see google-oauth.ts): its audience is the
+  // login's OAuth client, never client_id, and that is what Cloud Run IAM accepts.
+  const ownToken = plan.type === 'google-oauth' && info?.kind === 'authorized_user';
+  checkClaims(claims, plan, provider.name, add, now(), !ownToken);
+  if (ownToken) {
+    userOwnToken.used = true;
+    add({
+      name: 'identity',
+      state: 'ok',
+      detail:
+        `the gcloud user login's own ID token (audience ${String(claims.aud)}, the login's OAuth client): Cloud Run IAM accepts it (grant ` +
+        `${claims.email ?? 'the user'} roles/run.invoker); an IAP would not. ${IAP_USER_ADVICE}`,
+    });
+  }
   return { headers, claims };
 }
 
 function describeCredentials(info: CredentialsInfo): string {
-  const whose = info.identity ? ` — ${info.kind === 'authorized_user' ? 'user' : 'service account'} ${info.identity}` : '';
+  const user = info.kind === 'authorized_user' || info.kind === 'google-user';
+  const whose = info.identity && !(info.kind === 'google-user') ? ` — ${user ? 'user' : 'service account'} ${info.identity}` : '';
   return `${info.description}${whose}`;
 }
 
-function checkClaims(claims: IdTokenClaims, plan: ProviderPlan, name: string, add: (s: DoctorStep) => void, now: number): void {
+function checkClaims(claims: IdTokenClaims, plan: ProviderPlan, name: string, add: (s: DoctorStep) => void, now: number, audienceIsClientId = true): void {
   const aud = Array.isArray(claims.aud) ? claims.aud.join(', ') : String(claims.aud ?? '(none)');
   const exp = typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
   const parts = [`audience ${aud}`, `email ${claims.email ?? '(none)'}`];
   if (claims.iss) parts.push(`issuer ${claims.iss}`);
   if (exp !== undefined) parts.push(`expires ${new Date(exp).toISOString()} (in ${Math.round((exp - now) / 60_000)} min)`);
-  const expected = typeof plan.params['client_id'] === 'string' ? plan.params['client_id'] : undefined;
+  const expected = audienceIsClientId && typeof plan.params['client_id'] === 'string' ? plan.params['client_id'] : undefined;
   if (expected !== undefined && !String(aud).split(', ').includes(expected)) {
     add({
       name: `token (${name})`,
@@ -211,7 +228,12 @@ async function checkUpstream(
   plans: readonly ProviderPlan[],
   add: (s: DoctorStep) => void,
   options: DoctorOptions,
+  userOwnToken = false,
 ): Promise<void> {
+  const causeOf = (answer: Answer) =>
+    userOwnToken && answer.headers['x-goog-iap-generated-response'] !== undefined
+      ? `IAP answered: a gcloud user login cannot get through IAP. ${IAP_USER_ADVICE}`
+      : upstreamCause(answer, claims, plans, config.auth.header);
   const { config } = loaded;
   const base = config.upstream.url.replace(/\/+$/, '');
   let dispatcher: Dispatcher;
@@ -231,7 +253,7 @@ async function checkUpstream(
       name: 'upstream /health',
       state: health.status === 200 ? 'ok' : 'fail',
       detail: `${health.status} ${oneLine(health.body, 120)}`,
-      ...(health.status === 200 ? {} : { cause: upstreamCause(health, claims, plans, config.auth.header) }),
+      ...(health.status === 200 ? {} : { cause: causeOf(health) }),
     });
     const apiPath = options.apiPath ?? DEFAULT_API_PATH;
     const api = await get(`${base}${apiPath}`, headers, dispatcher, options.timeoutMs ?? 15_000);
@@ -245,7 +267,7 @@ async function checkUpstream(
       // MLflow itself answered, so the credentials got through every auth layer in front of it.
       add({ name: `upstream GET ${apiPath}`, state: 'ok', detail: `credentials accepted; MLflow answered ${api.status} ${mlflowErrorCode(api.body)}` });
     } else {
-      add({ name: `upstream GET ${apiPath}`, state: 'fail', detail: `${api.status} ${oneLine(api.body, 160)}`, cause: upstreamCause(api, claims, plans, config.auth.header) });
+      add({ name: `upstream GET ${apiPath}`, state: 'fail', detail: `${api.status} ${oneLine(api.body, 160)}`, cause: causeOf(api) });
     }
   } finally {
     await dispatcher.close().catch(() => {});

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import { CredentialsError } from '../../src/errors.js';
 import { TokenCache } from '../../src/auth/token-cache.js';
-import { TokenFetchError, accessToken, idToken } from '../../src/auth/token.js';
+import { LoginRequiredError, TokenFetchError, accessToken, idToken } from '../../src/auth/token.js';
 import { TokenProvider } from '../../src/auth/token-provider.js';
 import { decodeJwtClaims } from '../../src/auth/jwt.js';
 import type { Clock } from '../../src/auth/clock.js';
@@ -195,6 +195,28 @@ describe('TokenCache', () => {
     endpoint.failWith = undefined;
     await fake.tickAsync(4_000);
     expect((await cache.get()).value).to.equal('tok-2');
+  });
+
+  it('a permanent failure (a login Google refused) is retried by requests only, after the first backoff step, never by its own timer', async () => {
+    await cache.start();
+    endpoint.failWith = new LoginRequiredError('Google no longer accepts the login; run `kvx-proxy login` again');
+    await fake.tickAsync(3_600_000);
+    // The scheduled refresh failed; nothing else ran in the hour after it, whatever the backoff would have done.
+    const afterSchedule = endpoint.calls;
+    await fake.tickAsync(3_600_000);
+    expect(endpoint.calls).to.equal(afterSchedule);
+    const err = (await cache.get().catch((e: unknown) => e)) as CredentialsError;
+    expect(err.message).to.include('run `kvx-proxy login` again');
+    expect(endpoint.calls).to.equal(afterSchedule + 1);
+    // Requests keep finding out soon (1 s), so a new login is used at once; still no timer of its own.
+    await fake.tickAsync(1_000);
+    await cache.get().catch(() => {});
+    expect(endpoint.calls).to.equal(afterSchedule + 2);
+    await fake.tickAsync(600_000);
+    expect(endpoint.calls).to.equal(afterSchedule + 2);
+    endpoint.failWith = undefined;
+    await fake.tickAsync(1_000);
+    expect((await cache.get()).value).to.match(/^tok-/);
   });
 
   it('drops the in-flight promise after success and after failure', async () => {

@@ -4,7 +4,7 @@
  * and endpoints it is given, so tests and private setups (a metadata proxy, a token endpoint behind a VPC-SC
  * gateway) can point it elsewhere, and every Google call of one kvx process can share one look-up.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { errorMessage } from '../../errors.js';
@@ -27,6 +27,8 @@ const METADATA_PROBE_TIMEOUT_MS = 3_000;
  */
 export class CredentialsLookup {
   private pending: Promise<SourceCredentials> | undefined;
+  /** The credentials file the kept look-up read (or would read), and its stamp then; undefined for none. */
+  private file: { path: string; stamp: string } | undefined;
 
   /** `user` names who looks up (a provider type, `kvx-launch`) in the log line saying what was found. */
   constructor(
@@ -34,7 +36,22 @@ export class CredentialsLookup {
     private readonly options: FindOptions,
   ) {}
 
+  /**
+   * The credentials, looked up again when their file changed since: a new `gcloud auth application-default login`
+   * (or a rotated key) reaches a running process. Callers ask only when they fetch a token, so the stat is cheap.
+   */
   get(): Promise<SourceCredentials> {
+    if (this.pending !== undefined && this.file !== undefined && fileStamp(this.file.path) !== this.file.stamp) {
+      this.options.logger.info('Google credentials file changed; reading it again', { provider: this.user, file: this.file.path });
+      const old = this.pending;
+      this.pending = undefined;
+      old.then((s) => s.close()).catch(() => {});
+    }
+    if (this.pending === undefined) {
+      const path = credentialsFileOf(this.options.env);
+      // Stamped before reading: a rewrite during the read shows as a change next time.
+      this.file = path === undefined ? undefined : { path, stamp: fileStamp(path) };
+    }
     return (this.pending ??= findCredentials(this.options).then(
       (source) => {
         this.options.logger.info('Google credentials found', { provider: this.user, source: source.info.description, identity: source.info.identity });
@@ -86,6 +103,21 @@ async function find(options: FindOptions): Promise<SourceCredentials> {
         `and no metadata server answered at ${metadata.host} (${errorMessage(err)})`,
       { hint: SETUP_HINT, cause: err },
     );
+  }
+}
+
+/** The file Application Default Credentials come from in this environment, when one is named or exists. */
+function credentialsFileOf(env: NodeJS.ProcessEnv): string | undefined {
+  return env['GOOGLE_APPLICATION_CREDENTIALS'] || wellKnownFile(env);
+}
+
+/** Identity, size and mtime: an atomic replace changes the inode, an in-place rewrite the size or mtime. */
+function fileStamp(file: string): string {
+  try {
+    const st = statSync(file);
+    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return 'absent';
   }
 }
 

@@ -44,6 +44,11 @@ export interface SourceCredentials {
   dropAccessToken(token: string): void;
   /** An ID token for `audience` minted by these credentials themselves, when the kind can. */
   idToken?(audience: string, signal: AbortSignal): Promise<Token>;
+  /**
+   * An ID token for the credentials' own OAuth client, from a user login's refresh grant, when the kind is one.
+   * Cloud Run IAM accepts it (what `gcloud run services proxy` sends); IAP does not, it wants its own client id.
+   */
+  ownIdToken?(signal: AbortSignal): Promise<Token>;
   close(): void;
 }
 
