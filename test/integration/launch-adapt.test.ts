@@ -81,6 +81,19 @@ describe('kvx-launch adapt, and run with a kedro-vertexai spec', () => {
     expect(h.vertex.jobs.size).to.equal(0);
   });
 
+  it('run of a spec adapted already submits it as it is, saying so, and still passes its run id', async () => {
+    const out = path.join(h.dir, 'adapted.json');
+    expect((await launchCli(h, ['adapt', KEDRO, '-c', config, '-o', out, '--json'])).code).to.equal(0);
+    const res = await launchCli(h, ['run', out, '-c', config, '--param', 'dataset=companies', '--dry-run', '--json'], { deps: { now: NOW } });
+    expect(res.code, res.stderr).to.equal(0);
+    expect(res.stderr).to.include('adapted already; nothing changed');
+    const report = JSON.parse(res.stdout);
+    expect(report.adaptation.changes).to.deep.equal([]);
+    expect(report.request.pipelineJob.pipelineSpec).to.deep.equal(JSON.parse(JSON.stringify(withCaching(JSON.parse(await readFile(out, 'utf8')) as PipelineSpec, false))));
+    expect(report.request.pipelineJob.runtimeConfig.parameterValues).to.deep.equal({ dataset: 'companies', mlflow_run_id: '<mlflow-run-id>' });
+    expect(report.mlflow.tagsAfterSubmit).to.not.have.property('vertexai_run_id');
+  });
+
   it('run --no-adapt submits the spec as compiled and warns of the second run its start step makes', async () => {
     const res = await launchCli(h, ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--dry-run', '--json', '--no-adapt'], { deps: { now: NOW } });
     expect(res.code, res.stderr).to.equal(0);
