@@ -146,7 +146,7 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
       continue;
     }
     const script = shellScript(container);
-    if (script !== undefined && (MLFLOW_START.test(script) || (ALREADY_STARTED_BY_KVX.test(script) && script.includes(`${settings.launchPath} start-run`)))) {
+    if (script !== undefined && (MLFLOW_START.test(script) || (ALREADY_STARTED_BY_KVX.test(script) && (script.includes(`${settings.launchPath} start-run`) || /kvx-launch\s+start-run\b/.test(script))))) {
       startExecutor = label;
       startEnv = kedroEnv(script) ?? /(?:--config|-c)\s+conf\/([\w.-]+)\//.exec(script)?.[1];
       const m = MLFLOW_START.exec(script);
