@@ -196,6 +196,16 @@ describe('kvx-launch adapt, and run with a kedro-vertexai spec', () => {
       expect(tags(run)).to.include({ vertexai_failed_task: 'train-model-node', vertexai_failed_task_error: 'KeyError: shuttles' });
     });
 
+    it('a step that exits 127 (an image without kvx) gets the likely cause in vertexai_failed_task_error', async () => {
+      const vertexMessage = 'The replica workerpool0-0 exited with a non-zero status of 127. Termination reason: Error.';
+      h.vertex.nextOutcome = { failAt: 'preprocess-companies-node', error: vertexMessage };
+      const run = await launched();
+      await untilExitTask();
+      expect((await endRun(run.info.run_id, 'FAILED')).code).to.equal(0);
+      expect(tags(run)['vertexai_failed_task']).to.equal('preprocess-companies-node');
+      expect(tags(run)['vertexai_failed_task_error']).to.include(vertexMessage).and.include('may lack kvx-proxy or kvx-launch');
+    });
+
     it('end-run of a pipeline that succeeded ends the run FINISHED; run again it keeps that end', async () => {
       const run = await launched();
       await untilExitTask();
