@@ -224,6 +224,11 @@ export const SCHEMA = {
           metadataHost: { kind: 'string', default: '', doc: 'Metadata server host[:port]; GCE_METADATA_HOST is honoured when unset.' },
           iamCredentials: { kind: 'string', default: 'https://iamcredentials.googleapis.com', doc: 'IAM Credentials API base URL.' },
           oauthToken: { kind: 'string', default: 'https://oauth2.googleapis.com/token', doc: 'OAuth 2.0 token endpoint.' },
+          sts: {
+            kind: 'string',
+            default: 'https://sts.googleapis.com/v1/token',
+            doc: "Security Token Service token URL for workload identity federation; replaces Google's in external_account files that name it (as iamCredentials does for their impersonation URL).",
+          },
         },
       },
     },
