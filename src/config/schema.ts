@@ -170,7 +170,7 @@ export const SCHEMA = {
         openChoices: true,
         doc: 'Provider type; auto selects from auth.params as kedro-vertexai does (client_id + service_account: google-iam; client_id: google-oauth).',
       },
-      header: { kind: 'string', default: 'Authorization', doc: 'Header the token goes in (Proxy-Authorization, X-Serverless-Authorization).' },
+      header: { kind: 'string', default: 'Authorization', doc: 'Header the token goes in (Proxy-Authorization behind IAP when MLflow uses basic auth; X-Serverless-Authorization for Cloud Run IAM without IAP).' },
       scheme: { kind: 'string', default: 'Bearer', doc: 'Scheme before the token; empty for a bare token.' },
       params: {
         kind: 'map',
@@ -203,7 +203,9 @@ export const SCHEMA = {
       retryOnStatus: {
         kind: 'intList',
         default: [401],
-        doc: 'Upstream statuses that force a token refresh and one replay of a small request (add 403 for IAP setups that answer 403).',
+        doc:
+          'Upstream statuses that force a token refresh and one replay of a small request, for auth layers other than IAP (Cloud Run IAM, gateways). ' +
+          "IAP's own answers (X-Goog-IAP-Generated-Response: true) are read by that mark: its 401 always refreshes, its 403 (a missing role) never; MLflow's own 401/403 behind IAP are passed through.",
       },
       replayMaxBodyBytes: { kind: 'int', default: 1_048_576, min: 0, doc: 'Largest request body kept for a replay after 401; bigger bodies stream and are never replayed.' },
       requireTokenAtStart: { kind: 'bool', default: true, doc: 'Exit at start when the first credentials cannot be produced.' },
