@@ -3,6 +3,7 @@ import './static.js';
 import './google-iam.js';
 import './google-oauth.js';
 import './custom.js';
+import './extra-headers.js';
 import { BUILT_IN_PROVIDER_TYPES } from '../config/schema.js';
 import { providerType } from './registry.js';
 

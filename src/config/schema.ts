@@ -198,6 +198,13 @@ export const SCHEMA = {
           export: { kind: 'string', doc: 'Custom module export.' },
         },
       },
+      extraHeaders: {
+        kind: 'map',
+        doc:
+          'Fixed headers added to every request alongside the providers (X-MLFLOW-WORKSPACE, a vendor API key): name → a literal, or {value}, {env: VAR} (read at start) ' +
+          'or {file: path} (re-read when it changes). Hop-by-hop names, Host and headers a provider sets are refused; values are redacted when printed.',
+        secretKeys: /./,
+      },
       refreshBeforeExpirySec: { kind: 'int', default: 300, min: 0, doc: 'Refresh a token this long before it expires.' },
       refreshJitterSec: { kind: 'int', default: 30, min: 0, doc: 'Random extra lead time, so many proxies do not refresh at once.' },
       retryOnStatus: {
