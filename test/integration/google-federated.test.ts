@@ -11,6 +11,8 @@ import { findCredentials } from '../../src/auth/google/discovery.js';
 import type { GoogleTokenProvider } from '../../src/auth/google/provider.js';
 import { TokenFetchError } from '../../src/auth/token.js';
 import { decodeJwtClaims } from '../../src/auth/jwt.js';
+import { loadConfig } from '../../src/config/load.js';
+import { formatReport, runDoctor } from '../../src/doctor/doctor.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { count, startFakeServer } from '../fakes/google-common.js';
 import type { FakeServer } from '../fakes/google-common.js';
@@ -130,6 +132,30 @@ describe('federated and impersonated Google identities', () => {
       expect(proxy.logs.text()).to.include('workload identity federation, subject token from http://127.0.0.1');
     } finally {
       await proxy.close(500);
+      await mlflow.close();
+    }
+  });
+
+  it('doctor: the federation, the impersonated account, the token, and the upstream through IAP', async () => {
+    const gate = iapGate({ issuer: world.issuer, audience: CLIENT_ID, allowed: [TARGET_SA] });
+    const mlflow = await startFakeMlflow({ gate });
+    try {
+      const settings = {
+        'upstream.url': mlflow.url,
+        'auth.endpoints.oauthToken': world.endpoints.oauthToken,
+        'auth.endpoints.iamCredentials': world.endpoints.iamCredentials,
+        'auth.endpoints.sts': sts.tokenUrl,
+        'auth.params.client_id': CLIENT_ID,
+        'auth.params.service_account': TARGET_SA,
+      };
+      const loaded = loadConfig({ env: {}, overrides: Object.entries(settings).map(([p, value]) => ({ path: p, value, source: 'test' })) });
+      const report = await runDoctor(loaded, { env: credentialsEnv(githubActionsFile()) });
+      const out = formatReport(report);
+      expect(report.ok, out).to.equal(true);
+      expect(out).to.match(/\[OK {2}\] credentials: workload identity federation, subject token from http:\/\/127\.0\.0\.1:\d+ \(.*gha-creds-1a2b3c\.json\) — service account ci-deployer@my-project\.iam\.gserviceaccount\.com/);
+      expect(out).to.include(`email ${TARGET_SA}`);
+      expect(out).to.not.include(gh.requestToken);
+    } finally {
       await mlflow.close();
     }
   });
