@@ -10,8 +10,9 @@
  * (ACTIONS_ID_TOKEN_REQUEST_URL, `GET ?audience=…` with the request token as bearer, answering {"value": jwt}),
  * and the same issuer's tokens written to a file, as other CI systems and Kubernetes do.
  */
+import { createHash, createHmac } from 'node:crypto';
 import { count, startFakeServer } from './google-common.js';
-import type { FakeServer , AccessTokenStore} from './google-common.js';
+import type { AccessTokenStore, FakeServer } from './google-common.js';
 import { generateSigningKey, signJwt, verifyJwt } from './jwt.js';
 import type { Claims, SigningKey } from './jwt.js';
 
@@ -19,6 +20,7 @@ export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exch
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 export const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 export const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
+export const AWS_TOKEN_TYPE = 'urn:ietf:params:aws:token-type:aws4_request';
 export const CLOUD_PLATFORM = 'https://www.googleapis.com/auth/cloud-platform';
 export const GITHUB_ISSUER = 'https://token.actions.githubusercontent.com';
 
@@ -30,6 +32,11 @@ export interface PoolProvider {
   issuer: OidcIssuer;
   /** Audiences the subject token may carry; by default the provider's own https://iam.googleapis.com/… name, as Google does. */
   allowedAudiences?: readonly string[];
+  /**
+   * An AWS provider instead of OIDC: the AWS access keys AWS's STS would know, each with the ARN its signed
+   * GetCallerIdentity request answers for (the subject, as `google.subject=assertion.arn` maps it).
+   */
+  aws?: { accessKeys: Record<string, { secretAccessKey: string; arn: string }> };
 }
 
 export interface StsExchange {
@@ -80,12 +87,21 @@ export async function startFakeSts(options: { accessTokens: AccessTokenStore; pr
       return fail(400, 'invalid_target', 'The target service indicated by the "audience" parameters is invalid. This might either be because the pool or provider is disabled or deleted or because it doesn\'t exist.');
     }
     const subjectTokenType = form['subject_token_type'] ?? '';
-    if (subjectTokenType !== JWT_TOKEN_TYPE && subjectTokenType !== ID_TOKEN_TYPE) return fail(400, 'invalid_request', 'Invalid value for "subject_token_type".');
+    const accepted = provider.aws ? [AWS_TOKEN_TYPE] : [JWT_TOKEN_TYPE, ID_TOKEN_TYPE];
+    if (!accepted.includes(subjectTokenType)) return fail(400, 'invalid_request', 'Invalid value for "subject_token_type".');
     const scope = form['scope'] ?? '';
     if (scope === '') return fail(400, 'invalid_scope', 'Scope(s) must be provided.');
     if (!scope.split(/\s+/).includes(CLOUD_PLATFORM)) return fail(400, 'invalid_scope', `Invalid scope: ${scope}`);
     const subjectToken = form['subject_token'] ?? '';
     if (subjectToken === '') return fail(400, 'invalid_request', 'The subject token is required.');
+    if (provider.aws) {
+      const arn = checkAwsRequest(subjectToken, audience, provider.aws.accessKeys);
+      if ('reason' in arn) return fail(400, 'invalid_grant', arn.reason);
+      const principal = principalOf(provider, arn.arn);
+      self.exchanges.push({ audience, subjectTokenType, scope, principal });
+      const issued = self.accessTokens.issue(principal, self.lifetimeSeconds, self.failure === 'expired');
+      return respond(200, { access_token: issued.access_token, issued_token_type: ACCESS_TOKEN_TYPE, token_type: 'Bearer', expires_in: issued.expires_in });
+    }
     const allowed = provider.allowedAudiences ?? [`https:${audience}`];
     const checked = verifyJwt(subjectToken, { keys: provider.issuer.keys, issuer: provider.issuer.issuer, audience: allowed });
     if (!checked.ok) {
@@ -113,6 +129,45 @@ export async function startFakeSts(options: { accessTokens: AccessTokenStore; pr
     lastForm: undefined,
   });
   return self;
+}
+
+/**
+ * What Google's STS does with an AWS subject token: the serialized, SigV4-signed GetCallerIdentity request, which
+ * it sends to AWS. Here the signature is checked as AWS would, with the secret of the access key it names.
+ */
+function checkAwsRequest(subjectToken: string, audience: string, keys: Record<string, { secretAccessKey: string; arn: string }>): { arn: string } | { reason: string } {
+  let request: { url?: unknown; method?: unknown; headers?: unknown };
+  try {
+    request = JSON.parse(decodeURIComponent(subjectToken)) as typeof request;
+  } catch {
+    return { reason: 'The subject token is not a serialized AWS GetCallerIdentity request.' };
+  }
+  if (typeof request.url !== 'string' || request.method !== 'POST' || !Array.isArray(request.headers)) return { reason: 'The AWS request must be a POST with url and headers.' };
+  const url = new URL(request.url);
+  const region = /^sts\.([a-z0-9-]+)\.amazonaws\.com$/.exec(url.host)?.[1];
+  if (region === undefined || url.searchParams.get('Action') !== 'GetCallerIdentity') return { reason: 'The AWS request must be GetCallerIdentity at a regional STS endpoint.' };
+  const headers = new Map<string, string>();
+  for (const h of request.headers as { key?: unknown; value?: unknown }[]) headers.set(String(h.key).toLowerCase(), String(h.value));
+  const target = headers.get('x-goog-cloud-target-resource');
+  if (target !== audience && target !== `https:${audience}`) return { reason: 'The x-goog-cloud-target-resource header must name the workload identity pool provider.' };
+  const auth = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/sts\/aws4_request, SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$/.exec(headers.get('authorization') ?? '');
+  if (auth === null) return { reason: 'The AWS request carries no SigV4 authorization.' };
+  const [, keyId, date, scopeRegion, signedHeaders, signature] = auth as unknown as [string, string, string, string, string, string];
+  const key = keys[keyId];
+  if (key === undefined) return { reason: 'AWS: The security token included in the request is invalid.' };
+  const amzDate = headers.get('x-amz-date') ?? '';
+  const at = Date.parse(amzDate.replace(/^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/, '$1-$2-$3T$4:$5:$6Z'));
+  if (!Number.isFinite(at) || Math.abs(at - Date.now()) > 15 * 60_000 || !amzDate.startsWith(date) || scopeRegion !== region) return { reason: 'AWS: Signature expired or scoped to another date or region.' };
+  const canonicalHeaders = signedHeaders.split(';').map((name) => `${name}:${headers.get(name) ?? ''}\n`).join('');
+  const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+  const canonical = ['POST', url.pathname, url.search.slice(1), canonicalHeaders, signedHeaders, sha256('')].join('\n');
+  const toSign = ['AWS4-HMAC-SHA256', amzDate, `${date}/${region}/sts/aws4_request`, sha256(canonical)].join('\n');
+  let signing: Buffer | string = `AWS4${key.secretAccessKey}`;
+  for (const part of [date, region, 'sts', 'aws4_request']) signing = createHmac('sha256', signing).update(part).digest();
+  if (createHmac('sha256', signing).update(toSign).digest('hex') !== signature) {
+    return { reason: 'AWS: The request signature we calculated does not match the signature you provided.' };
+  }
+  return { arn: key.arn };
 }
 
 function decodeAud(token: string): unknown {

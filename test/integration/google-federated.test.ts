@@ -17,7 +17,8 @@ import { silentLogger } from '../../src/log/logger.js';
 import { count, startFakeServer } from '../fakes/google-common.js';
 import type { FakeServer } from '../fakes/google-common.js';
 import { authorizedUserFile, writeCredentialsFile } from '../fakes/google-oauth-token.js';
-import { CLOUD_PLATFORM, JWT_TOKEN_TYPE, OidcIssuer, TOKEN_EXCHANGE_GRANT, principalOf, providerAudience, startFakeGithubOidc, startFakeSts } from '../fakes/google-sts.js';
+import { startFakeAwsMetadata } from '../fakes/aws-metadata.js';
+import { AWS_TOKEN_TYPE, CLOUD_PLATFORM, JWT_TOKEN_TYPE, OidcIssuer, TOKEN_EXCHANGE_GRANT, principalOf, providerAudience, startFakeGithubOidc, startFakeSts } from '../fakes/google-sts.js';
 import type { FakeGithubOidc, FakeSts, PoolProvider } from '../fakes/google-sts.js';
 import { CLIENT_ID, TARGET_SA, USER, capturingLogger, startGoogleWorld } from '../fakes/google-world.js';
 import type { GoogleWorld } from '../fakes/google-world.js';
@@ -202,6 +203,50 @@ describe('federated and impersonated Google identities', () => {
       expect(world.iam.calls.map((c) => [c.caller, c.serviceAccount])).to.deep.equal([[azurePrincipal, TARGET_SA]]);
     } finally {
       await injector.close();
+    }
+  });
+
+  it('AWS: the signed GetCallerIdentity request from the instance role (IMDSv2) is the subject token', async () => {
+    const credentials = { accessKeyId: 'ASIAFAKEKEY1234567', secretAccessKey: 'fake-secret-access-key/abc', sessionToken: 'fake-session-token' };
+    const arn = 'arn:aws:sts::111122223333:assumed-role/kvx-runner/i-0abc';
+    const aws: PoolProvider = { projectNumber: '123456789012', pool: 'ci-pool', provider: 'aws', issuer: new OidcIssuer(), aws: { accessKeys: { [credentials.accessKeyId]: { secretAccessKey: credentials.secretAccessKey, arn } } } };
+    const awsSts = await startFakeSts({ accessTokens: world.accessTokens, providers: [aws] });
+    const imds = await startFakeAwsMetadata({ zone: 'eu-west-1b', role: 'kvx-runner', credentials });
+    world.iam.serviceAccounts[TARGET_SA]!.push(principalOf(aws, arn));
+    const file = writeCredentialsFile(path.join(world.dir, 'wif-aws.json'), {
+      type: 'external_account',
+      audience: providerAudience(aws),
+      subject_token_type: AWS_TOKEN_TYPE,
+      token_url: awsSts.tokenUrl,
+      credential_source: {
+        environment_id: 'aws1',
+        region_url: `${imds.url}/latest/meta-data/placement/availability-zone`,
+        url: `${imds.url}/latest/meta-data/iam/security-credentials`,
+        regional_cred_verification_url: 'https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15',
+        imdsv2_session_token_url: `${imds.url}/latest/api/token`,
+      },
+    });
+    // google-auth-library reads AWS_* from the process environment before the metadata service.
+    const saved = Object.entries(process.env).filter(([k]) => k.startsWith('AWS_'));
+    for (const [k] of saved) delete process.env[k];
+    const { injector } = await injectorFor(world, credentialsEnv(file), { params: { client_id: CLIENT_ID, service_account: TARGET_SA } }, silentLogger);
+    try {
+      // The fake checks the SigV4 signature as AWS would: a wrong secret is refused.
+      const rightSecret = aws.aws!.accessKeys[credentials.accessKeyId]!.secretAccessKey;
+      aws.aws!.accessKeys[credentials.accessKeyId]!.secretAccessKey = 'another-secret';
+      const refused = await findCredentials({ env: credentialsEnv(file), endpoints: world.endpoints, logger: silentLogger });
+      const err = (await refused.accessToken(AbortSignal.timeout(5_000)).catch((e: unknown) => e)) as Error;
+      refused.close();
+      expect(err.message).to.include('The request signature we calculated does not match');
+      aws.aws!.accessKeys[credentials.accessKeyId]!.secretAccessKey = rightSecret;
+      await injector.start();
+      expect(awsSts.exchanges.map((e) => [e.subjectTokenType, e.principal])).to.deep.equal([[AWS_TOKEN_TYPE, principalOf(aws, arn)]]);
+      expect(world.iam.calls.map((c) => [c.caller, c.serviceAccount])).to.deep.equal([[principalOf(aws, arn), TARGET_SA]]);
+      expect(imds.counts['credentials'], 'one read per look-up: the refused one and the provider').to.equal(2);
+    } finally {
+      await injector.close();
+      await Promise.all([awsSts.close(), imds.close()]);
+      for (const [k, v] of saved) process.env[k] = v;
     }
   });
 
