@@ -2,8 +2,9 @@ import type { ConfigProblem } from '../errors.js';
 import type { ProviderContext } from './provider.js';
 import { registerProviderType } from './registry.js';
 import type { ProviderPlan } from './registry.js';
-import { googleCall, googleError, oneLine, parseJson } from './google/http.js';
+import { oneLine, parseJson } from './google/http.js';
 import type { GoogleAnswer } from './google/http.js';
+import { iamCredentialsCall, iamRefusal } from './google/iam-credentials.js';
 import { SERVICE_ACCOUNT_EMAIL, audienceOf, clientIdProblems, upstreamRejectionHint } from './google/params.js';
 import { GoogleTokenProvider } from './google/provider.js';
 import type { CredentialsInfo } from './google/source.js';
@@ -37,6 +38,11 @@ export class GoogleIamProvider extends GoogleTokenProvider {
 
   protected async fetchToken(signal: AbortSignal): Promise<Token> {
     const source = await this.credentials.get();
+    if (source.info.kind === 'impersonated_service_account' && source.info.identity === this.serviceAccount && source.idToken !== undefined && this.delegates.length === 0) {
+      // The credentials file impersonates this very account: its own chain mints the token, as gcloud does,
+      // rather than the account impersonating itself (which needs Token Creator on itself).
+      return audienceOf(await source.idToken(this.audience, signal), this.audience, 'IAM Credentials');
+    }
     let access = await source.accessToken(signal);
     let answer = await this.generateIdToken(access.value, signal);
     if (answer.status === 401) {
@@ -56,56 +62,18 @@ export class GoogleIamProvider extends GoogleTokenProvider {
   }
 
   private generateIdToken(accessToken: string, signal: AbortSignal): Promise<GoogleAnswer> {
-    const base = this.context.config.auth.endpoints.iamCredentials.replace(/\/+$/, '');
-    const body: Record<string, unknown> = { audience: this.audience, includeEmail: true };
-    if (this.delegates.length > 0) body['delegates'] = this.delegates.map((d) => `projects/-/serviceAccounts/${d}`);
-    return googleCall('IAM Credentials', `${base}/v1/projects/-/serviceAccounts/${encodeURIComponent(this.serviceAccount)}:generateIdToken`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-      signal,
-    });
+    const base = this.context.config.auth.endpoints.iamCredentials;
+    return iamCredentialsCall(base, 'generateIdToken', this.serviceAccount, accessToken, { audience: this.audience, includeEmail: true }, this.delegates, signal);
   }
 
   private explain(answer: GoogleAnswer, info: CredentialsInfo): TokenFetchError {
-    const google = googleError(answer);
-    const sa = this.serviceAccount;
-    const caller = info.identity ?? `the identity of the ${info.description}`;
-    const member = info.kind === 'authorized_user' ? `user:${info.identity ?? 'YOU@example.com'}` : `serviceAccount:${info.identity ?? 'CALLER'}`;
-    const status = answer.status;
-    if (status === 403 && /SERVICE_DISABLED|has not been used|is disabled/i.test(google)) {
-      return new TokenFetchError(`the IAM Service Account Credentials API is not enabled for the caller's project (Google: ${google})`, {
-        status,
-        hint: 'enable it: gcloud services enable iamcredentials.googleapis.com --project <project of the caller>',
-      });
-    }
-    if (status === 403) {
-      return new TokenFetchError(`${caller} may not mint ID tokens for ${sa}: the Service Account Token Creator role is missing (Google: ${google})`, {
-        status,
-        hint:
-          `grant roles/iam.serviceAccountTokenCreator on ${sa} to ${caller}: gcloud iam service-accounts add-iam-policy-binding ${sa} ` +
-          `--member=${member} --role=roles/iam.serviceAccountTokenCreator (takes effect within a few minutes)`,
-      });
-    }
-    if (status === 404) {
-      return new TokenFetchError(`service account ${sa} does not exist (Google: ${google})`, {
-        status,
-        hint: 'check auth.params.service_account (request_header_provider_params.service_account): spelling, project, or whether it was deleted',
-      });
-    }
-    if (status === 401) {
-      return new TokenFetchError(`IAM Credentials rejected the source credentials (${info.description}) (Google: ${google})`, {
-        status,
-        hint: info.kind === 'authorized_user' ? 'rerun `gcloud auth application-default login`' : 'check that the credentials are still valid',
-      });
-    }
-    if (status === 400) {
-      return new TokenFetchError(`IAM Credentials refused the request for ${sa} (Google: ${google})`, {
-        status,
-        hint: 'check auth.params.client_id (the audience) and auth.params.delegates',
-      });
-    }
-    return new TokenFetchError(`IAM Credentials answered ${google}`, { status, hint: 'a transient Google error; retrying with backoff' });
+    return iamRefusal(answer, {
+      account: this.serviceAccount,
+      caller: info,
+      what: 'mint ID tokens for',
+      accountKey: 'auth.params.service_account (request_header_provider_params.service_account)',
+      badRequestHint: 'check auth.params.client_id (the audience) and auth.params.delegates',
+    });
   }
 }
 

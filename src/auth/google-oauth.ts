@@ -11,9 +11,10 @@ import type { TokenProviderOptions } from './token-provider.js';
 
 /**
  * `google-oauth`: an ID token for the caller's own identity with audience `client_id`, from a
- * service-account key (JWT-bearer grant with target_audience) or the metadata server (Vertex AI, GKE with
- * Workload Identity, Cloud Run, VMs). kedro-vertexai's MLFlowGoogleOAuthCredentialsProvider. With a gcloud user
- * login and a Cloud Run `client_id` (not an OAuth client id), the login's own ID token, which Cloud Run IAM accepts.
+ * service-account key (JWT-bearer grant with target_audience), the metadata server (Vertex AI, GKE with
+ * Workload Identity, Cloud Run, VMs) or an impersonated_service_account file (IAM Credentials generateIdToken on
+ * the impersonated account). kedro-vertexai's MLFlowGoogleOAuthCredentialsProvider. With a gcloud user login and a
+ * Cloud Run `client_id` (not an OAuth client id), the login's own ID token, which Cloud Run IAM accepts.
  */
 export class GoogleOauthProvider extends GoogleTokenProvider {
   readonly name = 'google-oauth';

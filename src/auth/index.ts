@@ -4,6 +4,7 @@ import './google-iam.js';
 import './google-oauth.js';
 import './google-user.js';
 import './custom.js';
+import './extra-headers.js';
 import { BUILT_IN_PROVIDER_TYPES } from '../config/schema.js';
 import { providerType } from './registry.js';
 

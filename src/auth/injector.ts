@@ -64,16 +64,33 @@ export class HeaderInjector {
   headers(options?: RequestHeaderOptions): HeaderMap | Promise<HeaderMap> {
     const active = this.active;
     if (active.length === 1) return active[0]!.provider.requestHeaders(options);
-    const results: (HeaderMap | Promise<HeaderMap>)[] = [];
+    // Providers hand out the same frozen map while their credential holds, so the merge of the last maps is
+    // reused: with a token provider plus auth.extraHeaders, a request allocates nothing here.
+    const last = this.lastParts;
+    let results: (HeaderMap | Promise<HeaderMap>)[] | undefined;
     let pending = false;
-    for (const { provider } of active) {
-      const r = provider.requestHeaders(options);
+    for (let i = 0; i < active.length; i++) {
+      const r = active[i]!.provider.requestHeaders(options);
+      if (results === undefined) {
+        if (last !== undefined && r === last[i] && Object.isFrozen(r)) continue;
+        results = last === undefined ? [] : last.slice(0, i);
+      }
       if (r instanceof Promise) pending = true;
       results.push(r);
     }
-    if (!pending) return merge(results as HeaderMap[]);
+    if (results === undefined) return this.lastMerged!;
+    if (!pending) {
+      const parts = results as HeaderMap[];
+      const merged = Object.freeze(merge(parts));
+      this.lastParts = parts;
+      this.lastMerged = merged;
+      return merged;
+    }
     return Promise.all(results).then(merge);
   }
+
+  private lastParts: HeaderMap[] | undefined;
+  private lastMerged: HeaderMap | undefined;
 
   /** The upstream rejected a request sent with `rejected`: let every provider that can refresh decide. Never rejects. */
   async invalidate(rejected: HeaderMap): Promise<void> {

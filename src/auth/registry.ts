@@ -14,6 +14,8 @@ export interface ProviderPlan {
   path: string;
   /** Why this provider was chosen, for `doctor` and `check-config`. */
   reason: string;
+  /** auth.extraHeaders only: the headers the other providers write, which it must not set too. */
+  alongside?: { header: string; path: string }[];
 }
 
 export interface ProviderType {
@@ -81,7 +83,7 @@ export function planProviders(config: KvxConfig, env: NodeJS.ProcessEnv = proces
     if (auth.module) {
       plans.push(make({ type: 'custom', params, module: auth.module, export: auth.export }, 'auth', 'auth.module is set'));
     }
-    if (plans.length === 0) {
+    if (plans.length === 0 && !hasExtraHeaders(auth.extraHeaders)) {
       problems.push({
         path: 'auth',
         message:
@@ -89,6 +91,13 @@ export function planProviders(config: KvxConfig, env: NodeJS.ProcessEnv = proces
           'auth.provider (static, basic, google-iam, google-oauth, google-user, custom), auth.module, or auth.provider: none to forward without credentials',
       });
     }
+  }
+
+  if (hasExtraHeaders(auth.extraHeaders)) {
+    // Last, alongside whichever providers were chosen (none included); it refuses to set a header they set.
+    const alongside = plans.filter((p) => p.type !== 'custom').map((p) => ({ header: p.header, path: p.path }));
+    const names = Object.keys(auth.extraHeaders);
+    plans.push({ type: 'extra-headers', params: auth.extraHeaders, header: names.join(', '), scheme: '', path: 'auth.extraHeaders', reason: `auth.extraHeaders sets ${names.join(', ')}`, alongside });
   }
 
   for (const plan of plans) {
@@ -104,6 +113,10 @@ export function planProviders(config: KvxConfig, env: NodeJS.ProcessEnv = proces
     problems.push(...type.validate(plan, env));
   }
   return { plans, problems };
+}
+
+function hasExtraHeaders(headers: Record<string, unknown>): boolean {
+  return Object.keys(headers).length > 0;
 }
 
 function has(params: Record<string, unknown>, key: string): boolean {

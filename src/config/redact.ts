@@ -4,7 +4,7 @@ import type { Fields, KvxConfig } from './schema.js';
 
 const DEFAULT_SECRET_KEYS = /token|secret|password|passwd|key|credential/i;
 /** Params that name where a secret lives rather than holding it; showing them helps debugging. */
-const SECRET_LOCATION_KEYS = /(_env|_file|Env|File)$/;
+const SECRET_LOCATION_KEYS = /(_env|_file|Env|File)$|^(env|file)$/;
 
 /** A copy of the config safe to print: secret values and secret-looking params replaced. */
 export function redactConfig(config: KvxConfig): unknown {

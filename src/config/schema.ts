@@ -170,7 +170,7 @@ export const SCHEMA = {
         openChoices: true,
         doc: 'Provider type; auto selects from auth.params as kedro-vertexai does (client_id + service_account: google-iam; client_id: google-oauth).',
       },
-      header: { kind: 'string', default: 'Authorization', doc: 'Header the token goes in (Proxy-Authorization, X-Serverless-Authorization).' },
+      header: { kind: 'string', default: 'Authorization', doc: 'Header the token goes in (Proxy-Authorization behind IAP when MLflow uses basic auth; X-Serverless-Authorization for Cloud Run IAM without IAP).' },
       scheme: { kind: 'string', default: 'Bearer', doc: 'Scheme before the token; empty for a bare token.' },
       params: {
         kind: 'map',
@@ -198,12 +198,21 @@ export const SCHEMA = {
           export: { kind: 'string', doc: 'Custom module export.' },
         },
       },
+      extraHeaders: {
+        kind: 'map',
+        doc:
+          'Fixed headers added to every request alongside the providers (X-MLFLOW-WORKSPACE, a vendor API key): name → a literal, or {value}, {env: VAR} (read at start) ' +
+          'or {file: path} (re-read when it changes). Hop-by-hop names, Host and headers a provider sets are refused; values are redacted when printed.',
+        secretKeys: /./,
+      },
       refreshBeforeExpirySec: { kind: 'int', default: 300, min: 0, doc: 'Refresh a token this long before it expires.' },
       refreshJitterSec: { kind: 'int', default: 30, min: 0, doc: 'Random extra lead time, so many proxies do not refresh at once.' },
       retryOnStatus: {
         kind: 'intList',
         default: [401],
-        doc: 'Upstream statuses that force a token refresh and one replay of a small request (add 403 for IAP setups that answer 403).',
+        doc:
+          'Upstream statuses that force a token refresh and one replay of a small request, for auth layers other than IAP (Cloud Run IAM, gateways). ' +
+          "IAP's own answers (X-Goog-IAP-Generated-Response: true) are read by that mark: its 401 always refreshes, its 403 (a missing role) never; MLflow's own 401/403 behind IAP are passed through.",
       },
       replayMaxBodyBytes: { kind: 'int', default: 1_048_576, min: 0, doc: 'Largest request body kept for a replay after 401; bigger bodies stream and are never replayed.' },
       requireTokenAtStart: { kind: 'bool', default: true, doc: 'Exit at start when the first credentials cannot be produced.' },
@@ -226,6 +235,11 @@ export const SCHEMA = {
           oauthToken: { kind: 'string', default: 'https://oauth2.googleapis.com/token', doc: 'OAuth 2.0 token endpoint.' },
           oauthAuthorize: { kind: 'string', default: 'https://accounts.google.com/o/oauth2/v2/auth', doc: 'OAuth 2.0 authorization endpoint the browser is sent to by `kvx-proxy login`.' },
           oauthRevoke: { kind: 'string', default: 'https://oauth2.googleapis.com/revoke', doc: 'OAuth 2.0 revocation endpoint `kvx-proxy logout` revokes the login at.' },
+          sts: {
+            kind: 'string',
+            default: 'https://sts.googleapis.com/v1/token',
+            doc: "Security Token Service token URL for workload identity federation; replaces Google's in external_account files that name it (as iamCredentials does for their impersonation URL).",
+          },
         },
       },
     },

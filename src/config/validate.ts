@@ -82,7 +82,7 @@ export function validateConfig(config: KvxConfig, options: { requireUpstream: bo
     const problem = httpUrlProblem(config.vertex.endpoint);
     if (problem) add('vertex.endpoint', problem);
   }
-  for (const key of ['iamCredentials', 'oauthToken'] as const) {
+  for (const key of ['iamCredentials', 'oauthToken', 'sts'] as const) {
     const problem = httpUrlProblem(auth.endpoints[key]);
     if (problem) add(`auth.endpoints.${key}`, problem);
   }

@@ -15,6 +15,7 @@ import { errorMessage } from '../errors.js';
 import { silentLogger } from '../log/logger.js';
 import type { Logger } from '../log/logger.js';
 import { mlflowDispatcher, undiciRequest } from '../mlflow/client.js';
+import { IAP_GENERATED_HEADER, IAP_ROLE } from '../proxy/iap.js';
 
 /**
  * `kvx-proxy doctor`: walks the path a request takes (config → provider → credentials → token → upstream)
@@ -284,6 +285,7 @@ function mlflowErrorCode(body: string): string | undefined {
 }
 
 interface Answer {
+  url: string;
   status: number;
   headers: Record<string, string | string[] | undefined>;
   body: string;
@@ -293,7 +295,7 @@ async function get(url: string, headers: HeaderMap, dispatcher: Dispatcher, time
   try {
     const res = await undiciRequest()(url, { method: 'GET', headers: { accept: 'application/json', ...headers }, dispatcher, signal: AbortSignal.timeout(timeoutMs) });
     const body = await res.body.text();
-    return { status: res.statusCode, headers: res.headers, body: body.slice(0, 2000) };
+    return { url, status: res.statusCode, headers: res.headers, body: body.slice(0, 2000) };
   } catch (err) {
     const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
     return { error: `no answer from ${new URL(url).origin}: ${code ?? errorMessage(err)}` };
@@ -302,7 +304,8 @@ async function get(url: string, headers: HeaderMap, dispatcher: Dispatcher, time
 
 /** Reads a rejection the way someone who has debugged IAP a few times would. */
 export function upstreamCause(answer: Answer, claims: Map<string, IdTokenClaims>, plans: readonly ProviderPlan[], authHeader: string): string {
-  const fromIap = answer.headers['x-goog-iap-generated-response'] !== undefined || /Invalid IAP credentials|IAP/.test(answer.body);
+  // IAP marks its own answers; the body test is for answers relayed by something that drops the header.
+  const fromIap = String(answer.headers[IAP_GENERATED_HEADER] ?? '').toLowerCase() === 'true' || /Invalid IAP credentials/.test(answer.body);
   const challenge = String(answer.headers['www-authenticate'] ?? '');
   const location = String(answer.headers['location'] ?? '');
   const hasBasic = plans.some((p) => p.type === 'basic');
@@ -310,18 +313,25 @@ export function upstreamCause(answer: Answer, claims: Map<string, IdTokenClaims>
     return 'IAP sent the request to the Google sign-in page: it found no token it accepts. The token must be in Authorization or Proxy-Authorization (auth.header) and be an ID token, not an access token';
   }
   if (fromIap && answer.status === 401) {
+    const said = `IAP says: "${iapReason(answer.body)}"`;
     if (/audience/i.test(answer.body)) {
-      return 'wrong client id / audience: auth.params.client_id must be the OAuth client id of this IAP-protected resource (Security → Identity-Aware Proxy → the resource → Edit OAuth client), not another app\'s';
+      return `${said}: wrong client id / audience: auth.params.client_id must be the OAuth client id of this IAP-protected resource (Security → Identity-Aware Proxy → the resource → Edit OAuth client), not another app's`;
     }
-    if (/expired|future|iat|exp/i.test(answer.body)) return clockCause();
+    if (/empty token|missing/i.test(answer.body)) {
+      return `${said}: IAP found no token: it reads Authorization and Proxy-Authorization only, and auth.header is ${authHeader}`;
+    }
+    if (/expired|future|iat|exp\b/i.test(answer.body)) return `${said}: ${clockCause()}`;
     return (
-      'IAP did not accept the token: either client_id is not this resource\'s IAP OAuth client id, or IAP programmatic access is not allowed ' +
-      'for that client (add it to the resource\'s programmatic clients allowlist: gcloud iap settings set with programmaticClients)'
+      `${said}: either client_id is not this resource's IAP OAuth client id, or IAP programmatic access is not allowed ` +
+      "for that client (add it to the resource's programmatic clients allowlist: gcloud iap settings set with programmaticClients)"
     );
   }
   if (fromIap && answer.status === 403) {
     const email = [...claims.values()].map((c) => c.email).find(Boolean);
-    return `the token is valid but ${email ?? 'its identity'} is not allowed through IAP: grant it the IAP-secured Web App User role (roles/iap.httpsResourceAccessor) on the resource`;
+    return (
+      `the token is valid but ${email ?? 'its identity'} is not allowed through IAP (IAP says: "${iapReason(answer.body)}"): grant it the IAP-secured Web App User role ` +
+      `(${IAP_ROLE}) on the IAP-secured resource in front of ${new URL(answer.url).origin}; a new token cannot fix this`
+    );
   }
   if (answer.status === 401 && /^Basic/i.test(challenge)) {
     return hasBasic
@@ -331,11 +341,21 @@ export function upstreamCause(answer: Answer, claims: Map<string, IdTokenClaims>
         : 'MLflow itself uses basic auth: add a basic provider (auth.providers) for the Authorization header';
   }
   if (answer.status === 401 || answer.status === 403) {
-    return 'the upstream rejected the credentials; for Cloud Run IAM behind IAP use auth.header: X-Serverless-Authorization, and check that the token audience is what the upstream expects';
+    return (
+      'the upstream (not IAP: its answer lacks X-Goog-IAP-Generated-Response) rejected the credentials; check that the token audience is what it expects ' +
+      '(Cloud Run IAM: the service URL or a custom audience). For Cloud Run IAM without IAP whose Authorization header must carry something else, ' +
+      'send the ID token in X-Serverless-Authorization (auth.header)'
+    );
   }
   if (answer.status === 404) return 'the upstream answered 404: check that upstream.url is the MLflow server, including its path prefix (https://host/mlflow)';
   if (answer.status >= 500) return 'the upstream (or a load balancer in front of it) failed; check the MLflow server\'s logs';
   return `unexpected answer ${answer.status}`;
+}
+
+/** IAP's reason, from its plain-text body ("Invalid IAP credentials: JWT has expired"): one line, no credential. */
+function iapReason(body: string): string {
+  const text = oneLine(body.replace(/<[^>]*>/g, ' '), 160);
+  return text.replace(/^Invalid IAP credentials:\s*/i, '') || '(no reason given)';
 }
 
 const MARK: Record<StepState, string> = { ok: 'OK  ', fail: 'FAIL', warn: 'WARN', skip: 'SKIP' };

@@ -11,6 +11,7 @@ import type { ProxyErrorKind } from './errors.js';
 import { clientResponseHead, upstreamRequestHead } from './headers.js';
 import type { RequestHeaderPlan } from './headers.js';
 import { HostGuard } from './host-guard.js';
+import { AuthAnswerReader } from './iap.js';
 import type { GuardRefusal } from './host-guard.js';
 import type { ProxyMetrics, ReplayResult } from './metrics.js';
 import type { BodySink, ClientRequest } from './wire/client-connection.js';
@@ -122,6 +123,8 @@ export class Forwarder {
   /** How requests wait for a token being fetched (auth.tokenWaitMs); one object for every request. */
   readonly credentialWait: RequestHeaderOptions;
   readonly refusals: RefusalLog;
+  /** Reads upstream 401/403 answers: IAP's own (refresh, or a missing role) or MLflow's (passed through). */
+  readonly authAnswers: AuthAnswerReader;
   private idCounter = 0;
   private readonly idPrefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
 
@@ -143,6 +146,7 @@ export class Forwarder {
     this.refreshable = options.injector.canRefresh;
     this.credentialWait = Object.freeze({ waitMs: config.auth.tokenWaitMs });
     this.refusals = new RefusalLog(options.logger);
+    this.authAnswers = new AuthAnswerReader(options.logger, url.origin);
   }
 
   /** The Host/Origin checks; a refusal is counted and logged here, and answered by the caller. */
@@ -273,7 +277,8 @@ export class Exchange implements ResponseHandler, BodySink {
     }
 
     if (req.hasBody) {
-      const canReplay = forwarder.retryOn.size > 0 && forwarder.refreshable;
+      // IAP's 401 is replayed whatever auth.retryOnStatus lists.
+      const canReplay = forwarder.refreshable;
       if (!req.chunked && req.contentLength <= (canReplay ? forwarder.replayLimit : SMALL_BODY_BYTES)) {
         // Read whole: it can be re-sent after a 401, and a buffer goes out with the headers in one write.
         this.replayable = canReplay;
@@ -402,16 +407,22 @@ export class Exchange implements ResponseHandler, BodySink {
   onResponseHead(status: number, reason: string, headers: string[]): void {
     const { req, forwarder } = this;
     const { injector } = forwarder.options;
-    if (forwarder.retryOn.has(status) && forwarder.refreshable) {
+    const kind = status === 401 || status === 403 ? forwarder.authAnswers.classify(status, headers) : 'unknown';
+    if (kind === 'iap_denied') forwarder.authAnswers.denied(this.injected!, this.requestId);
+    if ((kind === 'credentials' || (kind === 'unknown' && forwarder.retryOn.has(status))) && forwarder.refreshable) {
       if (this.replayed) {
         this.countReplay('rejected_again');
         // The refreshed credential was rejected too: the providers learn that fresh credentials do not help.
         injector.rejected(this.injected!, status);
-      } else if (this.replayable && injector.rejected(this.injected!, status)) {
-        this.replayed = true;
-        this.upstream!.abort();
-        this.replay();
-        return;
+      } else if (injector.rejected(this.injected!, status)) {
+        if (this.replayable) {
+          this.replayed = true;
+          this.upstream!.abort();
+          this.replay();
+          return;
+        }
+        // This answer goes back as is (its body streamed); the next request gets a fresh credential.
+        void injector.invalidate(this.injected!);
       }
     } else {
       if (this.replayed) this.countReplay('success');

@@ -2,7 +2,9 @@
  * A gate for the fake MLflow server that checks Google ID tokens the way Identity-Aware Proxy does for
  * programmatic access: `Bearer <JWT>` in Authorization or Proxy-Authorization (or a configured header),
  * RS256 signature by Google's keys, audience = the IAP OAuth client id, issuer accounts.google.com, expiry
- * with no leeway. Rejections are 401 with IAP's plain-text wording and `x-goog-iap-generated-response`.
+ * with no leeway. Its answers are IAP's: 401 for a missing, unverifiable, expired or wrong-audience token, 403
+ * for an identity without IAP-secured Web App User, in IAP's plain-text wording, each with
+ * `X-Goog-IAP-Generated-Response: true` (what lets a client tell them from the app's own 401/403).
  */
 import type http from 'node:http';
 import { GOOGLE_ISSUER } from './google-common.js';

@@ -74,8 +74,17 @@ describe('kvx-proxy doctor and print-token', () => {
     const { code, out } = await run(['doctor', '-c', configFile()]);
     expect(code).to.equal(1);
     expect(out).to.include('[FAIL] upstream /health: 401 Invalid IAP credentials: Expected JWT to have audience');
-    expect(out).to.include('likely cause: wrong client id / audience');
+    expect(out).to.include(`likely cause: IAP says: "Expected JWT to have audience "another-client.apps.googleusercontent.com"": wrong client id / audience`);
     noToken(out);
+  });
+
+  it("quotes IAP's reason when it finds no token: the header IAP does not read", async () => {
+    mlflow = await startFakeMlflow({ gate: iapGate({ issuer: world.issuer, audience: CLIENT_ID }) });
+    const { code, out } = await run(['doctor', '-c', configFile({}, { header: 'X-Serverless-Authorization' })]);
+    expect(code).to.equal(1);
+    expect(out).to.include(
+      'likely cause: IAP says: "empty token": IAP found no token: it reads Authorization and Proxy-Authorization only, and auth.header is X-Serverless-Authorization',
+    );
   });
 
   it('names IAP access for an identity IAP does not let through', async () => {
@@ -83,7 +92,8 @@ describe('kvx-proxy doctor and print-token', () => {
     const { code, out } = await run(['doctor', '-c', configFile()]);
     expect(code).to.equal(1);
     expect(out).to.include(`likely cause: the token is valid but ${TARGET_SA} is not allowed through IAP`);
-    expect(out).to.include('roles/iap.httpsResourceAccessor');
+    expect(out).to.include(`(roles/iap.httpsResourceAccessor) on the IAP-secured resource in front of ${mlflow.url}; a new token cannot fix this`);
+    expect(out).to.include('IAP says: "You don\'t have access. Please contact your administrator."');
   });
 
   it('explains a basic-auth MLflow behind IAP needing Proxy-Authorization', async () => {

@@ -11,6 +11,7 @@ import { errorMessage } from '../../errors.js';
 import { TokenFetchError } from '../token.js';
 import type { Token } from '../token.js';
 import { libraryCredentials } from './external.js';
+import { impersonatedCredentials } from './impersonated.js';
 import { MetadataServer, metadataCredentials } from './metadata.js';
 import { serviceAccountKeyCredentials } from './service-account.js';
 import { SETUP_HINT } from './source.js';
@@ -172,6 +173,8 @@ function credentialsOfType(json: Json, file: string, options: FindOptions): Sour
       return serviceAccountKeyCredentials(json, file, options);
     case 'authorized_user':
       return userLoginCredentials(json, file, options);
+    case 'impersonated_service_account':
+      return impersonatedCredentials(json, file, options, credentialsOfType);
     case undefined:
       throw new TokenFetchError(`${file} has no "type"; expected a service-account key or an application-default login`, { hint: SETUP_HINT });
     default:

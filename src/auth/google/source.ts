@@ -15,6 +15,8 @@ export const SETUP_HINT =
 export interface GoogleEndpoints {
   oauthToken: string;
   iamCredentials: string;
+  /** Security Token Service token URL (workload identity federation); Google's when unset. */
+  sts?: string;
   /** host[:port] (or a URL) of the metadata server; empty for GCE_METADATA_HOST or the default. */
   metadataHost: string;
 }
