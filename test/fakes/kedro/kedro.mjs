@@ -1,3 +1,4 @@
+/* global fetch, URLSearchParams, setTimeout */
 /**
  * A stand-in `kedro` for the end-to-end tests: what kedro-mlflow and kedro-vertexai do inside a Vertex AI step,
  * against MLflow's REST API, without Python.
