@@ -13,7 +13,7 @@ import { parseKeyValues } from '../util/key-values.js';
 
 export const COMMANDS = {
   'kvx-proxy': ['serve', 'check-config', 'exec', 'doctor', 'print-token'],
-  'kvx-launch': ['run', 'follow', 'start-run', 'schedule create', 'schedule list', 'schedule delete'],
+  'kvx-launch': ['run', 'follow', 'start-run', 'end-run', 'adapt', 'schedule create', 'schedule list', 'schedule delete'],
 } as const;
 
 export type ProgramName = keyof typeof COMMANDS;
@@ -83,7 +83,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: '--auth-param', value: '<key=value>', help: 'MLflow header provider param', commands: LAUNCH, map: 'auth.params' },
   { name: '--template-uri', value: '<uri>', help: 'submit a pipeline template from Artifact Registry instead of a local spec', commands: SUBMIT },
   { name: '--param', short: '-p', value: '<name=value>', help: 'pipeline parameter, converted to its declared type', commands: SUBMIT, repeatable: true },
-  { name: '--experiment-name', value: '<name>', help: 'MLflow experiment; for run also the job id prefix', commands: ['kvx-launch run', 'kvx-launch start-run', 'kvx-launch schedule create'], key: 'vertex.experimentName' },
+  { name: '--experiment-name', value: '<name>', help: 'MLflow experiment; for run also the job id prefix', commands: ['kvx-launch run', 'kvx-launch start-run', 'kvx-launch end-run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'vertex.experimentName' },
   { name: '--job-id', value: '<id>', help: 'pipeline job id; default <experiment_name>-<UTC yyyymmddHHMMSS>', commands: ['kvx-launch run'] },
   { name: '--display-name', value: '<name>', help: 'job display name; default the job id', commands: ['kvx-launch run'] },
   { name: '--root', value: '<bucket/path>', help: 'pipeline root, without gs://', commands: SUBMIT, key: 'vertex.root' },
@@ -111,8 +111,17 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: '--poll-interval', value: '<seconds>', help: 'first poll interval while following', commands: ['kvx-launch run', 'kvx-launch follow'], default: '5' },
   { name: '--experiment-link-timeout', value: '<seconds>', help: 'how long to wait for the job to start so it can join its Vertex AI experiment', commands: ['kvx-launch run', 'kvx-launch follow'], default: '300' },
   { name: '--job-name', value: '<name>', help: 'job id, e.g. {{$.pipeline_job_name}}; tagged vertexai_job_name and used to find the run on retries', commands: ['kvx-launch start-run'] },
-  { name: '--job-id', value: '<id>', help: 'job resource name, e.g. {{$.pipeline_job_resource_name}}; tagged vertexai_run_id', commands: ['kvx-launch start-run'] },
+  { name: '--job-id', value: '<id>', help: 'id of the job run, tagged vertexai_run_id: {{$.pipeline_job_uuid}} in an adapted kedro-vertexai spec (as its hook writes it), else e.g. {{$.pipeline_job_resource_name}}', commands: ['kvx-launch start-run'] },
   { name: '--output', short: '-o', value: '<file>', help: 'write the run id to this file (a KFP output path)', commands: ['kvx-launch start-run'] },
+  { name: '--no-adapt', help: "submit a kedro-vertexai spec untouched, as compiled", commands: SUBMIT, key: 'adapt.enabled' },
+  { name: '--proxy-path', value: '<path>', help: 'kvx-proxy inside the step image', commands: ['kvx-launch run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'adapt.proxyPath' },
+  { name: '--launch-path', value: '<path>', help: 'kvx-launch inside the step image', commands: ['kvx-launch run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'adapt.launchPath' },
+  { name: '--step-config', value: '<path>', help: "config the steps' kvx commands read, relative to the image's working directory; {env} is the step's kedro env", commands: ['kvx-launch run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'adapt.stepConfig' },
+  { name: '--output', short: '-o', value: '<file>', help: 'write the adapted spec here (YAML; JSON for a .json name); default stdout', commands: ['kvx-launch adapt'] },
+  { name: '--run-id', value: '<id>', help: "the launcher's MLflow run, {{$.inputs.parameters['launcher_run_id']}}; empty: start-run finds or creates the job's run, end-run finds it", commands: ['kvx-launch start-run', 'kvx-launch end-run'] },
+  { name: '--job-name', value: '<name>', help: 'job id, {{$.pipeline_job_name}}; finds the run start-run made when --run-id is empty', commands: ['kvx-launch end-run'] },
+  { name: '--job-resource-name', value: '<name>', help: 'job resource name, {{$.pipeline_job_resource_name}}; the job read for the failed task and its error', commands: ['kvx-launch end-run'] },
+  { name: '--status', value: '<json>', help: "the pipeline's final status, {{$.inputs.parameters['status']}} (KFP TASK_FINAL_STATUS)", commands: ['kvx-launch end-run'] },
   { name: '--json', help: 'print the result as JSON', commands: LAUNCH },
 
   { name: '--log-level', value: '<level>', help: 'log level; kvx-launch logs warnings and errors only unless it is set', commands: [...PROXY, ...LAUNCH], key: 'log.level' },

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 import './inspector-guard.js';
 import './require-node.js';
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
+import path from 'node:path';
 import type { LoadedConfig } from '../config/load.js';
 import { trackingTokenFromEnv, trackingUriFromEnv } from '../config/mlflow-env.js';
 import { ConfigError, KvxError } from '../errors.js';
@@ -15,6 +17,10 @@ import type { LaunchEnvironment } from '../launch/session.js';
 import { createPipelineSchedule, deletePipelineSchedule, describeSchedules, listPipelineSchedules, scheduleDryRun } from '../launch/schedule.js';
 import type { ScheduleInput } from '../launch/schedule.js';
 import { startPipelineRun } from '../launch/start-run.js';
+import { endPipelineRun } from '../launch/end-run.js';
+import { adaptSpec, specText } from '../vertex/adapt.js';
+import type { AdaptSettings } from '../vertex/adapt.js';
+import { loadSpecFile } from '../vertex/spec.js';
 import { applicationDefaultCredentials } from '../vertex/client.js';
 import type { GoogleHeaderSource } from '../vertex/client.js';
 import type { CommandFlags } from './flags.js';
@@ -58,6 +64,17 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
           id: 'kvx-launch start-run',
           description: 'inside a pipeline step: resume MLFLOW_RUN_ID, or the run tagged with this job name, or create one',
           run: (flags) => startRunCommand(flags, io, deps),
+        },
+        {
+          id: 'kvx-launch end-run',
+          description: "inside a pipeline's exit task: end the job's MLflow run with the pipeline's final state, failed task and error",
+          run: (flags) => endRunCommand(flags, io, deps),
+        },
+        {
+          id: 'kvx-launch adapt',
+          description: 'adapt a kedro-vertexai compiled spec for kvx (as run does) and write it, printing every change',
+          arguments: [{ name: '<spec>', help: 'compiled pipeline from `kedro vertexai compile`' }],
+          run: (flags, [spec]) => adaptCommand(flags, spec as string, io),
         },
         {
           id: 'kvx-launch schedule create',
@@ -119,6 +136,7 @@ async function withInterrupt<T>(io: CliIO, deps: LaunchCliDeps, use: (environmen
     progress: (jobId) => progressFor(io.stderr, jobId),
     // One line each, whatever the message holds, so every warning can be read (and grepped) on its own.
     warn: (message) => io.stderr.write(`kvx-launch: warning: ${message.replace(/\s*\n\s*/g, ' ')}\n`),
+    info: (message) => io.stderr.write(`kvx-launch: ${message}\n`),
     ...(deps.experimentLinkIntervalMs === undefined ? {} : { experimentLinkIntervalMs: deps.experimentLinkIntervalMs }),
   };
   try {
@@ -165,6 +183,9 @@ async function runCommand(flags: CommandFlags, specArg: string | undefined, io: 
     experimentLinkTimeoutMs: flags.milliseconds('--experiment-link-timeout'),
   };
   const loaded = loadLaunchConfig(flags, io, true);
+  if (loaded.config.adapt.enabled) input.adapt = adaptSettings(loaded);
+  const confDir = kedroConfDir(flags, io);
+  if (confDir !== undefined) input.confDir = confDir;
   if (flags.switch('--dry-run')) {
     const report = await withInterrupt(io, deps, (environment) => dryRunPipeline(loaded, input, environment));
     io.stdout.write(flags.switch('--json') ? `${JSON.stringify(report)}\n` : describeDryRun(report));
@@ -209,7 +230,8 @@ async function followCommand(flags: CommandFlags, job: string, io: CliIO, deps: 
 }
 
 async function startRunCommand(flags: CommandFlags, io: CliIO, deps: LaunchCliDeps): Promise<number> {
-  const input = flags.given({ jobName: '--job-name', jobId: '--job-id', output: '--output' });
+  const confDir = kedroConfDir(flags, io);
+  const input = { ...flags.given({ jobName: '--job-name', jobId: '--job-id', output: '--output', runId: '--run-id' }), ...(confDir === undefined ? {} : { confDir }) };
   const loaded = loadLaunchConfig(flags, io, true);
   const result = await withInterrupt(io, deps, (environment) => startPipelineRun(loaded, input, environment));
   if (flags.switch('--json')) io.stdout.write(`${JSON.stringify(result)}\n`);
@@ -241,6 +263,10 @@ async function scheduleCreateCommand(flags: CommandFlags, specArg: string | unde
     },
   };
   const loaded = loadLaunchConfig(flags, io, false);
+  // Adapted as run adapts it, so each scheduled job gets its run from the start step and ends it in the exit task.
+  if (loaded.config.adapt.enabled) input.adapt = adaptSettings(loaded);
+  const confDir = kedroConfDir(flags, io);
+  if (confDir !== undefined) input.confDir = confDir;
   if (flags.switch('--dry-run')) {
     const request = await withInterrupt(io, deps, (environment) => scheduleDryRun(loaded, input, environment));
     io.stdout.write(flags.switch('--json') ? `${JSON.stringify(request)}\n` : `POST ${request.url}\n${JSON.stringify(request.body, null, 2)}\n`);
@@ -276,6 +302,56 @@ async function scheduleDeleteCommand(flags: CommandFlags, which: string, io: Cli
   if (flags.switch('--json')) io.stdout.write(`${JSON.stringify({ deleted: deleted.name, displayName: deleted.displayName })}\n`);
   else io.stdout.write(`deleted schedule ${deleted.name} (${deleted.displayName ?? ''})\n`);
   return EXIT.ok;
+}
+
+async function endRunCommand(flags: CommandFlags, io: CliIO, deps: LaunchCliDeps): Promise<number> {
+  const status = flags.string('--status');
+  if (status === undefined) throw new KvxError('KVX_USAGE', "--status is required: the exit task's TASK_FINAL_STATUS input, {{$.inputs.parameters['status']}}");
+  const confDir = kedroConfDir(flags, io);
+  const input = { status, ...flags.given({ runId: '--run-id', jobName: '--job-name', jobResourceName: '--job-resource-name' }), ...(confDir === undefined ? {} : { confDir }) };
+  const loaded = loadLaunchConfig(flags, io, true);
+  const result = await withInterrupt(io, deps, (environment) => endPipelineRun(loaded, input, environment));
+  if (flags.switch('--json')) io.stdout.write(`${JSON.stringify(result)}\n`);
+  else io.stdout.write(`pipeline ${result.state}; MLflow run ${result.runId} ${result.runStatus}${result.kept ? ' (already ended with it; kept)' : ''}\n`);
+  return EXIT.ok;
+}
+
+async function adaptCommand(flags: CommandFlags, source: string, io: CliIO): Promise<number> {
+  const loaded = loadConfigFromOptions(flags, io, { requireUpstream: false, checkProviders: false });
+  const spec = await loadSpecFile(source);
+  for (const warning of spec.warnings) io.stderr.write(`kvx-launch: warning: ${warning}\n`);
+  const result = adaptSpec(spec.spec, adaptSettings(loaded));
+  if (!result.recognised) {
+    throw new KvxError('KVX_LAUNCH_INPUT', `${source} is not a kedro-vertexai pipeline: no container step runs \`kedro run\` or \`kedro vertexai mlflow-start\` through a shell; nothing to adapt`, {
+      hint: 'kvx-launch run submits any other KFP pipeline as it is',
+    });
+  }
+  for (const warning of result.warnings) io.stderr.write(`kvx-launch: warning: ${source}: ${warning}\n`);
+  printAdaptation(io, source, result.changes);
+  const output = flags.string('--output');
+  const text = specText(result.spec, output?.endsWith('.json') === true);
+  if (output === undefined || output === '-') io.stdout.write(text);
+  else await writeFile(output, text);
+  if (flags.switch('--json')) io.stderr.write(`${JSON.stringify({ changes: result.changes, warnings: result.warnings })}\n`);
+  return EXIT.ok;
+}
+
+function printAdaptation(io: CliIO, source: string, changes: readonly string[]): void {
+  // The same lines as run prints (src/launch/run.ts preparePlan).
+  if (changes.length === 0) io.stderr.write(`kvx-launch: ${source}: adapted already; nothing changed\n`);
+  for (const change of changes) io.stderr.write(`kvx-launch: adapted: ${change}\n`);
+}
+
+function adaptSettings(loaded: LoadedConfig): AdaptSettings {
+  const { proxyPath, launchPath, stepConfig } = loaded.config.adapt;
+  return { proxyPath, launchPath, stepConfig };
+}
+
+/** The folder of the vertexai.yml given (conf/<env>): the last --config (or KVX_CONFIG) named vertexai.yml, else the last. */
+function kedroConfDir(flags: CommandFlags, io: CliIO): string | undefined {
+  const files = flags.list('--config') ?? (io.env['KVX_CONFIG'] ? [io.env['KVX_CONFIG']] : []);
+  const chosen = [...files].reverse().find((f) => /(^|\/)vertexai\.ya?ml$/.test(f)) ?? files[files.length - 1];
+  return chosen === undefined ? undefined : path.dirname(path.resolve(chosen));
 }
 
 function safeUser(): string | undefined {

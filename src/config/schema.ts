@@ -253,6 +253,20 @@ export const SCHEMA = {
       enableCaching: { kind: 'bool', default: false, doc: 'Let Vertex reuse cached task results; off by default, as kedro-vertexai runs.' },
     },
   },
+  adapt: {
+    kind: 'object',
+    doc: 'How kvx-launch run and adapt adapt a kedro-vertexai pipeline (kvx-proxy exec in every step, start-run, an exit task ending the run); see docs/launcher.md.',
+    fields: {
+      enabled: { kind: 'bool', default: true, doc: 'Adapt a spec recognised as kedro-vertexai\'s before kvx-launch run submits it (--no-adapt: submit it untouched).' },
+      proxyPath: { kind: 'string', default: 'kvx-proxy', doc: 'kvx-proxy inside the step image: a name on its PATH or an absolute path.' },
+      launchPath: { kind: 'string', default: 'kvx-launch', doc: 'kvx-launch inside the step image (start-run, end-run).' },
+      stepConfig: {
+        kind: 'string',
+        default: 'conf/{env}/vertexai.yml',
+        doc: "Config the steps' kvx commands read, relative to the image's working directory; {env} is the step's kedro env (kedro run -e ENV).",
+      },
+    },
+  },
 } as const satisfies Fields;
 
 export type KvxConfig = { -readonly [K in keyof typeof SCHEMA]: ValueOf<(typeof SCHEMA)[K]> };

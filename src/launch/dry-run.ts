@@ -50,17 +50,19 @@ export interface DryRunReport {
   placeholders: Record<string, string>;
   /** What was read leniently or ignored in the spec (also said on stderr). */
   warnings: string[];
+  /** What adapting the kedro-vertexai spec changed; absent when it was not adapted. */
+  adaptation?: { changes: string[]; warnings: string[] };
 }
 
 export async function dryRunPipeline(loaded: LoadedConfig, input: RunInput, environment: LaunchEnvironment): Promise<DryRunReport> {
   return withSession(loaded, environment, async (session) => {
     const vertex = session.vertex();
     const plan = await preparePlan(session, loaded.config, input, environment);
-    const existing = await (await session.mlflow()).getExperimentByName(plan.experimentName);
+    const existing = await (await session.mlflow()).getExperimentByName(plan.mlflowExperimentName);
     const experiment: DryRunReport['mlflow']['experiment'] =
       existing === undefined
-        ? { name: plan.experimentName, action: 'create', experimentId: PLACEHOLDER.experimentId }
-        : { name: plan.experimentName, action: existing.lifecycle_stage === 'deleted' ? 'restore' : 'use', experimentId: existing.experiment_id };
+        ? { name: plan.mlflowExperimentName, action: 'create', experimentId: PLACEHOLDER.experimentId }
+        : { name: plan.mlflowExperimentName, action: existing.lifecycle_stage === 'deleted' ? 'restore' : 'use', experimentId: existing.experiment_id };
     // Label values are made label-safe; a placeholder is left as it is, to be seen.
     const jobLabels = { ...jobRunLabels(PLACEHOLDER.runId, experiment.experimentId), [RUN_ID_LABEL]: PLACEHOLDER.runId };
     if (existing === undefined) jobLabels[EXPERIMENT_ID_LABEL] = PLACEHOLDER.experimentId;
@@ -75,13 +77,14 @@ export async function dryRunPipeline(loaded: LoadedConfig, input: RunInput, envi
       mlflow: {
         trackingUri: loaded.config.upstream.url,
         experiment,
-        run: { name: plan.jobId, tags, ...(plan.userId ? { userId: plan.userId } : {}) },
-        tagsAfterSubmit: Object.fromEntries(submittedTags(PLACEHOLDER.jobName, PLACEHOLDER.jobState).map((t) => [t.key, t.value])),
+        run: { name: plan.runName, tags, ...(plan.userId ? { userId: plan.userId } : {}) },
+        tagsAfterSubmit: Object.fromEntries(submittedTags(PLACEHOLDER.jobName, PLACEHOLDER.jobState, plan.runIdInPipeline).map((t) => [t.key, t.value])),
         jobLabels,
         follow: input.wait,
       },
       placeholders: placeholdersIn(JSON.stringify([request, tags, jobLabels])),
       warnings: plan.spec.warnings,
+      ...(plan.adaptation === undefined ? {} : { adaptation: plan.adaptation }),
     };
     if (vertexExperiment !== undefined) {
       report.vertexExperiment = {
@@ -106,6 +109,12 @@ function placeholdersIn(text: string): Record<string, string> {
 export function describeDryRun(report: DryRunReport): string {
   const { mlflow } = report;
   const lines = [`dry run: nothing was created; \`kvx-launch run\` would:`];
+  if (report.adaptation !== undefined) {
+    lines.push(
+      report.adaptation.changes.length === 0 ? '  submit the kedro-vertexai pipeline as it is (adapted already)' : '  adapt the kedro-vertexai pipeline (--no-adapt: submit it untouched):',
+      ...report.adaptation.changes.map((c) => `    ${c}`),
+    );
+  }
   const { experiment } = mlflow;
   const state =
     experiment.action === 'create'

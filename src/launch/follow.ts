@@ -9,6 +9,8 @@ import { finishExperimentLink } from './experiment-link.js';
 import type { ExperimentResult } from './experiment-link.js';
 import { failedTask, lastTask } from './progress.js';
 import type { Progress } from './progress.js';
+import type { TaskNode } from '../vertex/tasks.js';
+import { EXIT_TASK } from '../vertex/adapt.js';
 import { withSession } from './session.js';
 import type { LaunchEnvironment } from './session.js';
 import { RUN_ID_LABEL, TAG, tagValue } from './tags.js';
@@ -126,15 +128,35 @@ export async function followWhileLinking(
 
 const RUN_STATUS: Record<string, MlflowRunStatus> = { SUCCEEDED: 'FINISHED', FAILED: 'FAILED', CANCELLED: 'KILLED' };
 
-/** The tags that describe how the job ended: its state, the task that ran last, and the failed task with its error. */
-export function finalStateTags(job: PipelineJob): KeyValue[] {
-  const tags: KeyValue[] = [{ key: TAG.jobState, value: shortState(job.state) }];
-  const last = lastTask(job);
-  if (last !== undefined) tags.push({ key: TAG.lastTask, value: tagValue(last.path) });
-  if (job.state === 'PIPELINE_STATE_FAILED') {
-    const failed = failedTask(job);
+/** The run status a final job state ends the run with: SUCCEEDED → FINISHED, FAILED → FAILED, CANCELLED → KILLED. */
+export function runStatusFor(state: string): MlflowRunStatus | undefined {
+  return RUN_STATUS[state];
+}
+
+/**
+ * A task's name as kvx records it. In a pipeline kvx adapted (src/vertex/adapt.ts), the exit handler's DAG that
+ * wraps the whole pipeline is left out of the path, so a task keeps the name it had before adapting.
+ */
+function recordedPath(job: PipelineJob, node: TaskNode): string {
+  const adapted = (job.jobDetail?.taskDetails ?? []).some((t) => t.taskName === EXIT_TASK);
+  return adapted ? node.path.replace(/^exit-handler-\d+\//, '') : node.path;
+}
+
+/**
+ * The tags that describe how the job ended: its state, the task that ran last, and the failed task with its error.
+ * `state` is the job's final state when the job does not show it yet (the exit task runs before the job ends);
+ * kvx's exit task itself is never the last or the failed task.
+ */
+export function finalStateTags(job: PipelineJob, state: string = shortState(job.state)): KeyValue[] {
+  const tags: KeyValue[] = [{ key: TAG.jobState, value: state }];
+  const tasks = (job.jobDetail?.taskDetails ?? []).filter((t) => t.taskName !== EXIT_TASK);
+  const view: PipelineJob = { ...job, jobDetail: { ...job.jobDetail, taskDetails: tasks } };
+  const last = lastTask(view);
+  if (last !== undefined) tags.push({ key: TAG.lastTask, value: tagValue(recordedPath(job, last)) });
+  if (state === 'FAILED') {
+    const failed = failedTask(view);
     if (failed !== undefined) {
-      tags.push({ key: TAG.failedTask, value: tagValue(failed.path) });
+      tags.push({ key: TAG.failedTask, value: tagValue(recordedPath(job, failed)) });
       tags.push({ key: TAG.failedTaskError, value: tagValue(failed.task.error?.message || '(Vertex AI gave no error message)') });
     }
   }
@@ -142,18 +164,45 @@ export function finalStateTags(job: PipelineJob): KeyValue[] {
   return tags;
 }
 
+export interface FinalEnd {
+  status: MlflowRunStatus;
+  /** The run already recorded a final state (the exit task, or an earlier follow), which was kept. */
+  kept: boolean;
+  /** The final state the run records. */
+  state: string;
+}
+
 /**
- * Ends the run with the job's real final state: SUCCEEDED → FINISHED, FAILED → FAILED, CANCELLED → KILLED.
+ * Ends the run with the pipeline's final state, once: whoever records a final state first (kvx's exit task inside
+ * the pipeline, `run --wait`, `follow`) decides, and a later writer keeps it rather than end the run a second
+ * time. An end that is not a final state (an interrupted `run --wait`, a launcher that lost track) is replaced.
  * Uninterrupted: once the end is known, an interrupt does not keep it from the run.
  */
-export async function mirrorFinalState(client: MlflowClient, runId: string, job: PipelineJob): Promise<MlflowRunStatus> {
-  const status = RUN_STATUS[shortState(job.state)];
-  if (status === undefined) throw new KvxError('KVX_VERTEX_API', `job ${job.name} is not finished (${shortState(job.state)})`);
+export async function endWithFinalState(
+  client: MlflowClient,
+  runId: string,
+  job: PipelineJob,
+  options: { state?: string; endTime?: number; extraTags?: KeyValue[]; logger?: Logger } = {},
+): Promise<FinalEnd> {
+  const state = options.state ?? shortState(job.state);
+  const status = RUN_STATUS[state];
+  if (status === undefined) throw new KvxError('KVX_VERTEX_API', `job ${job.name} is not finished (${state})`);
   const mlflow = client.uninterrupted();
-  await mlflow.setTags(runId, finalStateTags(job));
-  const end = job.endTime === undefined ? Number.NaN : Date.parse(job.endTime);
+  const run = await mlflow.getRun(runId);
+  const recorded = run.data.tags?.find((t) => t.key === TAG.jobState)?.value;
+  if (recorded !== undefined && RUN_STATUS[recorded] !== undefined && run.info.status === RUN_STATUS[recorded]) {
+    if (recorded !== state) options.logger?.warn('the run already records another final state; kept', { runId, recorded, seen: state });
+    return { status: run.info.status, kept: true, state: recorded };
+  }
+  await mlflow.setTags(runId, [...finalStateTags(job, state), ...(options.extraTags ?? [])]);
+  const end = options.endTime ?? (job.endTime === undefined ? Number.NaN : Date.parse(job.endTime));
   await mlflow.updateRun(runId, { status, endTime: Number.isNaN(end) ? Date.now() : end });
-  return status;
+  return { status, kept: false, state };
+}
+
+/** Ends the run with the job's real final state (see `endWithFinalState`). */
+export async function mirrorFinalState(client: MlflowClient, runId: string, job: PipelineJob): Promise<MlflowRunStatus> {
+  return (await endWithFinalState(client, runId, job)).status;
 }
 
 /**

@@ -9,7 +9,10 @@ import { getOrCreateExperiment, linkJobToExperiment } from '../vertex/experiment
 import type { VertexExperiment } from '../vertex/experiment.js';
 import { checkExperimentName, checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../vertex/naming.js';
 import { convertParameters } from '../vertex/params.js';
-import { loadSpecFile, parseSpec } from '../vertex/spec.js';
+import { declaredArtifacts, declaredParameters, loadSpecFile, parseSpec } from '../vertex/spec.js';
+import { adaptSpec, isAdapted, isKedroVertexaiSpec } from '../vertex/adapt.js';
+import type { AdaptSettings } from '../vertex/adapt.js';
+import { stepExperiment } from './start-run.js';
 
 import { buildCreateRequest } from '../vertex/request.js';
 import type { CreateRequest } from '../vertex/request.js';
@@ -48,6 +51,14 @@ export interface LaunchPlan {
   /** `fast` or `slow` (runtimeConfig.failurePolicy). */
   failurePolicy?: string;
   projectNumber?: string;
+  /** The MLflow experiment of the run: kedro-mlflow's when mlflow.yml names one, else experimentName. */
+  mlflowExperimentName: string;
+  /** Name of the run: mlflow.yml's tracking.run.name, else the job id. */
+  runName: string;
+  /** The spec writes vertexai_run_id from inside (an adapted kedro-vertexai spec), so the launcher does not. */
+  runIdInPipeline: boolean;
+  /** What adapting the kedro-vertexai spec changed (src/vertex/adapt.ts); absent when it was not adapted. */
+  adaptation?: { changes: string[]; warnings: string[] };
 }
 
 export interface PlanFlags {
@@ -60,6 +71,10 @@ export interface PlanFlags {
   inputArtifacts?: Record<string, string>;
   failurePolicy?: string;
   now: Date;
+  /** kedro-mlflow's experiment and run name (mlflow.yml). */
+  mlflowExperimentName?: string;
+  runName?: string;
+  adaptation?: { changes: string[]; warnings: string[] };
 }
 
 /** Cross-checks config and flags; every missing input is reported at once, naming its key and flag. */
@@ -106,7 +121,11 @@ export function planLaunch(config: KvxConfig, spec: LoadedSpec, flags: PlanFlags
     network: networkResourceName(v.network, v.projectId, v.projectNumber),
     labels,
     enableCaching: v.enableCaching,
+    mlflowExperimentName: flags.mlflowExperimentName || v.experimentName,
+    runName: flags.runName ?? jobId,
+    runIdInPipeline: isAdapted(spec.spec),
   };
+  if (flags.adaptation !== undefined) plan.adaptation = flags.adaptation;
   if (flags.templateUri !== undefined) plan.templateUri = flags.templateUri;
   if (flags.userId !== undefined) plan.userId = flags.userId;
   if (flags.inputArtifacts !== undefined) plan.inputArtifacts = flags.inputArtifacts;
@@ -211,9 +230,9 @@ export function runStartTags(plan: LaunchPlan, consoleUrl: string, vertexExperim
 }
 
 /** The tags set once the job exists: its resource name as Vertex returned it, and its first state. */
-export function submittedTags(jobName: string, state: string): KeyValue[] {
+export function submittedTags(jobName: string, state: string, runIdInPipeline = false): KeyValue[] {
   return [
-    { key: TAG.runId, value: jobName },
+    ...(runIdInPipeline ? [] : [{ key: TAG.runId, value: jobName }]),
     { key: TAG.resourceName, value: jobName },
     { key: TAG.jobState, value: state },
   ];
@@ -235,12 +254,12 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
   // stops the launch with nothing to clean up (as the SDK validates the experiment before creating the job).
   const vertexExperiment =
     plan.vertexExperiment === undefined ? undefined : await getOrCreateExperiment(vertex, plan.vertexExperiment, plan.projectId, plan.region, { logger });
-  const experiment = await resolveExperiment(mlflow, plan.experimentName, logger);
+  const experiment = await resolveExperiment(mlflow, plan.mlflowExperimentName, logger);
   const consoleUrl = vertex.consoleUrl(plan.jobId);
   const jobName = vertex.jobName(plan.jobId);
   const run = await mlflow.createRun({
     experimentId: experiment.experimentId,
-    runName: plan.jobId,
+    runName: plan.runName,
     tags: runStartTags(plan, consoleUrl, vertexExperiment),
     ...(plan.userId ? { userId: plan.userId } : {}),
   });
@@ -265,7 +284,7 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
 
   try {
     // Uninterrupted: a job that exists is recorded on its run, whatever happens next.
-    await mlflow.uninterrupted().setTags(runId, submittedTags(job.name, shortState(job.state)));
+    await mlflow.uninterrupted().setTags(runId, submittedTags(job.name, shortState(job.state), plan.runIdInPipeline));
     result.jobName = job.name;
     const linkOptions = (signal: AbortSignal | undefined, wake?: AbortSignal): Parameters<typeof linkJobToExperiment>[3] => ({
       logger,
@@ -321,7 +340,8 @@ export async function launch(deps: LaunchDeps, plan: LaunchPlan, options: Launch
     // stays RUNNING because of us. The job itself is left alone; `follow` can mirror its real end later.
     const status = options.signal?.aborted === true ? 'KILLED' : 'FAILED';
     const reason = `kvx-launch ${status === 'KILLED' ? 'was interrupted' : 'failed'} after submitting job ${plan.jobId}: ${errorMessage(err)}. The job was not cancelled; run \`kvx-launch follow ${plan.jobId}\` to mirror its final state.`;
-    const endProblem = await endRunByLauncher(mlflow, runId, status, reason, [{ key: TAG.runId, value: jobName }, { key: TAG.resourceName, value: jobName }], logger);
+    const jobTags = [...(plan.runIdInPipeline ? [] : [{ key: TAG.runId, value: jobName }]), { key: TAG.resourceName, value: jobName }];
+    const endProblem = await endRunByLauncher(mlflow, runId, status, reason, jobTags, logger);
     throw withRunNote(err, runId, status, endProblem);
   }
 }
@@ -345,16 +365,37 @@ export interface RunInput {
   inputArtifacts?: Record<string, string>;
   /** `fast` or `slow` (--failure-policy). */
   failurePolicy?: string;
+  /** Adapt a kedro-vertexai spec with these settings; undefined: submit it untouched (--no-adapt). */
+  adapt?: AdaptSettings;
+  /** Folder of the vertexai.yml given (conf/<env>), where kedro-mlflow's mlflow.yml is looked for. */
+  confDir?: string;
 }
 
 /**
  * Reads the pipeline (a file, or a template downloaded with the caller's credentials), says on stderr what was
  * read leniently or ignored, and checks every input against the config. Nothing is created.
  */
-export async function preparePlan(session: LaunchSession, config: KvxConfig, input: RunInput, environment: Pick<LaunchEnvironment, 'warn'>): Promise<LaunchPlan> {
-  const spec = input.isTemplate ? parseSpec(await downloadTemplate(session.vertex(), input.source), input.source) : await loadSpecFile(input.source);
+export async function preparePlan(session: LaunchSession, config: KvxConfig, input: RunInput, environment: Pick<LaunchEnvironment, 'warn' | 'info'>): Promise<LaunchPlan> {
+  let spec = input.isTemplate ? parseSpec(await downloadTemplate(session.vertex(), input.source), input.source) : await loadSpecFile(input.source);
   for (const warning of spec.warnings) environment.warn(warning);
   const flags: PlanFlags = { params: input.params, labels: input.labels, now: input.now };
+  if (input.adapt !== undefined) {
+    const adapted = adaptLoadedSpec(spec, input.adapt);
+    spec = adapted.spec;
+    if (adapted.adaptation !== undefined) {
+      flags.adaptation = adapted.adaptation;
+      for (const warning of adapted.adaptation.warnings) environment.warn(`${spec.source}: ${warning}`);
+      if (adapted.adaptation.changes.length === 0) environment.info?.(`${spec.source}: adapted already; nothing changed`);
+      for (const change of adapted.adaptation.changes) environment.info?.(`adapted: ${change}`);
+    }
+  } else if (isKedroVertexaiSpec(spec.spec) && !isAdapted(spec.spec)) {
+    environment.warn(
+      `${spec.source} is a kedro-vertexai pipeline submitted with --no-adapt: its mlflow-start-run step makes a second MLflow run beside kvx-launch's, and its steps do not run behind kvx-proxy`,
+    );
+  }
+  const kedro = stepExperiment(config.vertex.experimentName, input.confDir, environment);
+  flags.mlflowExperimentName = kedro.experimentName;
+  if (kedro.runName !== undefined) flags.runName = kedro.runName;
   if (input.userId !== undefined) flags.userId = input.userId;
   if (input.jobId !== undefined) flags.jobId = input.jobId;
   if (input.displayName !== undefined) flags.displayName = input.displayName;
@@ -382,6 +423,14 @@ export async function launchPipeline(loaded: LoadedConfig, input: RunInput, envi
       ...(environment.experimentLinkIntervalMs === undefined ? {} : { experimentLinkIntervalMs: environment.experimentLinkIntervalMs }),
     });
   });
+}
+
+/** A loaded spec adapted (src/vertex/adapt.ts) when it is kedro-vertexai's, with its declarations read again. */
+export function adaptLoadedSpec(spec: LoadedSpec, settings: AdaptSettings): { spec: LoadedSpec; adaptation?: { changes: string[]; warnings: string[] } } {
+  const result = adaptSpec(spec.spec, settings);
+  if (!result.recognised) return { spec };
+  const adapted: LoadedSpec = { ...spec, spec: result.spec, parameters: declaredParameters(result.spec, spec.source), artifacts: declaredArtifacts(result.spec, spec.source) };
+  return { spec: adapted, adaptation: { changes: result.changes, warnings: result.warnings } };
 }
 
 async function downloadTemplate(vertex: VertexClient, uri: string): Promise<string> {

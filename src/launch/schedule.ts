@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { LoadedConfig } from '../config/load.js';
 import { KvxError } from '../errors.js';
+import { isAdapted } from '../vertex/adapt.js';
 import { MLFLOW_RUN_ID_PARAMETER } from '../vertex/params.js';
 import { VertexApiError } from '../vertex/client.js';
 import type { VertexClient, VertexSchedule } from '../vertex/client.js';
@@ -29,7 +30,7 @@ export interface ScheduleTiming {
   allowQueueing: boolean;
 }
 
-export interface ScheduleInput extends Pick<RunInput, 'source' | 'isTemplate' | 'params' | 'labels' | 'now' | 'inputArtifacts' | 'failurePolicy'> {
+export interface ScheduleInput extends Pick<RunInput, 'source' | 'isTemplate' | 'params' | 'labels' | 'now' | 'inputArtifacts' | 'failurePolicy' | 'adapt' | 'confDir'> {
   /** The schedule's display name; default vertex.experimentName. */
   displayName?: string;
   timing: ScheduleTiming;
@@ -107,7 +108,8 @@ export interface ScheduleCreateResult {
 /** Warnings for a spec whose scheduled jobs would get no MLflow run of their own. */
 function runWarnings(plan: LaunchPlan): string[] {
   const warnings: string[] = [];
-  if (plan.spec.parameters.some((p) => p.name === MLFLOW_RUN_ID_PARAMETER)) {
+  // An adapted spec declares it too, for the launcher's run; without one its start step creates the job's run.
+  if (!isAdapted(plan.spec.spec) && plan.spec.parameters.some((p) => p.name === MLFLOW_RUN_ID_PARAMETER)) {
     warnings.push(`${plan.spec.source} takes its MLflow run as the ${MLFLOW_RUN_ID_PARAMETER} parameter; a schedule leaves it empty, so each scheduled job has a run only if a step of the pipeline creates one (kvx-launch start-run)`);
   }
   return warnings;
@@ -129,6 +131,8 @@ async function planSchedule(loaded: LoadedConfig, input: ScheduleInput, environm
       experimentLinkTimeoutMs: 1000,
       ...(input.inputArtifacts === undefined ? {} : { inputArtifacts: input.inputArtifacts }),
       ...(input.failurePolicy === undefined ? {} : { failurePolicy: input.failurePolicy }),
+      ...(input.adapt === undefined ? {} : { adapt: input.adapt }),
+      ...(input.confDir === undefined ? {} : { confDir: input.confDir }),
     };
     const plan = await preparePlan(session, loaded.config, runInput, environment);
     if (plan.vertexExperiment !== undefined) environment.warn(`vertex.experiment (${plan.vertexExperiment}) applies to kvx-launch run only: scheduled jobs are not added to a Vertex AI experiment`);

@@ -28,6 +28,8 @@ export interface LaunchEnvironment {
   progress(jobId: string): Progress;
   /** A line for people on stderr: something was read leniently or ignored, and the command goes on. */
   warn(message: string): void;
+  /** A line for people on stderr saying what kvx-launch did to the input (the changes adapting made). */
+  info?(message: string): void;
   /** First wait between looks for a job's pipeline run context when adding it to a Vertex AI experiment. */
   experimentLinkIntervalMs?: number;
 }

@@ -6,14 +6,17 @@ import type { Logger } from '../log/logger.js';
 import { MlflowApiError } from '../mlflow/client.js';
 import type { KeyValue, MlflowClient, MlflowRun } from '../mlflow/client.js';
 import { resolveExperiment } from './experiment.js';
+import { readKedroMlflow } from './kedro-mlflow.js';
 import { withSession } from './session.js';
 import type { LaunchEnvironment } from './session.js';
 import { TAG } from './tags.js';
 
 export interface StartRunInput {
-  /** MLFLOW_RUN_ID, when the pipeline was given a run to resume. */
+  /** The launcher's run (--run-id), else MLFLOW_RUN_ID: the run to resume. */
   resumeRunId?: string;
   experimentName: string;
+  /** Name of a run it creates (mlflow.yml tracking.run.name); default the job name. */
+  runName?: string;
   /** `{{$.pipeline_job_name}}`: the job id; the key that makes retries find the same run. */
   jobName?: string;
   /** `{{$.pipeline_job_resource_name}}` (or any id of the job run), stored as vertexai_run_id. */
@@ -30,18 +33,23 @@ export interface StartRunResult {
 
 const PLACEHOLDER = /\{\{\s*\$\./;
 
-/**
- * The in-pipeline counterpart of kedro-vertexai's mlflow-start-run step, made idempotent: a retried step finds
- * the run it created before instead of making another.
- */
-export async function startRun(mlflow: MlflowClient, input: StartRunInput, logger: Logger): Promise<StartRunResult> {
-  for (const [flag, value] of [['--job-name', input.jobName], ['--job-id', input.jobId]] as const) {
+/** Refuses a `{{$.…}}` placeholder Vertex did not fill (the command was run outside a pipeline step). */
+export function refuseUnfilled(values: readonly (readonly [string, string | undefined])[]): void {
+  for (const [flag, value] of values) {
     if (value !== undefined && PLACEHOLDER.test(value)) {
       throw new KvxError('KVX_LAUNCH_INPUT', `${flag} "${value}" is an unfilled placeholder`, {
         hint: 'Vertex fills {{$.pipeline_job_name}} only inside a pipeline step; outside one, pass the real job id',
       });
     }
   }
+}
+
+/**
+ * The in-pipeline counterpart of kedro-vertexai's mlflow-start-run step, made idempotent: a retried step finds
+ * the run it created before instead of making another.
+ */
+export async function startRun(mlflow: MlflowClient, input: StartRunInput, logger: Logger): Promise<StartRunResult> {
+  refuseUnfilled([['--job-name', input.jobName], ['--job-id', input.jobId], ['--run-id', input.resumeRunId]]);
   if (input.jobName !== undefined && input.jobName.trim() === '') throw new KvxError('KVX_LAUNCH_INPUT', '--job-name is empty');
 
   let result: StartRunResult;
@@ -51,8 +59,8 @@ export async function startRun(mlflow: MlflowClient, input: StartRunInput, logge
       run = await mlflow.getRun(input.resumeRunId);
     } catch (err) {
       if (err instanceof MlflowApiError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') {
-        throw new KvxError('KVX_LAUNCH_INPUT', `MLFLOW_RUN_ID names run ${input.resumeRunId}, which the MLflow server does not have`, {
-          hint: 'unset MLFLOW_RUN_ID to create a run, or check that the tracking URI is the server the run was created on',
+        throw new KvxError('KVX_LAUNCH_INPUT', `--run-id / MLFLOW_RUN_ID names run ${input.resumeRunId}, which the MLflow server does not have`, {
+          hint: 'leave both empty to create a run, or check that the tracking URI is the server the run was created on',
         });
       }
       throw err;
@@ -71,7 +79,8 @@ export async function startRun(mlflow: MlflowClient, input: StartRunInput, logge
     } else {
       const tags: KeyValue[] = [{ key: TAG.sourceName, value: 'kvx-launch start-run' }, { key: TAG.sourceType, value: 'JOB' }];
       if (input.jobName) tags.push({ key: TAG.jobName, value: input.jobName });
-      const created = await mlflow.createRun({ experimentId, tags, ...(input.jobName ? { runName: input.jobName } : {}) });
+      const runName = input.runName ?? input.jobName;
+      const created = await mlflow.createRun({ experimentId, tags, ...(runName ? { runName } : {}) });
       result = { runId: created.info.run_id, experimentId, how: 'created' };
       if (input.jobName) {
         // Two retries of the same step may both have found nothing and created a run: the oldest wins, the
@@ -101,20 +110,50 @@ export async function startRun(mlflow: MlflowClient, input: StartRunInput, logge
   return result;
 }
 
+export interface StartPipelineRunInput extends Pick<StartRunInput, 'jobName' | 'jobId' | 'output'> {
+  /** --run-id: the launcher's run; empty when the job was started another way. */
+  runId?: string;
+  /** Folder of the vertexai.yml given (conf/<env>), where kedro-mlflow's mlflow.yml is looked for. */
+  confDir?: string;
+}
+
 /**
- * `kvx-launch start-run`: the run is created in vertex.experimentName, or resumed from MLFLOW_RUN_ID (see
- * `startRun`).
+ * `kvx-launch start-run`: resumes --run-id (the launcher's run) or MLFLOW_RUN_ID; else finds or creates the job's
+ * run in the experiment the steps use (see `stepExperiment`).
  */
-export async function startPipelineRun(loaded: LoadedConfig, input: Pick<StartRunInput, 'jobName' | 'jobId' | 'output'>, environment: LaunchEnvironment): Promise<StartRunResult> {
+export async function startPipelineRun(loaded: LoadedConfig, input: StartPipelineRunInput, environment: LaunchEnvironment): Promise<StartRunResult> {
   return withSession(loaded, environment, async (session) => {
     const mlflow = await session.mlflow();
-    const resumeRunId = environment.env['MLFLOW_RUN_ID'];
-    return startRun(mlflow, { ...input, experimentName: loaded.config.vertex.experimentName, ...(resumeRunId ? { resumeRunId } : {}) }, session.logger);
+    const resumeRunId = input.runId || environment.env['MLFLOW_RUN_ID'];
+    const { experimentName, runName } = stepExperiment(loaded.config.vertex.experimentName, input.confDir, environment);
+    const { jobName, jobId, output } = input;
+    return startRun(
+      mlflow,
+      { experimentName, ...(runName === undefined ? {} : { runName }), ...(jobName === undefined ? {} : { jobName }), ...(jobId === undefined ? {} : { jobId }), ...(output === undefined ? {} : { output }), ...(resumeRunId ? { resumeRunId } : {}) },
+      session.logger,
+    );
   });
 }
 
+/**
+ * The MLflow experiment and run name of a kedro pipeline's run: kedro-mlflow's (conf/<env>/mlflow.yml beside the
+ * vertexai.yml), where the steps look for the run, else vertex.experimentName. Says so when the two differ.
+ */
+export function stepExperiment(configured: string, confDir: string | undefined, environment: Pick<LaunchEnvironment, 'warn'>): { experimentName: string; runName?: string } {
+  if (confDir === undefined) return { experimentName: configured };
+  const kedro = readKedroMlflow(confDir);
+  for (const w of kedro.warnings) environment.warn(w);
+  const file = kedro.files[kedro.files.length - 1];
+  if (kedro.experimentName !== undefined && configured !== '' && kedro.experimentName !== configured) {
+    environment.warn(
+      `the MLflow run is made in experiment "${kedro.experimentName}" (tracking.experiment.name in ${file}), where the kedro steps look for it, not in "${configured}" (run_config.experiment_name, which still prefixes the job id)`,
+    );
+  }
+  return { experimentName: kedro.experimentName ?? configured, ...(kedro.runName === undefined ? {} : { runName: kedro.runName }) };
+}
+
 /** Runs tagged with this job name, oldest first. */
-async function runsForJob(mlflow: MlflowClient, experimentId: string, jobName: string): Promise<MlflowRun[]> {
+export async function runsForJob(mlflow: MlflowClient, experimentId: string, jobName: string): Promise<MlflowRun[]> {
   const quoted = jobName.replace(/\\/g, '\\\\').replace(/'/g, "\\'");
   const runs = await mlflow.searchRuns({
     experimentIds: [experimentId],

@@ -188,7 +188,9 @@ function expectEveryCallAuthenticated(w: World): void {
 
 /** The two tags every writer sets kept one value each through the whole job. */
 function expectStableTags(w: World, run: Run, job: FakeJob): void {
-  for (const [key, want] of [['vertexai_job_name', job.id], ['vertexai_run_id', `projects/${w.vertex.projectNumber}/locations/europe-west4/pipelineJobs/${job.id}`]] as const) {
+  // The adapted spec keeps kedro-vertexai's meaning of vertexai_run_id (the job UUID, as its hook writes it) for
+  // every writer, so it never changes.
+  for (const [key, want] of [['vertexai_job_name', job.id], ['vertexai_run_id', job.execution!.uuid]] as const) {
     const values = w.mlflow.store.tagWrites.filter((t) => t.runId === run.info.run_id && t.key === key).map((t) => t.value);
     expect(values.length, `${key} writes`).to.be.greaterThan(0);
     expect([...new Set(values)], `${key} over time`).to.deep.equal([want]);
@@ -265,7 +267,9 @@ describe('kedro-vertexai pipeline end to end (issue 15 Proof)', function () {
     expect(r.code, r.stderr).to.equal(0);
     const { jobId: id } = JSON.parse(r.stdout) as { jobId: string };
     const job = await until('the job', () => w.vertex.jobs.get(id));
-    await until('train-model-node to run', () => job.execution?.logs.find((l) => l.task === 'train-model-node' && l.code === null && w.mlflow.store.tagWrites.some((t) => t.key === 'vertexai_job_name' && t.at > 0)));
+    const started = await until('train-model-node to start', () => (job.execution?.logs.some((l) => l.task.endsWith('train-model-node') && l.code === null) ? Date.now() : undefined));
+    // The node is under way once the hook has tagged the run for it.
+    await until('train_model_node to begin', () => w.mlflow.store.tagWrites.find((t) => t.key === 'vertexai_job_name' && t.at >= started));
     // As the console's Stop button: pipelineJobs.cancel, with nobody following the job.
     const token = w.google.accessTokens.issue(PIPELINE_SA, 600).access_token;
     const cancel = await fetch(`${w.vertex.url}/v1/projects/my-project/locations/europe-west4/pipelineJobs/${id}:cancel`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}' });
