@@ -10,6 +10,8 @@
  *   artifact `.path` / `.uri`, {{$.pipeline_job_name}}, {{$.pipeline_job_resource_name}}, {{$.pipeline_job_uuid}},
  *   {{$.pipeline_task_name}}, {{$.pipeline_task_uuid}}, {{$.pipeline_root}}.
  *
+ * An importer executor yields its artifact (by URI) without running anything; other non-container executors fail.
+ *
  * Like Vertex: after a failure no task starts whose upstream failed; with FAIL_FAST no new task starts at all;
  * tasks triggered on ALL_UPSTREAM_TASKS_COMPLETED (exit handlers) run whatever their upstream's outcome, and a
  * TASK_FINAL_STATUS input (`taskFinalStatus: {producerTask}`) receives `{state, error: {code, message},
@@ -331,7 +333,9 @@ export class JobExecution {
 
   private async runContainer(name: string, uniqueName: string, t: Dict, component: Dict, inputs: { parameters: Dict; artifacts: Dict }, parent: FakeTask): Promise<Outcome> {
     const task = this.createTask(name, uniqueName, 'container', parent);
-    const container = dict(dict(this.executors[String(component['executorLabel'])])['container']);
+    const executor = dict(this.executors[String(component['executorLabel'])]);
+    const container = dict(executor['container']);
+    if (isDict(executor['importer'])) return this.runImporter(task, executor['importer'], component, inputs.parameters);
     const fail = (message: string, code = 9): Outcome => {
       const error = { code, message };
       this.fail(task, error);
@@ -405,6 +409,21 @@ export class JobExecution {
     }
     this.finish(task, 'SUCCEEDED');
     return { state: 'SUCCEEDED', parameters: outputs, artifacts: outputArtifacts, task };
+  }
+
+  /** An importer makes its output artifact from a URI (a constant or a runtime parameter); nothing runs. */
+  private runImporter(task: FakeTask, importer: Dict, component: Dict, parameters: Dict): Outcome {
+    const from = dict(importer['artifactUri']);
+    const uri = from['constant'] ?? parameters[String(from['runtimeParameter'])];
+    if (typeof uri !== 'string' || uri === '') {
+      const error = { code: 3, message: `importer ${task.taskName}: no artifact URI (${JSON.stringify(from)})` };
+      this.fail(task, error);
+      return { state: 'FAILED', parameters: {}, artifacts: {}, error, task };
+    }
+    const artifacts: Dict = {};
+    for (const key of Object.keys(dict(dict(component['outputDefinitions'])['artifacts']))) artifacts[key] = { uri, path: uri.replace(/^gs:\/\//, '/gcs/') };
+    this.finish(task, 'SUCCEEDED');
+    return { state: 'SUCCEEDED', parameters: {}, artifacts, task };
   }
 
   private spawn(argv: string[], env: NodeJS.ProcessEnv, log: TaskLog, task: FakeTask, exitTask: boolean): Promise<number | 'cancelled' | 'timeout'> {

@@ -6,6 +6,8 @@ import { AccessTokenStore } from '../fakes/google-common.js';
 import { JobExecution, evaluateCondition } from '../fakes/vertex-executor.js';
 import type { ExecutorOptions } from '../fakes/vertex-executor.js';
 import { startFakeVertex } from '../fakes/vertex-api.js';
+import { kfpCorpusDir, specFiles } from '../helpers/corpus.js';
+import { loadSpecFile } from '../../src/vertex/spec.js';
 
 type Dict = Record<string, unknown>;
 
@@ -180,6 +182,32 @@ describe('fake Vertex executor', () => {
     expect((await readFile(path.join(dir, 'items.txt'), 'utf8')).split('\n').filter(Boolean).sort()).to.deep.equal(['a', 'b', 'c']);
     expect(e.tasks.filter((t) => t.kind === 'iteration').map((t) => t.iteration).sort()).to.deep.equal([0, 1, 2]);
     expect(states(e)['condition-2']).to.equal('NOT_TRIGGERED');
+  });
+
+  it('runs every corpus spec\'s DAG (nested pipelines, loops, conditions, exit handlers, importers) with its containers swapped for sh', async () => {
+    // The corpus's own containers need Python images; each becomes a shell writing its declared outputs.
+    const SAMPLE: Record<string, unknown> = { STRING: 'heads', NUMBER_INTEGER: 3, NUMBER_DOUBLE: 0.5, BOOLEAN: true, LIST: [{ A_a: '1', B_b: ['2', '3'] }, { A_a: '4', B_b: ['5'] }], STRUCT: { A_a: '1', B_b: ['2'] }, INT: 3, DOUBLE: 0.5 };
+    const text = (v: unknown) => (typeof v === 'string' ? v : JSON.stringify(v));
+    const seen: string[] = [];
+    for (const file of specFiles(kfpCorpusDir())) {
+      const spec = structuredClone((await loadSpecFile(file)).spec) as unknown as Dict;
+      const components = Object.values((spec['components'] ?? {}) as Record<string, Dict>);
+      for (const [label, e] of Object.entries(((spec['deploymentSpec'] as Dict)['executors'] ?? {}) as Record<string, Dict>)) {
+        if (e['container'] === undefined) continue;
+        const outputs = ((components.find((c) => c['executorLabel'] === label)?.['outputDefinitions'] as Dict | undefined)?.['parameters'] ?? {}) as Record<string, Dict>;
+        const writes = Object.entries(outputs).map(([k, d]) => `f="{{$.outputs.parameters['${k}'].output_file}}"; mkdir -p "$(dirname "$f")" && printf '%s' '${text(SAMPLE[String(d['parameterType'] ?? d['type'])] ?? 'x')}' > "$f"`);
+        e['container'] = { image: 'local', command: ['/bin/sh', '-c'], args: [writes.join(' && ') || 'true'] };
+      }
+      const values: Dict = {};
+      for (const [k, d] of Object.entries((((spec['root'] as Dict)['inputDefinitions'] as Dict | undefined)?.['parameters'] ?? {}) as Record<string, Dict>)) {
+        if (d['defaultValue'] === undefined) values[k] = SAMPLE[String(d['parameterType'] ?? d['type'])] ?? 'x';
+      }
+      const e = new JobExecution(spec, { ...job(values), jobId: 'corpus' }, options);
+      await e.done;
+      expect(e.state, `${path.basename(file)}: ${e.failed.map((t) => `${t.taskUniqueName}: ${t.error?.message}`).join('; ')}${e.tasks[0]?.error?.message ?? ''}`).to.equal('SUCCEEDED');
+      seen.push(path.basename(file));
+    }
+    expect(seen).to.include.members(['kedro-vertexai-spaceflights.yaml', 'kfp-pipeline_with_loops_and_conditions.yaml', 'kfp-pipeline_with_importer.yaml', 'kfp-failing_pipeline_with_exit_handler.yaml']);
   });
 
   it('through the fake API: a created job runs, and GET shows its states and the failed task with its error', async () => {
