@@ -23,6 +23,7 @@ import type { FakeMlflow, Run } from '../fakes/mlflow/index.js';
 import { startFakeVertex } from '../fakes/vertex-api.js';
 import type { FakeJob, FakeVertex } from '../fakes/vertex-api.js';
 import { kfpCorpusDir } from '../helpers/corpus.js';
+import { startTestProxy } from '../helpers/proxy.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SHARED_SPEC = path.join(kfpCorpusDir(), 'kedro-vertexai-spaceflights.yaml');
@@ -320,6 +321,34 @@ describe('kedro-vertexai pipeline end to end (issue 15 Proof)', function () {
     const run = theOneRun(w);
     expect(run.info.status).to.equal('FINISHED');
     expectStableTags(w, run, job);
+  });
+
+  it('--no-adapt shows the issue: the spec as compiled gives two runs, the launcher\'s without data', async () => {
+    // As with kedro-vertexai's settings.py hook: the steps reach MLflow with credentials, here through a kvx-proxy
+    // the test runs, since nothing in the unadapted steps starts one.
+    const proxy = await startTestProxy(w.mlflow.url, { 'auth.params.client_id': CLIENT_ID }, w.google.metadataEnv());
+    w.env['MLFLOW_TRACKING_URI'] = proxy.url;
+    try {
+      const r = await kvx(w, ['kvx-launch', 'run', SHARED_SPEC, '-c', 'conf/base/vertexai.yml', '--param', 'dataset=companies-v2', '--job-id', jobId(), '--no-adapt', '--json']);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stderr).to.include('submitted with --no-adapt: its mlflow-start-run step makes a second MLflow run');
+      const job = await ended(w, (JSON.parse(r.stdout) as { jobId: string }).jobId);
+      expect(job.state, logsOf(job)).to.equal('PIPELINE_STATE_SUCCEEDED');
+      const all = runs(w);
+      expect(all).to.have.length(2);
+      const launcher = all.find((run) => run.info.run_id === (JSON.parse(r.stdout) as { runId: string }).runId)!;
+      const steps = all.find((run) => run !== launcher)!;
+      expect(launcher.metrics.size).to.equal(0);
+      for (const node of NODES) expect(steps.metrics.has(`${node}.score`)).to.equal(true);
+      // kedro-vertexai's start step wrote its compile-time run name, then every node's hook the job UUID.
+      const written = w.mlflow.store.tagWrites.filter((t) => t.runId === steps.info.run_id && t.key === 'vertexai_run_id').map((t) => t.value);
+      expect(new Set(written).size).to.equal(2);
+      // Nobody ends the launcher's run: it stays RUNNING without --wait.
+      expect(launcher.info.status).to.equal('RUNNING');
+    } finally {
+      delete w.env['MLFLOW_TRACKING_URI'];
+      await proxy.close();
+    }
   });
 
   it('a schedule: each firing is a job with its own run, created by its start step, ended by its exit task', async () => {

@@ -3,6 +3,9 @@
  * schedule creates is the request `run` builds, nothing MLflow is touched, and the fake's scheduler fires it.
  */
 import { expect } from 'chai';
+import path from 'node:path';
+import { kfpCorpusDir } from '../helpers/corpus.js';
+import { loadSpecFile } from '../../src/vertex/spec.js';
 import { FIXTURE, launchCli, useHarness } from './launch-harness.js';
 import type { Harness } from './launch-harness.js';
 
@@ -47,6 +50,26 @@ describe('kvx-launch schedule', () => {
     expect(labels).to.include({ team: 'ml-platform', owner: 'ana' });
     expect(labels).to.not.have.property('mlflow_run_id');
     expect(labels['kvx_schedule_create_id']).to.match(/^[0-9a-f]{16}$/);
+  });
+
+  it('a kedro-vertexai spec is adapted as run adapts it (its job is the one run --dry-run shows); --no-adapt sends it as compiled', async () => {
+    const shared = path.join(kfpCorpusDir(), 'kedro-vertexai-spaceflights.yaml');
+    const scheduled = async (...more: string[]) => {
+      const r = await cli('schedule', 'create', shared, '-c', h.config, '--param', 'dataset=companies-v2', '--cron', '0 6 * * *', '--dry-run', '--json', ...more);
+      expect(r.code, r.stderr).to.equal(0);
+      return ((JSON.parse(r.stdout) as { body: { createPipelineJobRequest: { pipelineJob: Dict } } }).body.createPipelineJobRequest.pipelineJob['pipelineSpec'] as Dict);
+    };
+    const dry = await launchCli(h, ['run', shared, '-c', h.config, '--param', 'dataset=companies-v2', '--dry-run', '--json'], { deps: { now: NOW } });
+    expect(dry.code, dry.stderr).to.equal(0);
+    const runSpec = (JSON.parse(dry.stdout) as { request: { pipelineJob: Dict } }).request.pipelineJob['pipelineSpec'] as Dict;
+    const adapted = await scheduled();
+    expect(adapted).to.deep.equal(runSpec);
+    expect(JSON.stringify(adapted)).to.include('kvx-proxy').and.include('start-run').and.include('end-run');
+    const compiled = (await loadSpecFile(shared)).spec as unknown as Dict;
+    const untouched = await scheduled('--no-adapt');
+    // As compiled, but for caching, which is off unless enabled (as run sends it).
+    expect(JSON.stringify(untouched)).to.not.include('kvx-proxy');
+    expect(untouched['deploymentSpec']).to.deep.equal(compiled['deploymentSpec']);
   });
 
   it('each firing creates its own job from the schedule, named like Vertex names scheduled runs', async () => {
