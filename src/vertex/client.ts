@@ -1,5 +1,6 @@
 import type { CredentialsLookup } from '../auth/google/discovery.js';
 import { KvxError, errorMessage } from '../errors.js';
+import { sleep } from '../util/backoff.js';
 import type { RetryPolicy } from '../util/backoff.js';
 import { RestCore } from '../util/rest.js';
 import type { RestCall, RestClientOptions, RestReply } from '../util/rest.js';
@@ -325,7 +326,8 @@ export class VertexClient {
     let interval = options.intervalMs ?? 500;
     while (op.done !== true && op.name !== '') {
       if (Date.now() > deadline) throw new KvxError('KVX_VERTEX_API', `the deletion of schedule ${name} has not finished; operation ${op.name} is still running`, { hint: 'check it later with `kvx-launch schedule list`' });
-      await new Promise((resolve) => setTimeout(resolve, interval));
+      // Ctrl-C stops the wait (the deletion goes on at Google's side; `schedule list` shows when it is done).
+      await sleep(interval, this.options.interrupt);
       interval = Math.min(interval * 2, 5000);
       op = await this.getOperation(op.name);
     }
