@@ -329,10 +329,11 @@ async function adaptCommand(flags: CommandFlags, source: string, io: CliIO): Pro
   for (const warning of result.warnings) io.stderr.write(`kvx-launch: warning: ${source}: ${warning}\n`);
   printAdaptation(io, source, result.changes);
   const output = flags.string('--output');
+  if (flags.switch('--json') && (output === undefined || output === '-')) throw new KvxError('KVX_USAGE', '--json prints the changes on stdout, where the spec goes without -o: give -o FILE');
   const text = specText(result.spec, output?.endsWith('.json') === true);
   if (output === undefined || output === '-') io.stdout.write(text);
   else await writeFile(output, text);
-  if (flags.switch('--json')) io.stderr.write(`${JSON.stringify({ changes: result.changes, warnings: result.warnings })}\n`);
+  if (flags.switch('--json')) io.stdout.write(`${JSON.stringify({ output, changes: result.changes, warnings: result.warnings })}\n`);
   return EXIT.ok;
 }
 

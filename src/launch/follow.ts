@@ -143,6 +143,17 @@ function recordedPath(job: PipelineJob, node: TaskNode): string {
 }
 
 /**
+ * Vertex reports a step's exit status, not what it printed: a step of an adapted pipeline that exits 127 (what the
+ * guard in front of kvx's executables exits with when the image lacks them, and the shell's "command not found")
+ * gets the likely cause said in the error kvx records.
+ */
+function explained(job: PipelineJob, message: string): string {
+  const adapted = (job.jobDetail?.taskDetails ?? []).some((t) => t.taskName === EXIT_TASK);
+  if (!adapted || !/\b(?:status|code) (?:of )?127\b/.test(message)) return message;
+  return `${message} (exit status 127: a command was not found; the step's image may lack kvx-proxy or kvx-launch, which the adapted pipeline runs: see Migrating from kedro-vertexai in kvx's docs/launcher.md)`;
+}
+
+/**
  * The tags that describe how the job ended: its state, the task that ran last, and the failed task with its error.
  * `state` is the job's final state when the job does not show it yet (the exit task runs before the job ends);
  * kvx's exit task itself is never the last or the failed task.
@@ -157,7 +168,7 @@ export function finalStateTags(job: PipelineJob, state: string = shortState(job.
     const failed = failedTask(view);
     if (failed !== undefined) {
       tags.push({ key: TAG.failedTask, value: tagValue(recordedPath(job, failed)) });
-      tags.push({ key: TAG.failedTaskError, value: tagValue(failed.task.error?.message || '(Vertex AI gave no error message)') });
+      tags.push({ key: TAG.failedTaskError, value: tagValue(explained(job, failed.task.error?.message || '(Vertex AI gave no error message)')) });
     }
   }
   if (job.error?.message) tags.push({ key: TAG.jobError, value: tagValue(job.error.message) });

@@ -29,7 +29,9 @@ export function readKedroMlflow(confDir: string): KedroMlflowSettings {
   const out: KedroMlflowSettings = { files: [], warnings: [] };
   const own = path.join(confDir, 'mlflow.yml');
   const base = path.join(path.dirname(confDir), 'base', 'mlflow.yml');
-  const files = path.basename(confDir) !== 'base' && existsSync(base) ? [base, own] : [own];
+  // Only in a Kedro layout (conf/<env>): elsewhere a sibling `base` folder is not the project's.
+  const layered = path.basename(path.dirname(confDir)) === 'conf' && path.basename(confDir) !== 'base';
+  const files = layered && existsSync(base) ? [base, own] : [own];
   for (const file of files) {
     if (!existsSync(file)) continue;
     let doc: unknown;

@@ -146,7 +146,7 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
       continue;
     }
     const script = shellScript(container);
-    if (script !== undefined && (MLFLOW_START.test(script) || (ALREADY_STARTED_BY_KVX.test(script) && script.includes(`${settings.launchPath} start-run`)))) {
+    if (script !== undefined && (MLFLOW_START.test(script) || (ALREADY_STARTED_BY_KVX.test(script) && (script.includes(`${settings.launchPath} start-run`) || /kvx-launch\s+start-run\b/.test(script))))) {
       startExecutor = label;
       startEnv = kedroEnv(script) ?? /(?:--config|-c)\s+conf\/([\w.-]+)\//.exec(script)?.[1];
       const m = MLFLOW_START.exec(script);
@@ -188,7 +188,10 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
   if (rootTasks === undefined) throw new KvxError('KVX_LAUNCH_INPUT', 'cannot adapt the kedro-vertexai pipeline: root.dag.tasks is missing');
 
   if (startExecutor !== undefined && !startAdapted) feedLauncherRun(spec, rootTasks, startExecutor, changes, warnings);
-  if (rootTasks[EXIT_TASK] === undefined) {
+  if (startExecutor === undefined) {
+    // Without kedro-mlflow the steps keep no run: nothing for an exit task to end in the job.
+    warnings.push('no `kedro vertexai mlflow-start` step (kedro-mlflow not installed?): no exit task added; kvx-launch run --wait or follow ends the launcher\'s run');
+  } else if (rootTasks[EXIT_TASK] === undefined) {
     const image = imageOf(executors, startExecutor);
     addExitHandler(spec, rootTasks, { image, config: stepConfigFor(settings, env), launchPath: settings.launchPath }, changes, warnings);
   }

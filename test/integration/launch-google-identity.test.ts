@@ -18,6 +18,7 @@ import { startFakeMlflow } from '../fakes/mlflow/index.js';
 import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { startFakeVertex } from '../fakes/vertex-api.js';
 import type { FakeVertex } from '../fakes/vertex-api.js';
+import { kfpCorpusDir } from '../helpers/corpus.js';
 import { FIXTURE, PIPELINE_SA, launchCli } from './launch-harness.js';
 
 const NOW = () => new Date(Date.UTC(2024, 4, 17, 8, 30, 5));
@@ -123,5 +124,27 @@ describe('kvx-launch: one Google identity for MLflow tokens and Vertex AI calls'
     expect(res.stderr).to.include('hint: on a laptop run `gcloud auth application-default login`');
     expect(vertex.requests).to.deep.equal([]);
     expect(stranger.counts['all'] ?? 0).to.equal(0);
+  });
+
+  it('an adapted kedro-vertexai pipeline: run, then start-run and end-run as its steps run them, every MLflow call through the IAP gate with an ID token', async () => {
+    const launcher = await configWith('launcher.json', { params: { client_id: CLIENT_ID }, endpoints: { oauthToken: world.endpoints.oauthToken } });
+    // Inside a step: the vertexai.yml of the image, and the metadata server's account (the pipeline's service account).
+    const step = await configWith('step.json', { params: { client_id: CLIENT_ID }, endpoints: { metadataHost: world.metadata.host } });
+    const kedro = path.join(kfpCorpusDir(), 'kedro-vertexai-spaceflights.yaml');
+    const launched = await launchCli({ env: world.keyEnv() }, ['run', kedro, '-c', launcher, '--param', 'dataset=companies', '--json'], { deps: { now: NOW } });
+    expect(launched.code, launched.stderr).to.equal(0);
+    const { runId, jobName } = JSON.parse(launched.stdout) as { runId: string; jobName: string };
+    const output = path.join(dir, 'step-out', 'mlflow_run_id');
+    const started = await launchCli({ env: world.noCredentialsEnv() }, ['start-run', '-c', step, '--run-id', runId, '--job-name', 'spaceflights-20240517083005', '--job-id', 'uuid-1', '--output', output]);
+    expect(started.code, started.stderr).to.equal(0);
+    const status = JSON.stringify({ state: 'SUCCEEDED', pipelineJobResourceName: jobName, pipelineTaskName: 'exit-handler-1' });
+    const ended = await launchCli({ env: world.noCredentialsEnv() }, ['end-run', '-c', step, '--run-id', runId, '--job-name', 'spaceflights-20240517083005', '--job-resource-name', jobName, '--status', status]);
+    expect(ended.code, ended.stderr).to.equal(0);
+    expect([...mlflow.store.runs.keys()]).to.deep.equal([runId]);
+    expect(mlflow.store.runs.get(runId)!.info.status).to.equal('FINISHED');
+    expect(gate.rejected).to.deep.equal({});
+    expect(new Set(gate.identities)).to.deep.equal(new Set([KEY_SA, world.metadata.email]));
+    // end-run read the job (for the failed task) as the step's account.
+    expect(vertex.requests.filter((r) => r.method === 'GET').map((r) => r.caller)).to.include(world.metadata.email);
   });
 });

@@ -204,4 +204,22 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     expect(start.stderr.toString()).to.include('kvx: kvx-launch is not in this image');
     expect(DEFAULT_ADAPT_SETTINGS.launchPath).to.equal('kvx-launch');
   });
+
+  it('a pipeline without kedro-mlflow (no start step) gets its steps behind the proxy and no exit task, with a warning', () => {
+    const spec = kedro();
+    delete executors(spec)['exec-mlflow-start-run'];
+    delete spec['components']['comp-mlflow-start-run'];
+    const tasks = spec['root']['dag']['tasks'];
+    delete tasks['mlflow-start-run'];
+    for (const t of Object.values(tasks) as Dict[]) {
+      delete t['inputs']['parameters']['mlflow_run_id'];
+      t['dependentTasks'] = (t['dependentTasks'] as string[]).filter((d) => d !== 'mlflow-start-run');
+    }
+    const { spec: out, warnings, recognised } = adaptSpec(spec as PipelineSpec) as { spec: Dict; warnings: string[]; recognised: boolean };
+    expect(recognised).to.equal(true);
+    expect(out['root']['dag']['tasks']).to.have.keys('preprocess-companies-node', 'train-model-node');
+    expect(out['root']['inputDefinitions']['parameters']).to.not.have.property('mlflow_run_id');
+    expect(executors(out)['exec-train-model-node']['container']['command'][3]).to.equal('kvx-proxy');
+    expect(warnings.join('\n')).to.include('no exit task added');
+  });
 });
