@@ -13,7 +13,7 @@ import { parseKeyValues } from '../util/key-values.js';
 
 export const COMMANDS = {
   'kvx-proxy': ['serve', 'check-config', 'exec', 'doctor', 'print-token', 'login', 'logout'],
-  'kvx-launch': ['run', 'follow', 'start-run', 'end-run', 'adapt'],
+  'kvx-launch': ['run', 'follow', 'start-run', 'end-run', 'adapt', 'schedule create', 'schedule list', 'schedule delete'],
 } as const;
 
 export type ProgramName = keyof typeof COMMANDS;
@@ -40,6 +40,8 @@ export interface FlagSpec {
 
 const PROXY: readonly CommandId[] = COMMANDS['kvx-proxy'].map((c) => `kvx-proxy ${c}` as const);
 const LAUNCH: readonly CommandId[] = COMMANDS['kvx-launch'].map((c) => `kvx-launch ${c}` as const);
+/** run and schedule create build the same pipelineJobs.create request from the same inputs. */
+const SUBMIT: readonly CommandId[] = ['kvx-launch run', 'kvx-launch schedule create'];
 
 export const FLAGS: readonly FlagSpec[] = [
   { name: '--config', short: '-c', value: '<file>', help: 'config file (kvx YAML or a kedro-vertexai vertexai.yml), later ones layered over earlier; env KVX_CONFIG', commands: [...PROXY, ...LAUNCH], repeatable: true },
@@ -83,21 +85,30 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: '--vertex-endpoint', value: '<url>', help: 'Vertex AI API base URL', commands: LAUNCH, key: 'vertex.endpoint' },
   { name: '--tracking-uri', value: '<url>', help: 'MLflow server or a kvx-proxy in front of it; env MLFLOW_TRACKING_URI', commands: LAUNCH, key: 'upstream.url' },
   { name: '--auth-param', value: '<key=value>', help: 'MLflow header provider param', commands: LAUNCH, map: 'auth.params' },
-  { name: '--template-uri', value: '<uri>', help: 'submit a pipeline template from Artifact Registry instead of a local spec', commands: ['kvx-launch run'] },
-  { name: '--param', short: '-p', value: '<name=value>', help: 'pipeline parameter, converted to its declared type', commands: ['kvx-launch run'], repeatable: true },
-  { name: '--experiment-name', value: '<name>', help: 'MLflow experiment; for run also the job id prefix', commands: ['kvx-launch run', 'kvx-launch start-run', 'kvx-launch end-run', 'kvx-launch adapt'], key: 'vertex.experimentName' },
+  { name: '--template-uri', value: '<uri>', help: 'submit a pipeline template from Artifact Registry instead of a local spec', commands: SUBMIT },
+  { name: '--param', short: '-p', value: '<name=value>', help: 'pipeline parameter, converted to its declared type', commands: SUBMIT, repeatable: true },
+  { name: '--experiment-name', value: '<name>', help: 'MLflow experiment; for run also the job id prefix', commands: ['kvx-launch run', 'kvx-launch start-run', 'kvx-launch end-run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'vertex.experimentName' },
   { name: '--job-id', value: '<id>', help: 'pipeline job id; default <experiment_name>-<UTC yyyymmddHHMMSS>', commands: ['kvx-launch run'] },
   { name: '--display-name', value: '<name>', help: 'job display name; default the job id', commands: ['kvx-launch run'] },
-  { name: '--root', value: '<bucket/path>', help: 'pipeline root, without gs://', commands: ['kvx-launch run'], key: 'vertex.root' },
-  { name: '--service-account', value: '<email>', help: 'service account the pipeline runs as', commands: ['kvx-launch run'], key: 'vertex.serviceAccount' },
-  { name: '--network', value: '<vpc>', help: 'VPC name or projects/<number>/global/networks/<vpc>', commands: ['kvx-launch run'], key: 'vertex.network' },
-  { name: '--project-number', value: '<number>', help: 'project number, for a bare --network name', commands: ['kvx-launch run'], key: 'vertex.projectNumber' },
-  { name: '--artifact', value: '<name=id>', help: 'root input artifact of the pipeline, by Vertex ML Metadata artifact id or projects/.../metadataStores/default/artifacts/<id>', commands: ['kvx-launch run'], repeatable: true },
-  { name: '--failure-policy', value: '<policy>', help: 'after a task fails, fast: start no new task; slow: let independent tasks finish (runtimeConfig.failurePolicy); default a job file\'s, else slow', commands: ['kvx-launch run'], choices: ['fast', 'slow'] },
-  { name: '--label', short: '-l', value: '<key=value>', help: 'job label, added to vertex.labels', commands: ['kvx-launch run'], repeatable: true },
-  { name: '--enable-caching', help: 'let Vertex reuse cached task results', commands: ['kvx-launch run'], key: 'vertex.enableCaching' },
+  { name: '--root', value: '<bucket/path>', help: 'pipeline root, without gs://', commands: SUBMIT, key: 'vertex.root' },
+  { name: '--service-account', value: '<email>', help: 'service account the pipeline runs as', commands: SUBMIT, key: 'vertex.serviceAccount' },
+  { name: '--network', value: '<vpc>', help: 'VPC name or projects/<number>/global/networks/<vpc>', commands: SUBMIT, key: 'vertex.network' },
+  { name: '--project-number', value: '<number>', help: 'project number, for a bare --network name', commands: SUBMIT, key: 'vertex.projectNumber' },
+  { name: '--artifact', value: '<name=id>', help: 'root input artifact of the pipeline, by Vertex ML Metadata artifact id or projects/.../metadataStores/default/artifacts/<id>', commands: SUBMIT, repeatable: true },
+  { name: '--failure-policy', value: '<policy>', help: 'after a task fails, fast: start no new task; slow: let independent tasks finish (runtimeConfig.failurePolicy); default a job file\'s, else slow', commands: SUBMIT, choices: ['fast', 'slow'] },
+  { name: '--label', short: '-l', value: '<key=value>', help: 'job label, added to vertex.labels', commands: SUBMIT, repeatable: true },
+  { name: '--enable-caching', help: 'let Vertex reuse cached task results', commands: SUBMIT, key: 'vertex.enableCaching' },
   { name: '--experiment', value: '<name>', help: 'Vertex AI experiment to add the job to, created if missing; "" for none', commands: ['kvx-launch run'], key: 'vertex.experiment' },
   { name: '--dry-run', help: 'print the pipelineJobs.create request and the MLflow actions run would make, and create nothing', commands: ['kvx-launch run'] },
+  { name: '--dry-run', help: 'print the schedules.create request, and create nothing', commands: ['kvx-launch schedule create'] },
+  { name: '--cron', value: '<expression>', help: 'when the schedule starts a job: five cron fields, e.g. "0 6 * * 1"', commands: ['kvx-launch schedule create'] },
+  { name: '--timezone', value: '<zone>', help: 'IANA time zone the cron is read in; default UTC', commands: ['kvx-launch schedule create'] },
+  { name: '--display-name', value: '<name>', help: 'schedule display name (also its jobs\'); default the experiment name', commands: ['kvx-launch schedule create'] },
+  { name: '--max-concurrent-runs', value: '<n>', help: 'jobs of the schedule that may run at once (maxConcurrentRunCount)', commands: ['kvx-launch schedule create'], default: '1' },
+  { name: '--allow-queueing', help: 'queue a job due while --max-concurrent-runs run, instead of skipping it', commands: ['kvx-launch schedule create'] },
+  { name: '--max-runs', value: '<n>', help: 'stop after starting this many jobs (maxRunCount); default no limit', commands: ['kvx-launch schedule create'] },
+  { name: '--start-time', value: '<time>', help: 'first time a job may start, RFC 3339 with a zone; default now', commands: ['kvx-launch schedule create'] },
+  { name: '--end-time', value: '<time>', help: 'no job starts after this time, RFC 3339 with a zone; default never', commands: ['kvx-launch schedule create'] },
   { name: '--wait', short: '-w', help: 'follow the job until it ends and mirror its final state into the run', commands: ['kvx-launch run'] },
   { name: '--run-id', value: '<id>', help: "MLflow run to mirror into; default the job's mlflow_run_id label", commands: ['kvx-launch follow'] },
   { name: '--cancel-on-interrupt', help: 'cancel the job when interrupted (run: with --wait)', commands: ['kvx-launch run', 'kvx-launch follow'] },
@@ -106,10 +117,10 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: '--job-name', value: '<name>', help: 'job id, e.g. {{$.pipeline_job_name}}; tagged vertexai_job_name and used to find the run on retries', commands: ['kvx-launch start-run'] },
   { name: '--job-id', value: '<id>', help: 'id of the job run, tagged vertexai_run_id: {{$.pipeline_job_uuid}} in an adapted kedro-vertexai spec (as its hook writes it), else e.g. {{$.pipeline_job_resource_name}}', commands: ['kvx-launch start-run'] },
   { name: '--output', short: '-o', value: '<file>', help: 'write the run id to this file (a KFP output path)', commands: ['kvx-launch start-run'] },
-  { name: '--no-adapt', help: "submit a kedro-vertexai spec untouched, as compiled", commands: ['kvx-launch run'], key: 'adapt.enabled' },
-  { name: '--proxy-path', value: '<path>', help: 'kvx-proxy inside the step image', commands: ['kvx-launch run', 'kvx-launch adapt'], key: 'adapt.proxyPath' },
-  { name: '--launch-path', value: '<path>', help: 'kvx-launch inside the step image', commands: ['kvx-launch run', 'kvx-launch adapt'], key: 'adapt.launchPath' },
-  { name: '--step-config', value: '<path>', help: "config the steps' kvx commands read, relative to the image's working directory; {env} is the step's kedro env", commands: ['kvx-launch run', 'kvx-launch adapt'], key: 'adapt.stepConfig' },
+  { name: '--no-adapt', help: "submit a kedro-vertexai spec untouched, as compiled", commands: SUBMIT, key: 'adapt.enabled' },
+  { name: '--proxy-path', value: '<path>', help: 'kvx-proxy inside the step image', commands: ['kvx-launch run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'adapt.proxyPath' },
+  { name: '--launch-path', value: '<path>', help: 'kvx-launch inside the step image', commands: ['kvx-launch run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'adapt.launchPath' },
+  { name: '--step-config', value: '<path>', help: "config the steps' kvx commands read, relative to the image's working directory; {env} is the step's kedro env", commands: ['kvx-launch run', 'kvx-launch adapt', 'kvx-launch schedule create'], key: 'adapt.stepConfig' },
   { name: '--output', short: '-o', value: '<file>', help: 'write the adapted spec here (YAML; JSON for a .json name); default stdout', commands: ['kvx-launch adapt'] },
   { name: '--run-id', value: '<id>', help: "the launcher's MLflow run, {{$.inputs.parameters['launcher_run_id']}}; empty: start-run finds or creates the job's run, end-run finds it", commands: ['kvx-launch start-run', 'kvx-launch end-run'] },
   { name: '--job-name', value: '<name>', help: 'job id, {{$.pipeline_job_name}}; finds the run start-run made when --run-id is empty', commands: ['kvx-launch end-run'] },

@@ -14,6 +14,8 @@ import { progressFor } from '../launch/progress.js';
 import { launchPipeline } from '../launch/run.js';
 import type { RunInput } from '../launch/run.js';
 import type { LaunchEnvironment } from '../launch/session.js';
+import { createPipelineSchedule, deletePipelineSchedule, describeSchedules, listPipelineSchedules, scheduleDryRun } from '../launch/schedule.js';
+import type { ScheduleInput } from '../launch/schedule.js';
 import { startPipelineRun } from '../launch/start-run.js';
 import { endPipelineRun } from '../launch/end-run.js';
 import { adaptSpec, specText } from '../vertex/adapt.js';
@@ -44,6 +46,7 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
     {
       name: 'kvx-launch',
       description: 'Submit Vertex AI pipeline jobs and tie each one to its MLflow run',
+      groups: { schedule: 'create, list and delete Vertex AI schedules of a compiled pipeline' },
       commands: [
         {
           id: 'kvx-launch run',
@@ -72,6 +75,23 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
           description: 'adapt a kedro-vertexai compiled spec for kvx (as run does) and write it, printing every change',
           arguments: [{ name: '<spec>', help: 'compiled pipeline from `kedro vertexai compile`' }],
           run: (flags, [spec]) => adaptCommand(flags, spec as string, io),
+        },
+        {
+          id: 'kvx-launch schedule create',
+          description: 'create a Vertex AI schedule that submits the pipeline on a cron; each job gets its MLflow run from its start-run step',
+          arguments: [{ name: '[spec]', help: 'compiled pipeline (KFP IR YAML/JSON), or a template URI https://<region>-kfp.pkg.dev/...' }],
+          run: (flags, [spec]) => scheduleCreateCommand(flags, spec as string | undefined, io, deps),
+        },
+        {
+          id: 'kvx-launch schedule list',
+          description: 'list the Vertex AI schedules of the project and region',
+          run: (flags) => scheduleListCommand(flags, io, deps),
+        },
+        {
+          id: 'kvx-launch schedule delete',
+          description: 'delete a Vertex AI schedule, by id, resource name or display name',
+          arguments: [{ name: '<schedule>', help: 'schedule id, projects/.../schedules/<id>, or a display name only one schedule has' }],
+          run: (flags, [schedule]) => scheduleDeleteCommand(flags, schedule as string, io, deps),
         },
       ],
     },
@@ -217,6 +237,70 @@ async function startRunCommand(flags: CommandFlags, io: CliIO, deps: LaunchCliDe
   if (flags.switch('--json')) io.stdout.write(`${JSON.stringify(result)}\n`);
   else io.stdout.write(`${result.runId}\n`);
   io.stderr.write(`kvx-launch: MLflow run ${result.runId} ${result.how} in experiment ${result.experimentId}\n`);
+  return EXIT.ok;
+}
+
+async function scheduleCreateCommand(flags: CommandFlags, specArg: string | undefined, io: CliIO, deps: LaunchCliDeps): Promise<number> {
+  const templateFlag = flags.string('--template-uri');
+  if (specArg !== undefined && templateFlag !== undefined) throw new KvxError('KVX_USAGE', 'give either a spec file or --template-uri, not both');
+  const source = templateFlag ?? specArg;
+  if (source === undefined) throw new KvxError('KVX_USAGE', 'no pipeline given: pass the compiled spec (kvx-launch schedule create pipeline.yaml --cron "0 6 * * *")');
+  const cron = flags.string('--cron');
+  if (cron === undefined) throw new KvxError('KVX_USAGE', 'schedule create needs --cron, e.g. --cron "0 6 * * 1" (06:00 UTC every Monday; --timezone for another zone)');
+  const input: ScheduleInput = {
+    source,
+    isTemplate: /^https?:\/\//.test(source),
+    params: flags.pairs('--param'),
+    labels: Object.fromEntries(flags.pairs('--label')),
+    inputArtifacts: Object.fromEntries(flags.pairs('--artifact')),
+    ...flags.given({ failurePolicy: '--failure-policy', displayName: '--display-name' }),
+    now: (deps.now ?? (() => new Date()))(),
+    timing: {
+      cron,
+      maxConcurrentRuns: flags.string('--max-concurrent-runs') ?? '1',
+      allowQueueing: flags.switch('--allow-queueing'),
+      ...flags.given({ timezone: '--timezone', maxRuns: '--max-runs', startTime: '--start-time', endTime: '--end-time' }),
+    },
+  };
+  const loaded = loadLaunchConfig(flags, io, false);
+  // Adapted as run adapts it, so each scheduled job gets its run from the start step and ends it in the exit task.
+  if (loaded.config.adapt.enabled) input.adapt = adaptSettings(loaded);
+  const confDir = kedroConfDir(flags, io);
+  if (confDir !== undefined) input.confDir = confDir;
+  if (flags.switch('--dry-run')) {
+    const request = await withInterrupt(io, deps, (environment) => scheduleDryRun(loaded, input, environment));
+    io.stdout.write(flags.switch('--json') ? `${JSON.stringify(request)}\n` : `POST ${request.url}\n${JSON.stringify(request.body, null, 2)}\n`);
+    return EXIT.ok;
+  }
+  const { schedule, warnings } = await withInterrupt(io, deps, (environment) => createPipelineSchedule(loaded, input, environment));
+  for (const w of warnings) io.stderr.write(`kvx-launch: warning: ${w}\n`);
+  if (flags.switch('--json')) io.stdout.write(`${JSON.stringify(schedule)}\n`);
+  else {
+    io.stdout.write(
+      `created schedule ${schedule.name.split('/').pop()}\n` +
+        `  schedule:   ${schedule.name}\n` +
+        `  name:       ${schedule.displayName ?? ''}\n` +
+        `  cron:       ${schedule.cron ?? ''}\n` +
+        `  state:      ${schedule.state ?? ''}\n` +
+        (schedule.nextRunTime ? `  next run:   ${schedule.nextRunTime}\n` : ''),
+    );
+  }
+  return EXIT.ok;
+}
+
+async function scheduleListCommand(flags: CommandFlags, io: CliIO, deps: LaunchCliDeps): Promise<number> {
+  const loaded = loadLaunchConfig(flags, io, false);
+  const schedules = await withInterrupt(io, deps, (environment) => listPipelineSchedules(loaded, environment));
+  io.stdout.write(flags.switch('--json') ? `${JSON.stringify(schedules)}\n` : describeSchedules(schedules));
+  return EXIT.ok;
+}
+
+async function scheduleDeleteCommand(flags: CommandFlags, which: string, io: CliIO, deps: LaunchCliDeps): Promise<number> {
+  if (which.trim() === '') throw new KvxError('KVX_USAGE', 'name the schedule to delete: its id, resource name or display name');
+  const loaded = loadLaunchConfig(flags, io, false);
+  const deleted = await withInterrupt(io, deps, (environment) => deletePipelineSchedule(loaded, which, environment));
+  if (flags.switch('--json')) io.stdout.write(`${JSON.stringify({ deleted: deleted.name, displayName: deleted.displayName })}\n`);
+  else io.stdout.write(`deleted schedule ${deleted.name} (${deleted.displayName ?? ''})\n`);
   return EXIT.ok;
 }
 

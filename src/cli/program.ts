@@ -41,6 +41,8 @@ export interface CommandDef {
 export interface ProgramDef {
   name: ProgramName;
   description: string;
+  /** Descriptions of command groups (`schedule` of `schedule create`). */
+  groups?: Readonly<Record<string, string>>;
   commands: readonly CommandDef[];
 }
 
@@ -59,8 +61,17 @@ export async function runCli(def: ProgramDef, argv: readonly string[], io: CliIO
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
   if (def.commands.some((c) => c.passThroughOptions)) program.enablePositionalOptions();
+  const groups = new Map<string, Command>();
   for (const command of def.commands) {
-    const sub = program.command(command.id.slice(def.name.length + 1), command.isDefault ? { isDefault: true } : {}).description(command.description);
+    // `schedule create`: a group command (made once, with its description from the program's) holding `create`.
+    const words = command.id.slice(def.name.length + 1).split(' ');
+    let parent = program;
+    if (words.length === 2) {
+      const group = words[0]!;
+      parent = groups.get(group) ?? program.command(group).description(def.groups?.[group] ?? `${group} commands`);
+      groups.set(group, parent);
+    }
+    const sub = parent.command(words.at(-1)!, command.isDefault ? { isDefault: true } : {}).description(command.description);
     for (const arg of command.arguments ?? []) sub.argument(arg.name, arg.help);
     if (command.passThroughOptions) sub.passThroughOptions();
     if (command.helpAfter !== undefined) sub.addHelpText('after', command.helpAfter);

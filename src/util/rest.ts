@@ -19,7 +19,7 @@ export interface RestReply {
 }
 
 export interface RestCall<T> {
-  method: 'GET' | 'POST';
+  method: 'GET' | 'POST' | 'DELETE';
   url: string;
   /** Names the call in logs and errors: `POST runs/create`, `pipelineJobs.get`. */
   label: string;

@@ -1,5 +1,6 @@
 import type { CredentialsLookup } from '../auth/google/discovery.js';
 import { KvxError, errorMessage } from '../errors.js';
+import { sleep } from '../util/backoff.js';
 import type { RetryPolicy } from '../util/backoff.js';
 import { RestCore } from '../util/rest.js';
 import type { RestCall, RestClientOptions, RestReply } from '../util/rest.js';
@@ -83,6 +84,25 @@ export interface LongRunningOperation {
   name: string;
   done?: boolean;
   error?: { code?: number; message?: string };
+  [key: string]: unknown;
+}
+
+/** A Vertex AI Schedule (projects.locations.schedules) as the API returns it. */
+export interface VertexSchedule {
+  name: string;
+  displayName?: string;
+  cron?: string;
+  state?: 'STATE_UNSPECIFIED' | 'ACTIVE' | 'PAUSED' | 'COMPLETED';
+  maxConcurrentRunCount?: string;
+  maxRunCount?: string;
+  startedRunCount?: string;
+  startTime?: string;
+  endTime?: string;
+  nextRunTime?: string;
+  createTime?: string;
+  allowQueueing?: boolean;
+  createPipelineJobRequest?: { parent?: string; pipelineJob?: Record<string, unknown>; pipelineJobId?: string };
+  lastScheduledRunResponse?: { scheduledRunTime?: string; runResponse?: string };
   [key: string]: unknown;
 }
 
@@ -232,12 +252,94 @@ export class VertexClient {
     await this.call('POST', `/v1/${context}:addContextChildren`, 'metadataStores.contexts.addContextChildren', { childContexts: children });
   }
 
+  /** Where `schedules.create` is sent (POST), for a dry run to show. */
+  get schedulesUrl(): string {
+    return `${this.endpoint}/v1/${this.parent}/schedules`;
+  }
+
+  /** A schedule id or a full resource name → the full resource name. */
+  scheduleName(schedule: string): string {
+    return schedule.startsWith('projects/') ? schedule : `${this.parent}/schedules/${schedule}`;
+  }
+
+  /**
+   * Creates a schedule. Its id is the service's, so a repeat after a lost answer could make a second one: before
+   * anything is sent again, the schedules of that display name are searched for `marker` (a label of the job the
+   * schedule creates, unique to this call), and the one found is the result.
+   */
+  async createSchedule(body: Record<string, unknown>, marker: [string, string]): Promise<VertexSchedule> {
+    return this.rest.call<VertexSchedule>({
+      method: 'POST',
+      url: this.schedulesUrl,
+      label: 'schedules.create',
+      body,
+      idempotent: false,
+      recover: async () => {
+        const found = await this.uninterrupted().listSchedules(`display_name=${JSON.stringify(String(body['displayName']))}`);
+        return found.find((s) => (s.createPipelineJobRequest?.pipelineJob?.['labels'] as Record<string, string> | undefined)?.[marker[0]] === marker[1]);
+      },
+    });
+  }
+
+  async getSchedule(schedule: string): Promise<VertexSchedule> {
+    return this.call<VertexSchedule>('GET', `/v1/${this.scheduleName(schedule)}`, 'schedules.get');
+  }
+
+  /** Every schedule of the project and region (all pages, at most 50 of them), newest first as the API orders them. */
+  async listSchedules(filter?: string): Promise<VertexSchedule[]> {
+    const out: VertexSchedule[] = [];
+    let token: string | undefined;
+    for (let page = 0; page < 50; page++) {
+      const query = new URLSearchParams({ pageSize: '100' });
+      if (filter !== undefined) query.set('filter', filter);
+      if (token !== undefined) query.set('pageToken', token);
+      const reply = await this.call<{ schedules?: VertexSchedule[]; nextPageToken?: string }>('GET', `/v1/${this.parent}/schedules?${query}`, 'schedules.list');
+      out.push(...(reply.schedules ?? []));
+      token = reply.nextPageToken;
+      if (!token) break;
+    }
+    return out;
+  }
+
+  /**
+   * Deletes a schedule and waits for the deletion (a long-running operation) to finish. A repeat after a lost answer
+   * finds the schedule gone, which is the result.
+   */
+  async deleteSchedule(schedule: string, options: { timeoutMs?: number; intervalMs?: number } = {}): Promise<void> {
+    const name = this.scheduleName(schedule);
+    let op = await this.rest.call<LongRunningOperation>({
+      method: 'DELETE',
+      url: `${this.endpoint}/v1/${name}`,
+      label: 'schedules.delete',
+      idempotent: false,
+      recover: async () => {
+        try {
+          await this.uninterrupted().getSchedule(name);
+          return undefined;
+        } catch (err) {
+          if (err instanceof VertexApiError && err.status === 'NOT_FOUND') return { name: '', done: true };
+          throw err;
+        }
+      },
+    });
+    const deadline = Date.now() + (options.timeoutMs ?? 120_000);
+    let interval = options.intervalMs ?? 500;
+    while (op.done !== true && op.name !== '') {
+      if (Date.now() > deadline) throw new KvxError('KVX_VERTEX_API', `the deletion of schedule ${name} has not finished; operation ${op.name} is still running`, { hint: 'check it later with `kvx-launch schedule list`' });
+      // Ctrl-C stops the wait (the deletion goes on at Google's side; `schedule list` shows when it is done).
+      await sleep(interval, this.options.interrupt);
+      interval = Math.min(interval * 2, 5000);
+      op = await this.getOperation(op.name);
+    }
+    if (op.error !== undefined) throw new VertexApiError('schedules.delete', 200, 'OPERATION_FAILED', op.error.message ?? 'the deletion failed');
+  }
+
   /** Downloads a pipeline template (Artifact Registry `https://<region>-kfp.pkg.dev/...`) with the same credentials. */
   async fetchTemplate(uri: string): Promise<string> {
     return this.call<string>('GET', uri, 'template download', undefined, { raw: true });
   }
 
-  private call<T>(method: 'GET' | 'POST', pathOrUrl: string, operation: string, body?: unknown, extra: Pick<RestCall<T>, 'raw' | 'recover'> = {}): Promise<T> {
+  private call<T>(method: 'GET' | 'POST' | 'DELETE', pathOrUrl: string, operation: string, body?: unknown, extra: Pick<RestCall<T>, 'raw' | 'recover'> = {}): Promise<T> {
     const url = /^https?:\/\//.test(pathOrUrl) ? pathOrUrl : `${this.endpoint}${pathOrUrl}`;
     return this.rest.call<T>({ method, url, label: operation, idempotent: true, ...(body === undefined ? {} : { body }), ...extra });
   }

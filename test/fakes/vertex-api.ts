@@ -16,11 +16,13 @@
  * context (`system.PipelineRun`, id = job id) only when the job starts running, and only then reports it in
  * `jobDetail.pipelineRunContext`.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import YAML from 'yaml';
 import type { AccessTokenStore } from './google-common.js';
+import { JobExecution, rootValues } from './vertex-executor.js';
+import type { ExecutorOptions } from './vertex-executor.js';
 import { cancelRun, startRun, stepRun, taskJson } from './vertex-pipeline-run.js';
 import type { FakeTask, JobOutcome, RunState } from './vertex-pipeline-run.js';
 
@@ -65,6 +67,23 @@ export interface FakeJob {
   startFailure?: { code: number; message: string };
   cancelRequested: boolean;
   gets: number;
+  /** With `execute`: the local run of the job's containers. */
+  execution?: JobExecution;
+  /** The schedule that created the job, when one did. */
+  schedule?: string;
+}
+
+/** A Vertex AI Schedule (projects.locations.schedules) as stored: the body as sent, plus the output fields. */
+export interface FakeSchedule {
+  id: string;
+  body: Record<string, unknown>;
+  state: 'ACTIVE' | 'PAUSED' | 'COMPLETED';
+  createTime: string;
+  updateTime: string;
+  startedRunCount: number;
+  /** Jobs the schedule created, in order. */
+  jobs: string[];
+  lastScheduledRunResponse?: { scheduledRunTime: string; runResponse: string };
 }
 
 export interface FakeVertexOptions {
@@ -74,6 +93,11 @@ export interface FakeVertexOptions {
   accessTokens: AccessTokenStore;
   /** Service accounts the caller may act as; others get PERMISSION_DENIED (iam.serviceAccounts.actAs). */
   actAs?: string[];
+  /**
+   * Run every created job on this machine (vertex-executor.ts): its containers' commands run as local processes
+   * and GET shows the real states. Without it jobs advance through scripted states, one step per GET.
+   */
+  execute?: ExecutorOptions;
 }
 
 /**
@@ -114,6 +138,14 @@ export interface FakeVertex {
   denied: Set<string>;
   /** Full resource name of a context in the default store. */
   contextName(id: string): string;
+  /** Schedules by id. */
+  schedules: Map<string, FakeSchedule>;
+  /**
+   * What the scheduler does when a schedule's time comes: creates a job from its createPipelineJobRequest, as
+   * that request would (the job id is the pipeline's name and the UTC time, as Vertex names scheduled runs).
+   * Refused for a schedule that is not ACTIVE, and once maxRunCount runs were started.
+   */
+  fireSchedule(id: string, at?: Date): FakeJob;
   close(): Promise<void>;
 }
 
@@ -171,10 +203,14 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     metadataStoreExists: true,
     denied: new Set(),
     contextName: (id: string) => `projects/${projectNumber}/locations/${region}/metadataStores/default/contexts/${id}`,
+    schedules: new Map(),
+    fireSchedule: () => {
+      throw new Error('not started');
+    },
     close: async () => {},
   };
   let operationSeq = 0;
-  const operations = new Map<string, { polls: number }>();
+  const operations = new Map<string, { polls: number; response?: Record<string, unknown> }>();
 
   const jobName = (id: string) => `projects/${projectNumber}/locations/${region}/pipelineJobs/${id}`;
   const iso = (job: FakeJob, step: number) => new Date(Date.parse(job.createTime) + step * 1000).toISOString();
@@ -345,6 +381,205 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     return startFailure === undefined ? { spec } : { spec, startFailure };
   }
 
+  function createJob(id: string | null, body: Record<string, unknown>, schedule?: string): FakeJob {
+    const { spec, startFailure } = validateCreate(id, body);
+    const jobId = id ?? `pipeline-${Date.now()}`;
+    const outcome = fake.nextOutcome ?? {};
+    const run = startRun(spec, jobId, outcome);
+    const job: FakeJob = {
+      id: jobId,
+      body,
+      spec,
+      state: 'PIPELINE_STATE_QUEUED',
+      outcome,
+      run,
+      step: 0,
+      tasks: run.tasks,
+      createTime: new Date().toISOString(),
+      cancelRequested: false,
+      gets: 0,
+    };
+    if (schedule !== undefined) job.schedule = schedule;
+    if (startFailure !== undefined) job.startFailure = startFailure;
+    fake.nextOutcome = undefined;
+    fake.jobs.set(jobId, job);
+    // The create is answered with the job QUEUED; it starts right after.
+    if (options.execute !== undefined) setImmediate(() => execute(job, options.execute!));
+    return job;
+  }
+
+  /** Runs the job's containers locally; its state and tasks follow the run. */
+  function execute(job: FakeJob, executor: ExecutorOptions): void {
+    const now = new Date().toISOString();
+    job.startTime = now;
+    if (job.cancelRequested) {
+      job.state = 'PIPELINE_STATE_CANCELLED';
+      job.endTime = now;
+      job.error = { code: 1, message: 'CANCELLED' };
+      return;
+    }
+    if (job.startFailure !== undefined) {
+      job.state = 'PIPELINE_STATE_FAILED';
+      job.endTime = now;
+      job.error = { ...job.startFailure };
+      return;
+    }
+    if (fake.metadataStoreExists && !fake.contexts.has(job.id)) {
+      fake.contexts.set(job.id, { id: job.id, displayName: job.id, schemaTitle: 'system.PipelineRun', schemaVersion: '0.0.1', metadata: {}, parents: [], createTime: now });
+    }
+    job.state = 'PIPELINE_STATE_RUNNING';
+    const runtime = (job.body['runtimeConfig'] ?? {}) as Record<string, unknown>;
+    const execution = new JobExecution(job.spec, {
+      jobId: job.id,
+      resourceName: jobName(job.id),
+      uuid: randomUUID(),
+      pipelineRoot: String(runtime['gcsOutputDirectory'] ?? job.spec['defaultPipelineRoot'] ?? ''),
+      parameterValues: rootValues(runtime),
+      failFast: runtime['failurePolicy'] === 'PIPELINE_FAILURE_POLICY_FAIL_FAST',
+    }, executor);
+    job.execution = execution;
+    job.tasks = execution.tasks;
+    void execution.done.then(() => {
+      job.endTime = new Date().toISOString();
+      if (execution.state === 'CANCELLED' || (job.cancelRequested && execution.state !== 'FAILED')) {
+        job.state = 'PIPELINE_STATE_CANCELLED';
+        job.error = { code: 1, message: 'CANCELLED' };
+      } else if (execution.state === 'SUCCEEDED') {
+        job.state = 'PIPELINE_STATE_SUCCEEDED';
+      } else {
+        job.state = 'PIPELINE_STATE_FAILED';
+        const failed = execution.failed.map((t) => t.taskName).join(', ');
+        job.error = {
+          code: 9,
+          message: `The DAG failed because some tasks failed. The failed tasks are: [${failed}].; Job (project_id = ${projectId}, job_id = ${job.id}) is failed due to the above error.; Failed to handle the job: {project_number = ${projectNumber}, job_id = ${job.id}}`,
+        };
+      }
+    });
+  }
+
+  // ---------- schedules (projects.locations.schedules) ----------
+
+  const scheduleName = (id: string) => `projects/${projectNumber}/locations/${region}/schedules/${id}`;
+
+  function checkSchedule(body: Record<string, unknown>): void {
+    const displayName = body['displayName'];
+    if (typeof displayName !== 'string' || displayName === '') throw invalid('schedule.display_name is required.');
+    if ([...displayName].length > 128) throw invalid('schedule.display_name must be at most 128 characters.');
+    const cron = body['cron'];
+    if (typeof cron !== 'string' || cron.trim() === '') throw invalid('schedule.cron is required.');
+    checkCron(cron);
+    const max = body['maxConcurrentRunCount'];
+    if (max === undefined) throw invalid('schedule.max_concurrent_run_count is required.');
+    if (!positiveInt64(max)) throw invalid(`schedule.max_concurrent_run_count must be greater than 0; got ${JSON.stringify(max)}.`);
+    const maxRuns = body['maxRunCount'];
+    if (maxRuns !== undefined && !positiveInt64(maxRuns)) throw invalid(`schedule.max_run_count must be greater than 0; got ${JSON.stringify(maxRuns)}.`);
+    for (const field of ['startTime', 'endTime'] as const) {
+      const v = body[field];
+      if (v !== undefined && (typeof v !== 'string' || !RFC3339.test(v) || Number.isNaN(Date.parse(v)))) {
+        throw invalid(`Invalid value at 'schedule.${field === 'startTime' ? 'start_time' : 'end_time'}' (type.googleapis.com/google.protobuf.Timestamp), "${String(v)}"`);
+      }
+    }
+    if (typeof body['startTime'] === 'string' && typeof body['endTime'] === 'string' && Date.parse(body['endTime']) <= Date.parse(body['startTime'])) {
+      throw invalid('schedule.end_time must be after schedule.start_time.');
+    }
+    if (typeof body['endTime'] === 'string' && Date.parse(body['endTime']) <= Date.now()) throw invalid('schedule.end_time must be in the future.');
+    if (body['allowQueueing'] !== undefined && typeof body['allowQueueing'] !== 'boolean') throw invalid('schedule.allow_queueing must be a boolean.');
+    const request = body['createPipelineJobRequest'];
+    if (!isDict(request)) throw invalid('One of schedule.create_pipeline_job_request, ... must be set.');
+    const parent = request['parent'];
+    const m = typeof parent === 'string' ? /^projects\/([^/]+)\/locations\/([^/]+)$/.exec(parent) : null;
+    if (m === null) throw invalid('schedule.create_pipeline_job_request.parent is required (format: projects/{project}/locations/{location}).');
+    checkParent(m[1]!, m[2]!, 'aiplatform.pipelineJobs.create');
+    if (!isDict(request['pipelineJob'])) throw invalid('schedule.create_pipeline_job_request.pipeline_job is required.');
+    // The job the schedule would create is checked now, as Vertex validates it when the schedule is made.
+    const jobId = request['pipelineJobId'];
+    validateCreate(typeof jobId === 'string' ? jobId : null, request['pipelineJob']);
+  }
+
+  function scheduleJson(s: FakeSchedule): Record<string, unknown> {
+    const out: Record<string, unknown> = { name: scheduleName(s.id), ...s.body, state: s.state, createTime: s.createTime, updateTime: s.updateTime };
+    out['startTime'] = s.body['startTime'] ?? s.createTime;
+    out['startedRunCount'] = String(s.startedRunCount);
+    out['maxConcurrentRunCount'] = String(s.body['maxConcurrentRunCount']);
+    if (s.body['maxRunCount'] !== undefined) out['maxRunCount'] = String(s.body['maxRunCount']);
+    if (s.state === 'ACTIVE') out['nextRunTime'] = nextMinute(new Date(Math.max(Date.now(), Date.parse(String(out['startTime'])))));
+    if (s.lastScheduledRunResponse !== undefined) out['lastScheduledRunResponse'] = { ...s.lastScheduledRunResponse };
+    return out;
+  }
+
+  let scheduleSeq = 0;
+  async function handleSchedules(req: http.IncomingMessage, u: URL, method: string, body: string): Promise<{ status: number; json: unknown } | undefined> {
+    const collection = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/schedules$/.exec(u.pathname);
+    if (collection !== null && method === 'POST') {
+      checkParent(collection[1]!, collection[2]!, 'aiplatform.schedules.create');
+      allow('aiplatform.schedules.create', `projects/${collection[1]}/locations/${collection[2]}`);
+      const parsed = jsonBody(req, body);
+      checkSchedule(parsed);
+      const id = String(BigInt.asUintN(63, BigInt(Date.now()) * 1000n + BigInt(++scheduleSeq)));
+      const now = new Date().toISOString();
+      // Output-only fields are ignored, as Google ignores them.
+      const kept = Object.fromEntries(Object.entries(parsed).filter(([k]) => !['name', 'state', 'createTime', 'updateTime', 'nextRunTime', 'startedRunCount', 'lastPauseTime', 'lastResumeTime', 'lastScheduledRunResponse', 'catchUp'].includes(k)));
+      const s: FakeSchedule = { id, body: kept, state: 'ACTIVE', createTime: now, updateTime: now, startedRunCount: 0, jobs: [] };
+      fake.schedules.set(id, s);
+      return { status: 200, json: scheduleJson(s) };
+    }
+    if (collection !== null && method === 'GET') {
+      checkParent(collection[1]!, collection[2]!, 'aiplatform.schedules.list');
+      allow('aiplatform.schedules.list', `projects/${collection[1]}/locations/${collection[2]}`);
+      const match = scheduleFilter(u.searchParams.get('filter') ?? '');
+      const all = [...fake.schedules.values()].filter(match).sort((a, b) => (a.createTime < b.createTime ? 1 : a.createTime > b.createTime ? -1 : a.id < b.id ? 1 : -1));
+      const rawSize = u.searchParams.get('pageSize');
+      const size = rawSize === null ? 100 : Number(rawSize);
+      if (!Number.isInteger(size) || size < 0) throw invalid(`Invalid page size ${rawSize}.`);
+      const pageSize = size === 0 ? 100 : Math.min(size, 100);
+      const token = u.searchParams.get('pageToken');
+      const offset = token === null || token === '' ? 0 : Number(Buffer.from(token, 'base64url').toString('utf8').replace(/^offset:/, ''));
+      if (!Number.isInteger(offset) || offset < 0) throw invalid('Invalid page token.');
+      const page = all.slice(offset, offset + pageSize);
+      const out: Record<string, unknown> = {};
+      if (page.length > 0) out['schedules'] = page.map(scheduleJson);
+      if (offset + pageSize < all.length) out['nextPageToken'] = Buffer.from(`offset:${offset + pageSize}`).toString('base64url');
+      return { status: 200, json: out };
+    }
+    const one = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/schedules\/([^/:]+)$/.exec(u.pathname);
+    if (one !== null && (method === 'GET' || method === 'DELETE')) {
+      const permission = method === 'GET' ? 'aiplatform.schedules.get' : 'aiplatform.schedules.delete';
+      checkParent(one[1]!, one[2]!, permission);
+      allow(permission, scheduleName(one[3]!));
+      const s = fake.schedules.get(one[3]!);
+      if (s === undefined) throw new GoogleError(404, 'NOT_FOUND', `Schedule ${scheduleName(one[3]!)} is not found.`);
+      if (method === 'GET') return { status: 200, json: scheduleJson(s) };
+      fake.schedules.delete(s.id);
+      const op = `projects/${projectNumber}/locations/${region}/operations/${++operationSeq}`;
+      operations.set(op, { polls: 0, response: { '@type': 'type.googleapis.com/google.protobuf.Empty' } });
+      return { status: 200, json: { name: op, metadata: { '@type': 'type.googleapis.com/google.cloud.aiplatform.v1.DeleteOperationMetadata', genericMetadata: { createTime: new Date().toISOString() } }, done: false } };
+    }
+    return undefined;
+  }
+
+  fake.fireSchedule = (id: string, at: Date = new Date()): FakeJob => {
+    const s = fake.schedules.get(id);
+    if (s === undefined) throw new Error(`no schedule ${id}`);
+    if (s.state !== 'ACTIVE') throw new Error(`schedule ${id} is ${s.state}: it starts no run`);
+    if (typeof s.body['startTime'] === 'string' && at.getTime() < Date.parse(s.body['startTime'])) throw new Error(`schedule ${id} starts at ${String(s.body['startTime'])}`);
+    if (typeof s.body['endTime'] === 'string' && at.getTime() >= Date.parse(s.body['endTime'])) throw new Error(`schedule ${id} ended at ${String(s.body['endTime'])}`);
+    const active = s.jobs.filter((j) => !['PIPELINE_STATE_SUCCEEDED', 'PIPELINE_STATE_FAILED', 'PIPELINE_STATE_CANCELLED'].includes(fake.jobs.get(j)?.state ?? '')).length;
+    if (active >= Number(s.body['maxConcurrentRunCount']) && s.body['allowQueueing'] !== true) throw new Error(`schedule ${id} already has ${active} runs going (maxConcurrentRunCount): this run is skipped`);
+    const request = s.body['createPipelineJobRequest'] as Record<string, unknown>;
+    const pipelineJob = structuredClone(request['pipelineJob']) as Record<string, unknown>;
+    const spec = specOf(pipelineJob);
+    const base = String((spec['pipelineInfo'] as { name?: unknown }).name).slice(0, 100);
+    let jobId = typeof request['pipelineJobId'] === 'string' ? request['pipelineJobId'] : `${base}-${stamp(at)}`;
+    for (let n = 2; fake.jobs.has(jobId) && typeof request['pipelineJobId'] !== 'string'; n++) jobId = `${base}-${stamp(at)}-${n}`;
+    const job = createJob(jobId, pipelineJob, scheduleName(id));
+    s.jobs.push(jobId);
+    s.startedRunCount++;
+    s.lastScheduledRunResponse = { scheduledRunTime: at.toISOString(), runResponse: jobName(jobId) };
+    s.updateTime = new Date().toISOString();
+    if (s.body['maxRunCount'] !== undefined && s.startedRunCount >= Number(s.body['maxRunCount'])) s.state = 'COMPLETED';
+    return job;
+  };
+
   /** One step: QUEUED → RUNNING (the root task) → one task event per step → the job's end. */
   function advance(job: FakeJob): void {
     if (['PIPELINE_STATE_SUCCEEDED', 'PIPELINE_STATE_FAILED', 'PIPELINE_STATE_CANCELLED'].includes(job.state)) return;
@@ -497,6 +732,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       if (op === undefined) throw new GoogleError(404, 'NOT_FOUND', `Operation ${name} is not found.`);
       // The create answered not-done; the store exists from the first look at the operation on.
       op.polls++;
+      if (op.response !== undefined) return { status: 200, json: { name, done: true, response: op.response } };
       fake.metadataStoreExists = true;
       return { status: 200, json: { name, done: true, response: { '@type': 'type.googleapis.com/google.cloud.aiplatform.v1.MetadataStore', name: `projects/${projectNumber}/locations/${region}/metadataStores/default` } } };
     }
@@ -594,28 +830,11 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid('Invalid JSON payload received. Expected an object.');
       const id = u.searchParams.get('pipelineJobId');
-      const { spec, startFailure } = validateCreate(id, parsed as Record<string, unknown>);
-      const jobId = id ?? `pipeline-${Date.now()}`;
-      const outcome = fake.nextOutcome ?? {};
-      const run = startRun(spec, jobId, outcome);
-      const job: FakeJob = {
-        id: jobId,
-        body: parsed as Record<string, unknown>,
-        spec,
-        state: 'PIPELINE_STATE_QUEUED',
-        outcome,
-        run,
-        step: 0,
-        tasks: run.tasks,
-        createTime: new Date().toISOString(),
-        cancelRequested: false,
-        gets: 0,
-      };
-      if (startFailure !== undefined) job.startFailure = startFailure;
-      fake.nextOutcome = undefined;
-      fake.jobs.set(jobId, job);
+      const job = createJob(id, parsed as Record<string, unknown>);
       return { status: 200, json: jobJson(job) };
     }
+    const scheduleAnswer = await handleSchedules(req, u, method, body);
+    if (scheduleAnswer !== undefined) return scheduleAnswer;
     const one = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/pipelineJobs\/([^/:]+)(:cancel)?$/.exec(u.pathname);
     if (one !== null) {
       const cancel = one[4] !== undefined;
@@ -628,11 +847,12 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
         }
         job.cancelRequested = true;
         job.state = 'PIPELINE_STATE_CANCELLING';
+        job.execution?.cancel();
         return { status: 200, json: {} };
       }
       if (!cancel && method === 'GET') {
         job.gets++;
-        advance(job);
+        if (options.execute === undefined) advance(job);
         return { status: 200, json: jobJson(job) };
       }
     }
@@ -672,15 +892,85 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
   fake.port = (server.address() as AddressInfo).port;
   url = `http://127.0.0.1:${fake.port}`;
   fake.url = url;
-  fake.close = () =>
-    new Promise<void>((resolve) => {
+  fake.close = async () => {
+    // Every local run is cancelled and waited for: no step outlives the fake.
+    for (const job of fake.jobs.values()) job.execution?.cancel();
+    await Promise.all([...fake.jobs.values()].map((job) => job.execution?.done));
+    await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
     });
+  };
   return fake;
 }
 
 const SYSTEM_TYPES: ReadonlySet<string> = new Set(['TASK_FINAL_STATUS', 'TASK_CONFIG']);
+
+const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+
+/** An int64 field as JSON carries it (a number or a decimal string), above 0. */
+function positiveInt64(v: unknown): boolean {
+  if (typeof v === 'number') return Number.isSafeInteger(v) && v > 0;
+  return typeof v === 'string' && /^\d{1,19}$/.test(v) && BigInt(v) > 0n;
+}
+
+const CRON_FIELDS: readonly [string, number, number][] = [
+  ['minute', 0, 59],
+  ['hour', 0, 23],
+  ['day of month', 1, 31],
+  ['month', 1, 12],
+  ['day of week', 0, 7],
+];
+const NAMES: Record<string, string> = { jan: '1', feb: '2', mar: '3', apr: '4', may: '5', jun: '6', jul: '7', aug: '8', sep: '9', oct: '10', nov: '11', dec: '12', sun: '0', mon: '1', tue: '2', wed: '3', thu: '4', fri: '5', sat: '6' };
+
+/** Five cron fields (numbers, ranges, steps, lists, names), optionally after `TZ=<zone>` or `CRON_TZ=<zone>`. */
+function checkCron(cron: string): void {
+  let text = cron.trim();
+  const tz = /^(?:CRON_TZ|TZ)=(\S+)\s+/.exec(text);
+  if (tz !== null) {
+    try {
+      new Intl.DateTimeFormat('en', { timeZone: tz[1]! });
+    } catch {
+      throw new GoogleError(400, 'INVALID_ARGUMENT', `Invalid cron "${cron}": unknown time zone ${tz[1]}.`);
+    }
+    text = text.slice(tz[0].length);
+  }
+  const fields = text.split(/\s+/);
+  if (fields.length !== 5) throw new GoogleError(400, 'INVALID_ARGUMENT', `Invalid cron "${cron}": expected 5 fields, got ${fields.length}.`);
+  fields.forEach((field, i) => {
+    const [what, lo, hi] = CRON_FIELDS[i]!;
+    for (const part of field.split(',')) {
+      const m = /^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:\/(\d+))?$/i.exec(part);
+      if (m === null) throw new GoogleError(400, 'INVALID_ARGUMENT', `Invalid cron "${cron}": bad ${what} field "${field}".`);
+      if (m[1] === '*') continue;
+      for (const n of m[1]!.split('-')) {
+        const v = Number(NAMES[n.toLowerCase()] ?? n);
+        if (!Number.isInteger(v) || v < lo || v > hi) throw new GoogleError(400, 'INVALID_ARGUMENT', `Invalid cron "${cron}": ${what} ${n} is outside ${lo}-${hi}.`);
+      }
+    }
+  });
+}
+
+/** `display_name="x"`, `state=ACTIVE`, joined by AND: the part of the list filter the fake knows; others are refused. */
+function scheduleFilter(filter: string): (s: FakeSchedule) => boolean {
+  if (filter.trim() === '') return () => true;
+  const tests = filter.split(/\s+AND\s+/).map((term) => {
+    const m = /^\s*(display_name|state)\s*(=|!=)\s*(?:"((?:[^"\\]|\\.)*)"|(\w+))\s*$/.exec(term);
+    if (m === null) throw new GoogleError(400, 'INVALID_ARGUMENT', `Unsupported filter "${filter}".`);
+    const value = (m[3] ?? m[4]!).replace(/\\(.)/g, '$1');
+    const get = (s: FakeSchedule) => (m[1] === 'state' ? s.state : String(s.body['displayName']));
+    return m[2] === '=' ? (s: FakeSchedule) => get(s) === value : (s: FakeSchedule) => get(s) !== value;
+  });
+  return (s) => tests.every((t) => t(s));
+}
+
+function nextMinute(from: Date): string {
+  return new Date(Math.floor(from.getTime() / 60_000) * 60_000 + 60_000).toISOString();
+}
+
+function stamp(d: Date): string {
+  return d.toISOString().replace(/[-:T]/g, '').slice(0, 14);
+}
 
 function isDict(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -104,6 +104,7 @@ export async function startHarness(): Promise<Harness> {
     async reset() {
       await mlflow.reset();
       vertex.jobs.clear();
+      vertex.schedules.clear();
       vertex.contexts.clear();
       vertex.artifacts.clear();
       vertex.templates.clear();

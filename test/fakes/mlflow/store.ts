@@ -116,8 +116,18 @@ function boundedValue(kind: 'Tag' | 'Param', value: unknown, limit: number): str
 const randomName = (): string =>
   `${ADJECTIVES[randomBytes(1)[0]! % ADJECTIVES.length]}-${NOUNS[randomBytes(1)[0]! % NOUNS.length]}-${randomBytes(1)[0]! % 1000}`;
 
+/** One tag write, in the order the server carried it out (to check that a tag never changes meaning). */
+export interface TagWrite {
+  runId: string;
+  key: string;
+  value: string;
+  at: number;
+}
+
 export class FakeMlflowStore {
   readonly experiments = new Map<string, Experiment>();
+  /** Every tag written to a run (run creation, set-tag, log-batch), in order. */
+  readonly tagWrites: TagWrite[] = [];
   readonly runs = new Map<string, Run>();
   readonly loggedModels = new Map<string, LoggedModel>();
   private nextExperimentId = 1;
@@ -130,6 +140,7 @@ export class FakeMlflowStore {
     this.experiments.clear();
     this.runs.clear();
     this.loggedModels.clear();
+    this.tagWrites.length = 0;
     this.nextExperimentId = 1;
     const now = Date.now();
     // Every MLflow backend starts with the Default experiment, id 0.
@@ -235,11 +246,12 @@ export class FakeMlflowStore {
     return r;
   }
 
-  setTag(r: Run, key: unknown, value: unknown): void {
+  setTag(r: Run, key: unknown, value: unknown, record = true): void {
     const k = validateKey('Tag', key);
     const v = boundedValue('Tag', value, MAX_TAG_VALUE);
     r.tags.set(k, v);
     if (k === 'mlflow.runName') r.info.run_name = v;
+    if (record) this.tagWrites.push({ runId: r.info.run_id, key: k, value: v, at: Date.now() });
   }
 
   logParam(r: Run, key: unknown, value: unknown): void {
@@ -286,7 +298,8 @@ export class FakeMlflowStore {
     };
     for (const p of batch.params) this.logParam(probe, p.key, p.value);
     for (const m of batch.metrics) this.logMetric(probe, m);
-    for (const t of batch.tags) this.setTag(probe, t.key, t.value);
+    for (const t of batch.tags) this.setTag(probe, t.key, t.value, false);
+    for (const t of batch.tags) this.tagWrites.push({ runId: r.info.run_id, key: String(t.key), value: String(t.value ?? ''), at: Date.now() });
     r.params = probe.params;
     r.tags = probe.tags;
     r.metrics = probe.metrics;
