@@ -64,7 +64,7 @@ export class GoogleIamProvider extends GoogleTokenProvider {
       headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json' },
       body: JSON.stringify(body),
       signal,
-    });
+    }, this.context.egress);
   }
 
   private explain(answer: GoogleAnswer, info: CredentialsInfo): TokenFetchError {

@@ -4,6 +4,7 @@
  */
 import type { AuthClient } from 'google-auth-library';
 import { TokenFetchError } from '../token.js';
+import { egressTransporterOptions } from '../../net/egress-http.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import { CLOUD_PLATFORM_SCOPE, SETUP_HINT } from './source.js';
@@ -22,7 +23,7 @@ export function libraryCredentials(json: Json, file: string, options: FindOption
     info,
     async () => {
       try {
-        client ??= await new (googleAuthLibrary().GoogleAuth)({ credentials: json as never, scopes: [CLOUD_PLATFORM_SCOPE] }).getClient();
+        client ??= throughEgress(await new (googleAuthLibrary().GoogleAuth)({ credentials: json as never, scopes: [CLOUD_PLATFORM_SCOPE] }).getClient(), options);
         const { token } = await client.getAccessToken();
         const expiry = client.credentials.expiry_date;
         if (!token || typeof expiry !== 'number') throw new TokenFetchError(`the ${kind} credentials gave no access token with an expiry`);
@@ -34,4 +35,18 @@ export function libraryCredentials(json: Json, file: string, options: FindOption
     },
     options,
   );
+}
+
+/**
+ * Sends the client's requests (STS, IAM Credentials, the source credentials' refresh) the way kvx's own Google
+ * calls go. GoogleAuth builds impersonated clients and their source client without passing its client options
+ * on, so the transporters are set on the clients it made.
+ */
+function throughEgress(client: AuthClient, options: FindOptions): AuthClient {
+  const transporter = egressTransporterOptions(options.egress);
+  if (transporter === undefined) return client;
+  for (let c: AuthClient | undefined = client; c !== undefined; c = (c as { sourceClient?: AuthClient }).sourceClient) {
+    c.transporter.defaults.fetchImplementation = transporter.fetchImplementation;
+  }
+  return client;
 }

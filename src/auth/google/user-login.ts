@@ -4,6 +4,7 @@ import { errorMessage } from '../../errors.js';
 import { TokenFetchError } from '../token.js';
 import { decodeJwtClaims } from '../jwt.js';
 import type { Token } from '../token.js';
+import { egressTransporterOptions } from '../../net/egress-http.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import type { CredentialsInfo, FindOptions, Json, SourceCredentials } from './source.js';
@@ -11,7 +12,8 @@ import type { CredentialsInfo, FindOptions, Json, SourceCredentials } from './so
 export function userLoginCredentials(json: Json, file: string, options: FindOptions): SourceCredentials {
   let client: UserRefreshClient;
   try {
-    client = new (googleAuthLibrary().UserRefreshClient)({ endpoints: { oauth2TokenUrl: options.endpoints.oauthToken } });
+    const transporterOptions = egressTransporterOptions(options.egress);
+    client = new (googleAuthLibrary().UserRefreshClient)({ endpoints: { oauth2TokenUrl: options.endpoints.oauthToken }, ...(transporterOptions ? { transporterOptions } : {}) });
     client.fromJSON(json as Parameters<UserRefreshClient['fromJSON']>[0]);
   } catch (err) {
     throw new TokenFetchError(`${file} is not a usable gcloud login (${errorMessage(err)})`, { hint: 'rerun `gcloud auth application-default login`' });
