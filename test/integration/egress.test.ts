@@ -27,6 +27,7 @@ import { iapGate } from '../fakes/iap-gate.js';
 import { closedPort, request, startScriptedUpstream } from '../helpers/http.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import { expectNoSecrets, injectorFor } from './google-helpers.js';
+import { FIXTURE, launchCli, onlyRun, useHarness } from './launch-harness.js';
 
 const PASSWORD = 's3cr@t-proxy-pw';
 const BASIC = Buffer.from(`kvx:${PASSWORD}`).toString('base64');
@@ -320,6 +321,26 @@ describe('egress proxy: kvx-launch and doctor', () => {
       await world.close();
       process.exitCode = undefined;
     }
+  });
+});
+
+describe('egress proxy: kvx-launch run end to end', () => {
+  const harness = useHarness();
+  let proxy: FakeConnectProxy;
+  beforeEach(async () => {
+    proxy = await startConnectProxy({ user: 'kvx', password: PASSWORD });
+  });
+  afterEach(() => proxy.close());
+
+  it('sends its Vertex AI and MLflow calls through HTTP_PROXY, the metadata server directly', async () => {
+    const h = harness();
+    const res = await launchCli(h, ['run', FIXTURE, '-c', h.config, '--param', 'dataset=companies-v2', '--poll-interval', '0.01'], { env: { HTTP_PROXY: withCredentials(proxy) } });
+    expect(res.code, res.stderr).to.equal(0);
+    onlyRun(h);
+    const ports = new Set(proxy.connects.map((c) => c.authority.split(':')[1]));
+    expect([...ports]).to.have.members([new URL(h.vertex.url).port, new URL(h.mlflow.url).port]);
+    expect(proxy.connects.every((c) => c.status === 200)).to.equal(true);
+    expect(res.stdout + res.stderr).to.not.contain(PASSWORD).and.not.contain(BASIC);
   });
 });
 
