@@ -11,12 +11,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { expect } from 'chai';
 import YAML from 'yaml';
 import { main } from '../../src/cli/kvx-proxy.js';
 import { Egress } from '../../src/config/egress.js';
 import { loadConfig } from '../../src/config/load.js';
-import { KvxError } from '../../src/errors.js';
+import type { KvxError } from '../../src/errors.js';
 import { MlflowClient, mlflowDispatcher } from '../../src/mlflow/client.js';
 import { startConnectProxy } from '../fakes/connect-proxy.js';
 import type { FakeConnectProxy } from '../fakes/connect-proxy.js';
@@ -137,7 +138,7 @@ describe('egress proxy and host aliases: an https upstream by name', () => {
     writeFileSync(pem('server.ext'), 'subjectAltName=DNS:mlflow.internal\n');
     openssl('x509', '-req', '-in', pem('server.csr'), '-CA', pem('ca.pem'), '-CAkey', pem('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', pem('server.ext'), '-out', pem('server.pem'));
     server = https.createServer({ key: readFileSync(pem('server.key')), cert: readFileSync(pem('server.pem')) }, (req, res) => {
-      sni.push((req.socket as import('node:tls').TLSSocket).servername);
+      sni.push((req.socket as TLSSocket).servername);
       res.end(`secure ${req.headers.host}`);
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
