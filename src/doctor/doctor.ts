@@ -75,6 +75,7 @@ export async function runDoctor(loaded: LoadedConfig, options: DoctorOptions): P
     return finish(steps);
   }
   if (egress.active) for (const step of egressSteps(config, egress)) add(step);
+  else add({ name: 'egress', state: 'ok', detail: 'direct connections: no egress.proxy, HTTPS_PROXY or HTTP_PROXY, no egress.hostAliases' });
 
   let injector: HeaderInjector | undefined;
   try {

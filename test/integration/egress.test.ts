@@ -317,6 +317,11 @@ describe('egress proxy: kvx-launch and doctor', () => {
       expect(out.text).to.contain('[OK  ] egress host aliases: mlflow.internal → 10.0.0.5');
       const ports = proxy.connects.map((c) => c.authority.split(':')[1]);
       expect(ports).to.include(new URL(mlflow.url).port).and.include(new URL(world.endpoints.iamCredentials).port);
+
+      writeFileSync(file, YAML.stringify({ upstream: { url: mlflow.url }, auth: { provider: 'none' } }));
+      const plain = new Sink();
+      await main(['doctor', '-c', file], { stdout: plain, stderr: new Sink(), env: world.metadataEnv() });
+      expect(plain.text).to.contain('[OK  ] egress: direct connections: no egress.proxy, HTTPS_PROXY or HTTP_PROXY');
     } finally {
       await mlflow.close();
       await world.close();
