@@ -25,32 +25,39 @@ const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /** An undici Agent whose connections follow `egress`; with nothing configured, a plain Agent as before. */
 export function egressDispatcher(egress: Egress, options: EgressDispatcherOptions = {}): Dispatcher {
-  const { Agent, buildConnector } = lazyRequire('undici') as typeof Undici;
-  const connect = egress.lookup === undefined ? options.connect : { ...options.connect, lookup: egress.lookup };
+  const { Agent } = lazyRequire('undici') as typeof Undici;
   const agentOptions: Undici.Agent.Options = {};
   if (options.connections !== undefined) agentOptions.connections = options.connections;
-  if (!egress.proxied || options.proxy === false) {
-    if (connect !== undefined) agentOptions.connect = connect;
-    return new Agent(agentOptions);
-  }
-  const direct = buildConnector(connect ?? {});
-  const timeoutMs = (connect as { timeout?: number } | undefined)?.timeout ?? DEFAULT_CONNECT_TIMEOUT_MS;
-  const tunnelled: buildConnector.connector = (opts, callback) => {
+  const connect = egressConnector(egress, options.connect, options.proxy !== false);
+  if (connect !== undefined) agentOptions.connect = connect;
+  return new Agent(agentOptions);
+}
+
+/**
+ * undici's `connect` option for a Pool or Agent (the node engine's upstream pool can take it too): the options as
+ * given when nothing is configured, the same with the host aliases' lookup, or a connector that tunnels where
+ * `egress` names a proxy. `proxy: false` never tunnels.
+ */
+export function egressConnector(egress: Egress, connect: buildConnector.BuildOptions | undefined, proxy = true): buildConnector.BuildOptions | buildConnector.connector | undefined {
+  const withLookup = egress.lookup === undefined ? connect : { ...connect, lookup: egress.lookup };
+  if (!egress.proxied || !proxy) return withLookup;
+  const direct = (lazyRequire('undici') as typeof Undici).buildConnector(withLookup ?? {});
+  const { timeout, lookup: _lookup, ...tlsOptions } = (connect ?? {}) as { timeout?: number; lookup?: unknown };
+  const timeoutMs = timeout ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  return (opts, callback) => {
     const secure = opts.protocol === 'https:';
     const port = Number(opts.port) || (secure ? 443 : 80);
     const host = opts.hostname.replace(/^\[|\]$/g, '');
-    const { proxy } = egress.route(`${opts.protocol}//${opts.hostname}:${port}`);
-    if (proxy === undefined) return direct(opts, callback);
-    const tls = { ...(connect as object), ...(opts.servername ? { servername: opts.servername } : {}) };
-    dial({ host, port, secure, tls }, { proxy, lookup: egress.lookup, timeoutMs }, (err, socket) => {
+    const route = egress.route(`${opts.protocol}//${opts.hostname}:${port}`);
+    if (route.proxy === undefined) return direct(opts, callback);
+    const tls = { ...tlsOptions, ...(opts.servername ? { servername: opts.servername } : {}) };
+    dial({ host, port, secure, tls }, { proxy: route.proxy, lookup: egress.lookup, timeoutMs }, (err, socket) => {
       if (err !== undefined || socket === undefined) return callback(err ?? new Error('no connection'), null);
       if (!secure) return callback(null, socket);
       whenSecure(socket as TLSSocket, timeoutMs, callback);
     });
     return undefined as unknown as Socket;
   };
-  agentOptions.connect = tunnelled;
-  return new Agent(agentOptions);
 }
 
 /** undici wants the connection ready: a tunnelled TLS socket is handed over after its handshake. */
