@@ -10,7 +10,8 @@ import type http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { expect } from 'chai';
 import YAML from 'yaml';
@@ -118,6 +119,35 @@ describe('egress proxy: the wire engine upstream', () => {
       expect(guarded.connects.map((c) => c.status)).to.deep.equal([407, 407, 403]);
     } finally {
       await guarded.close();
+    }
+  });
+});
+
+describe('egress proxy: a proxy that never answers CONNECT', () => {
+  it('gives up after upstream.connectTimeoutMs with a 504 and closes the connection to the proxy', async () => {
+    const held = new Set<Socket>();
+    let closed = 0;
+    const silent = net.createServer((socket) => {
+      held.add(socket);
+      // Reads (and ignores) the CONNECT, so the client's close is seen.
+      socket.resume();
+      socket.on('error', () => {});
+      socket.once('close', () => closed++);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const silentPort = (silent.address() as AddressInfo).port;
+    const kvx = await startTestProxy('http://127.0.0.1:9', { 'auth.provider': 'none', 'upstream.connectTimeoutMs': 200 }, { HTTP_PROXY: `127.0.0.1:${silentPort}` });
+    try {
+      const res = await request(`${kvx.url}/health`);
+      expect(res.status).to.equal(504);
+      expect(res.headers['x-kvx-error']).to.equal('upstream_timeout');
+      expect(JSON.parse(res.body).message).to.contain('KVX_EGRESS_PROXY_TIMEOUT').and.contain('upstream.connectTimeoutMs (200 ms)');
+      await new Promise((r) => setTimeout(r, 50));
+      expect(closed).to.equal(held.size).and.equal(1);
+    } finally {
+      await kvx.close(500);
+      for (const socket of held) socket.destroy();
+      silent.close();
     }
   });
 });
