@@ -16,6 +16,8 @@ import type { TLSSocket } from 'node:tls';
 import { expect } from 'chai';
 import YAML from 'yaml';
 import { main } from '../../src/cli/kvx-proxy.js';
+import { libraryCredentials } from '../../src/auth/google/external.js';
+import { silentLogger } from '../../src/log/logger.js';
 import { Egress } from '../../src/config/egress.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { KvxError } from '../../src/errors.js';
@@ -387,3 +389,55 @@ class Sink extends Writable {
     done();
   }
 }
+
+describe('egress proxy: credential files google-auth-library refreshes', () => {
+  let proxy: FakeConnectProxy;
+  let dir: string;
+  beforeEach(async () => {
+    proxy = await startConnectProxy();
+    // Every CONNECT is refused: the calls only have to be seen going through the proxy, never anywhere else.
+    proxy.mode = 'refuse';
+    dir = mkdtempSync(path.join(tmpdir(), 'kvx-egress-gal-'));
+  });
+  afterEach(() => proxy.close());
+
+  async function attempt(json: Record<string, unknown>): Promise<string> {
+    const egress = Egress.fromConfig({ egress: { proxy: '', noProxy: [], hostAliases: {} } }, { HTTP_PROXY: proxy.url });
+    const source = libraryCredentials(json, 'adc.json', { env: {}, endpoints: { oauthToken: '', iamCredentials: '', metadataHost: '' }, logger: silentLogger, egress, fetchTimeoutMs: 5000 });
+    try {
+      return await source.accessToken().then(
+        () => 'no error',
+        (err: unknown) => (err as Error).message,
+      );
+    } finally {
+      source.close();
+      await egress.close();
+    }
+  }
+
+  it('sends the STS exchange of an external_account (workload identity federation) and the impersonation chain through the proxy', async () => {
+    const closed = await closedPort();
+    const subject = path.join(dir, 'subject-token');
+    writeFileSync(subject, 'header.payload.signature');
+    const external = {
+      type: 'external_account',
+      audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/github',
+      subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+      token_url: `http://127.0.0.1:${closed}/v1/token`,
+      credential_source: { file: subject },
+    };
+    expect(await attempt(external)).to.contain('external_account');
+    expect(proxy.connects.map((c) => c.authority)).to.deep.equal([`127.0.0.1:${closed}`]);
+
+    proxy.connects.length = 0;
+    const impersonated = {
+      type: 'impersonated_service_account',
+      service_account_impersonation_url: `http://127.0.0.1:${closed}/v1/projects/-/serviceAccounts/${TARGET_SA}:generateAccessToken`,
+      source_credentials: external,
+    };
+    expect(await attempt(impersonated)).to.contain('impersonated_service_account');
+    // google-auth-library retries the source's refresh after a network error; every attempt goes through the proxy.
+    expect(proxy.connects.length, 'the source credentials refresh through the proxy too').to.be.greaterThan(0);
+    expect(new Set(proxy.connects.map((c) => c.authority))).to.deep.equal(new Set([`127.0.0.1:${closed}`]));
+  });
+});

@@ -39,14 +39,16 @@ export function libraryCredentials(json: Json, file: string, options: FindOption
 
 /**
  * Sends the client's requests (STS, IAM Credentials, the source credentials' refresh) the way kvx's own Google
- * calls go. GoogleAuth builds impersonated clients and their source client without passing its client options
- * on, so the transporters are set on the clients it made.
+ * calls go. google-auth-library does not pass its transporter on everywhere: impersonated clients and their source
+ * client are built without the client options, and an external account's STS exchange has a transporter of its
+ * own; each of them is set here.
  */
 function throughEgress(client: AuthClient, options: FindOptions): AuthClient {
   const transporter = egressTransporterOptions(options.egress);
   if (transporter === undefined) return client;
-  for (let c: AuthClient | undefined = client; c !== undefined; c = (c as { sourceClient?: AuthClient }).sourceClient) {
-    c.transporter.defaults.fetchImplementation = transporter.fetchImplementation;
+  type Parts = { transporter?: AuthClient['transporter']; sourceClient?: AuthClient; stsCredential?: { transporter?: AuthClient['transporter'] } };
+  for (let c: Parts | undefined = client as Parts; c !== undefined; c = c.sourceClient as Parts | undefined) {
+    for (const t of [c.transporter, c.stsCredential?.transporter]) if (t !== undefined) t.defaults.fetchImplementation = transporter.fetchImplementation;
   }
   return client;
 }
