@@ -427,7 +427,9 @@ describe('egress proxy: credential files google-auth-library refreshes', () => {
       credential_source: { file: subject },
     };
     expect(await attempt(external)).to.contain('external_account');
-    expect(proxy.connects.map((c) => c.authority)).to.deep.equal([`127.0.0.1:${closed}`]);
+    // google-auth-library retries after a network error; every attempt goes through the proxy.
+    expect(proxy.connects.length).to.be.greaterThan(0);
+    expect(new Set(proxy.connects.map((c) => c.authority))).to.deep.equal(new Set([`127.0.0.1:${closed}`]));
 
     proxy.connects.length = 0;
     const impersonated = {
@@ -436,7 +438,6 @@ describe('egress proxy: credential files google-auth-library refreshes', () => {
       source_credentials: external,
     };
     expect(await attempt(impersonated)).to.contain('impersonated_service_account');
-    // google-auth-library retries the source's refresh after a network error; every attempt goes through the proxy.
     expect(proxy.connects.length, 'the source credentials refresh through the proxy too').to.be.greaterThan(0);
     expect(new Set(proxy.connects.map((c) => c.authority))).to.deep.equal(new Set([`127.0.0.1:${closed}`]));
   });
