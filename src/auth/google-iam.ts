@@ -63,7 +63,7 @@ export class GoogleIamProvider extends GoogleTokenProvider {
 
   private generateIdToken(accessToken: string, signal: AbortSignal): Promise<GoogleAnswer> {
     const base = this.context.config.auth.endpoints.iamCredentials;
-    return iamCredentialsCall(base, 'generateIdToken', this.serviceAccount, accessToken, { audience: this.audience, includeEmail: true }, this.delegates, signal);
+    return iamCredentialsCall(base, 'generateIdToken', this.serviceAccount, accessToken, { audience: this.audience, includeEmail: true }, this.delegates, signal, this.context.egress);
   }
 
   private explain(answer: GoogleAnswer, info: CredentialsInfo): TokenFetchError {

@@ -1,3 +1,4 @@
+import type { Egress } from '../config/egress.js';
 import type { ConfigProblem } from '../errors.js';
 import { decodeJwtClaims } from './jwt.js';
 import { LoginStore, STORE_KINDS } from './google/login-store.js';
@@ -22,12 +23,14 @@ export interface DesktopClient {
   audience: string | undefined;
   endpoints: { authorize: string; token: string; revoke: string };
   store: LoginStore;
+  /** How Google's OAuth endpoints are reached (egress proxy, host aliases). */
+  egress: Egress;
   close(): void;
 }
 
 export const RELOGIN = 'kvx-proxy login';
 
-export function desktopClientOf(plan: ProviderPlan, context: Pick<ProviderContext, 'config' | 'env' | 'baseDir' | 'logger'>): DesktopClient {
+export function desktopClientOf(plan: ProviderPlan, context: Pick<ProviderContext, 'config' | 'env' | 'baseDir' | 'logger' | 'egress'>): DesktopClient {
   const clientId = String(plan.params['oauth_client_id']);
   const secret = SecretSource.open(plan.params, 'oauth_client_secret', { baseDir: context.baseDir, env: context.env, logger: context.logger })!;
   const audience = typeof plan.params['client_id'] === 'string' && plan.params['client_id'] !== '' ? plan.params['client_id'] : undefined;
@@ -37,6 +40,7 @@ export function desktopClientOf(plan: ProviderPlan, context: Pick<ProviderContex
     clientSecret: () => secret.get('google-user'),
     audience,
     endpoints: { authorize: endpoints.oauthAuthorize, token: endpoints.oauthToken, revoke: endpoints.oauthRevoke },
+    egress: context.egress,
     store: new LoginStore({ clientId, env: context.env, kind: (plan.params['login_store'] as StoreKind | undefined) ?? 'auto' }),
     close: () => secret.close(),
   };
@@ -91,7 +95,7 @@ export class GoogleUserProvider extends TokenProvider {
     let answer;
     try {
       answer = await refreshGrant(
-        { tokenUrl: this.client.endpoints.token, clientId: this.client.clientId, clientSecret: this.client.clientSecret(), refreshToken: login.refreshToken, ...(this.client.audience ? { audience: this.client.audience } : {}) },
+        { egress: this.client.egress, tokenUrl: this.client.endpoints.token, clientId: this.client.clientId, clientSecret: this.client.clientSecret(), refreshToken: login.refreshToken, ...(this.client.audience ? { audience: this.client.audience } : {}) },
         { what: `the kvx-proxy login${login.email ? ` of ${login.email}` : ''}`, relogin: RELOGIN },
         signal,
       );

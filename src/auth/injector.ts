@@ -1,5 +1,6 @@
 import { CredentialsError, errorMessage } from '../errors.js';
 import type { KvxConfig } from '../config/schema.js';
+import { Egress } from '../config/egress.js';
 import type { Logger } from '../log/logger.js';
 import { noAuthMetrics } from '../metrics/auth-metrics.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
@@ -21,13 +22,17 @@ export class HeaderInjector {
   private constructor(
     readonly active: readonly ActiveProvider[],
     private readonly logger: Logger,
+    /** The egress made here when the caller gave none, closed with the injector. */
+    private readonly ownEgress: Egress | undefined,
   ) {}
 
   static async create(
     plans: readonly ProviderPlan[],
-    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv; metrics?: AuthMetrics; googleCredentials?: CredentialsLookup },
+    options: { config: KvxConfig; logger: Logger; baseDir: string; env?: NodeJS.ProcessEnv; metrics?: AuthMetrics; googleCredentials?: CredentialsLookup; egress?: Egress },
   ): Promise<HeaderInjector> {
     const active: ActiveProvider[] = [];
+    const ownEgress = options.egress === undefined ? Egress.fromConfig(options.config, options.env ?? process.env) : undefined;
+    const egress = options.egress ?? ownEgress!;
     for (const plan of plans) {
       const type = providerType(plan.type);
       if (type === undefined) throw new CredentialsError(plan.type, `unknown provider type "${plan.type}"`);
@@ -39,6 +44,7 @@ export class HeaderInjector {
         baseDir: options.baseDir,
         env: options.env ?? process.env,
         metrics: options.metrics ?? noAuthMetrics,
+        egress,
       };
       if (options.googleCredentials !== undefined) context.googleCredentials = options.googleCredentials;
       const provider = await type.create(plan, context);
@@ -49,7 +55,7 @@ export class HeaderInjector {
         await provider.close?.();
       }
     }
-    return new HeaderInjector(active, options.logger);
+    return new HeaderInjector(active, options.logger, ownEgress);
   }
 
   /** Fetch every provider's first credential, so a misconfiguration fails at start rather than on a request. */
@@ -143,6 +149,7 @@ export class HeaderInjector {
 
   async close(): Promise<void> {
     await Promise.allSettled(this.active.map(({ provider }) => provider.close?.()));
+    await this.ownEgress?.close();
   }
 }
 

@@ -1,4 +1,5 @@
 import type { KvxConfig } from '../config/schema.js';
+import type { Egress } from '../config/egress.js';
 import type { Logger } from '../log/logger.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 import type { CredentialsLookup } from './google/discovery.js';
@@ -97,6 +98,8 @@ export interface ProviderContext {
    * so a run has one Google identity. Owned by the caller; without it the Google providers look their own up.
    */
   googleCredentials?: CredentialsLookup;
+  /** How outgoing calls reach the network (egress proxy, host aliases): Google endpoints go through egressFetch with it. */
+  egress: Egress;
 }
 
 /**

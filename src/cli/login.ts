@@ -3,6 +3,7 @@ import { desktopClientOf } from '../auth/google-user.js';
 import { planProviders } from '../auth/registry.js';
 import { openBrowser } from '../auth/google/browser.js';
 import { login, logout } from '../auth/google/desktop-login.js';
+import { Egress } from '../config/egress.js';
 import { ConfigError, KvxError } from '../errors.js';
 import { Logger } from '../log/logger.js';
 import type { CommandFlags } from './flags.js';
@@ -72,5 +73,13 @@ function desktopClient(flags: CommandFlags, io: CliIO, command: string): Desktop
       hint: 'set auth.provider: google-user (or --auth-provider google-user) with auth.params.oauth_client_id and oauth_client_secret_file; see docs/providers.md',
     });
   }
-  return desktopClientOf(users[0]!, { config: loaded.config, env: io.env, baseDir: loaded.baseDir, logger: new Logger('warn', io.stderr, { component: `kvx-proxy ${command}` }) });
+  const egress = Egress.fromConfig(loaded.config, io.env);
+  const client = desktopClientOf(users[0]!, { config: loaded.config, env: io.env, baseDir: loaded.baseDir, logger: new Logger('warn', io.stderr, { component: `kvx-proxy ${command}` }), egress });
+  return {
+    ...client,
+    close: () => {
+      client.close();
+      void egress.close();
+    },
+  };
 }

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import type * as Yaml from 'yaml';
 import { ConfigError, errorMessage } from '../errors.js';
@@ -6,6 +7,7 @@ import type { ConfigProblem } from '../errors.js';
 import { SCHEMA } from './schema.js';
 import type { FieldSpec, Fields, KvxConfig } from './schema.js';
 import { validateConfig } from './validate.js';
+import { egressProblems } from './egress.js';
 import { lazyRequire } from '../util/lazy-require.js';
 
 /** One value set from the command line, named by the flag it came from so errors can point at it. */
@@ -85,6 +87,7 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   }
 
   problems.push(...validateConfig(config, { requireUpstream: options.require?.upstream ?? true }));
+  problems.push(...egressProblems(config, env));
   if (options.extraChecks) problems.push(...options.extraChecks(config));
   if (problems.length > 0) throw new ConfigError(problems);
   return { config, sources, baseDir };
@@ -111,7 +114,7 @@ function readConfigFile(file: string, problems: ConfigProblem[]): Tree | undefin
     problems.push({ path: `--config ${file}`, message: 'must hold a mapping of keys at the top level' });
     return undefined;
   }
-  return isKedroVertexConfig(doc) ? fromKedroVertexConfig(doc) : doc;
+  return isKedroVertexConfig(doc) ? fromKedroVertexConfig(doc, file, problems) : doc;
 }
 
 /** kedro-vertexai's file has project_id/region/run_config at the top; kvx's own config has none of them. */
@@ -123,7 +126,7 @@ export function isKedroVertexConfig(doc: Tree): boolean {
  * Reads only the keys kvx understands from a vertexai.yml and ignores the rest, as kedro-vertexai does, so
  * the file is used unchanged. A top-level `kvx:` section (which kedro-vertexai ignores) holds kvx config.
  */
-function fromKedroVertexConfig(doc: Tree): Tree {
+function fromKedroVertexConfig(doc: Tree, file: string, problems: ConfigProblem[]): Tree {
   const runConfig = asTree(doc['run_config']);
   const mlflow = asTree(runConfig['mlflow']);
   const network = asTree(runConfig['network']);
@@ -141,6 +144,13 @@ function fromKedroVertexConfig(doc: Tree): Tree {
   put('experiment', runConfig['experiment']);
   if (Object.keys(vertex).length > 0) layer['vertex'] = vertex;
 
+  const aliases = hostAliasesOf(network['host_aliases'], file, problems);
+  if (Object.keys(aliases).length > 0) {
+    const egress = asTree(layer['egress']);
+    egress['hostAliases'] = { ...aliases, ...asTree(egress['hostAliases']) };
+    layer['egress'] = egress;
+  }
+
   const params = mlflow['request_header_provider_params'];
   if (isPlainObject(params)) {
     const auth = asTree(layer['auth']);
@@ -148,6 +158,35 @@ function fromKedroVertexConfig(doc: Tree): Tree {
     layer['auth'] = auth;
   }
   return layer;
+}
+
+/**
+ * kedro-vertexai's `host_aliases: [{ip, hostnames: [...]}]`, which it writes into the step's /etc/hosts, as
+ * egress.hostAliases names: kvx resolves them itself, whatever the order of edits inside the step.
+ */
+function hostAliasesOf(value: unknown, file: string, problems: ConfigProblem[]): Tree {
+  const out: Tree = {};
+  if (value === undefined || value === null) return out;
+  const at = 'run_config.network.host_aliases';
+  if (!Array.isArray(value)) {
+    problems.push({ path: at, message: `must be a list of {ip, hostnames} (in ${file})` });
+    return out;
+  }
+  value.forEach((entry: unknown, i) => {
+    const item = asTree(entry);
+    const ip = item['ip'];
+    const hostnames = item['hostnames'];
+    if (typeof ip !== 'string' || isIP(ip.trim()) === 0) {
+      problems.push({ path: `${at}[${i}].ip`, message: `${ip === undefined ? 'missing' : `"${String(ip)}" is not an IP address`}; give the address the hostnames resolve to (in ${file})` });
+      return;
+    }
+    if (!Array.isArray(hostnames) || hostnames.length === 0 || !hostnames.every((h) => typeof h === 'string' && h.trim() !== '')) {
+      problems.push({ path: `${at}[${i}].hostnames`, message: `must be a list of host names (in ${file})` });
+      return;
+    }
+    for (const name of hostnames as string[]) out[name.trim()] = ip.trim();
+  });
+  return out;
 }
 
 function mergeLayer(

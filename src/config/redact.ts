@@ -1,4 +1,5 @@
 import { REDACTED } from '../log/logger.js';
+import { redactUserinfo } from './egress.js';
 import { SCHEMA } from './schema.js';
 import type { Fields, KvxConfig } from './schema.js';
 
@@ -18,7 +19,8 @@ function redactTree(tree: Record<string, unknown>, spec: Fields): Record<string,
     if (field?.kind === 'object' && isObject(value)) out[key] = redactTree(value, field.fields);
     else if (field?.kind === 'map' && isObject(value)) out[key] = redactParams(value, field.secretKeys ?? DEFAULT_SECRET_KEYS);
     else if (field?.kind === 'list' && Array.isArray(value)) out[key] = value.map((item) => (isObject(item) ? redactTree(item, field.item) : item));
-    else out[key] = value;
+    // A URL's user info is a credential (egress.proxy: http://user:password@proxy:3128).
+    else out[key] = typeof value === 'string' ? redactUserinfo(value) : value;
   }
   return out;
 }

@@ -114,6 +114,32 @@ export const SCHEMA = {
       insecure: { kind: 'bool', default: false, doc: 'Skip upstream TLS verification. For debugging only; cannot be combined with upstream.caFile.' },
     },
   },
+  egress: {
+    kind: 'object',
+    doc: 'How kvx reaches the network: the upstream, Google endpoints and kvx-launch calls (the metadata server is never proxied).',
+    fields: {
+      proxy: {
+        kind: 'string',
+        default: '',
+        doc:
+          'HTTP proxy for every outgoing call, http://[user:password@]host[:port], tunnelled with CONNECT. Empty: HTTPS_PROXY / HTTP_PROXY ' +
+          '(lower case first, as undici reads them; https URLs fall back to HTTP_PROXY). When set, those variables and NO_PROXY are ignored.',
+      },
+      noProxy: {
+        kind: 'stringList',
+        default: [],
+        doc:
+          'Hosts reached directly, replacing NO_PROXY: example.com and .example.com (the domain and its subdomains), *.example.com (subdomains only), ' +
+          'host:port, IP addresses, CIDR ranges (10.0.0.0/8, matched against IP literals), * for all.',
+      },
+      hostAliases: {
+        kind: 'map',
+        doc:
+          "Fixed host name → IP address mappings kvx resolves itself, like /etc/hosts entries (vertexai.yml: run_config.network.host_aliases). " +
+          'TLS still checks the name. A name sent to a proxy is resolved by the proxy.',
+      },
+    },
+  },
   server: {
     kind: 'object',
     doc: 'Limits on client connections.',

@@ -11,6 +11,8 @@ import { oneLine } from '../auth/google/http.js';
 import { IAP_USER_ADVICE } from '../auth/google-oauth.js';
 import type { CredentialsInfo } from '../auth/google/source.js';
 import type { LoadedConfig } from '../config/load.js';
+import { Egress } from '../config/egress.js';
+import type { KvxConfig } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import { silentLogger } from '../log/logger.js';
 import type { Logger } from '../log/logger.js';
@@ -67,11 +69,22 @@ export async function runDoctor(loaded: LoadedConfig, options: DoctorOptions): P
     add({ name: `provider ${plan.type}`, state: 'ok', detail: `selected because ${plan.reason}; sets ${plan.header}${plan.scheme ? ` (${plan.scheme} …)` : ''}` });
   }
 
+  let egress: Egress;
+  try {
+    egress = Egress.fromConfig(config, options.env);
+  } catch (err) {
+    add({ name: 'egress', state: 'fail', detail: errorMessage(err) });
+    return finish(steps);
+  }
+  if (egress.active) for (const step of egressSteps(config, egress)) add(step);
+  else add({ name: 'egress', state: 'ok', detail: 'direct connections: no egress.proxy, HTTPS_PROXY or HTTP_PROXY, no egress.hostAliases' });
+
   let injector: HeaderInjector | undefined;
   try {
-    injector = await HeaderInjector.create(plans, { config, logger: options.logger ?? silentLogger, baseDir: loaded.baseDir, env: options.env });
+    injector = await HeaderInjector.create(plans, { config, logger: options.logger ?? silentLogger, baseDir: loaded.baseDir, env: options.env, egress });
   } catch (err) {
     add({ name: 'provider', state: 'fail', detail: errorMessage(err), ...hintOf(err) });
+    await egress.close();
     return finish(steps);
   }
 
@@ -96,12 +109,31 @@ export async function runDoctor(loaded: LoadedConfig, options: DoctorOptions): P
     } else if (headers === undefined) {
       add({ name: 'upstream', state: 'skip', detail: 'no credentials, so the upstream checks would only show the rejection' });
     } else {
-      await checkUpstream(loaded, headers, claimsByHeader, plans, add, options, userOwnToken.used);
+      await checkUpstream(loaded, egress, headers, claimsByHeader, plans, add, options, userOwnToken.used);
     }
   } finally {
     await injector.close();
+    await egress.close();
   }
   return finish(steps);
+}
+
+/** Which proxy each kind of call goes through, and the host aliases: the words of config/egress.ts's decision. */
+function egressSteps(config: KvxConfig, egress: Egress): DoctorStep[] {
+  const steps: DoctorStep[] = [];
+  if (config.upstream.url !== '') steps.push({ name: 'egress upstream', state: 'ok', detail: `${new URL(config.upstream.url).origin} ${egress.describe(config.upstream.url)}` });
+  const { oauthToken, iamCredentials } = config.auth.endpoints;
+  for (const [what, url] of [
+    ['OAuth token endpoint', oauthToken],
+    ['IAM Credentials', iamCredentials],
+  ] as const) {
+    if (URL.canParse(url)) steps.push({ name: `egress ${what}`, state: 'ok', detail: `${new URL(url).origin} ${egress.describe(url)}` });
+  }
+  steps.push({ name: 'egress metadata server', state: 'ok', detail: 'directly: the metadata server is never proxied' });
+  if (egress.hostAliases.size > 0) {
+    steps.push({ name: 'egress host aliases', state: 'ok', detail: [...egress.hostAliases].map(([name, address]) => `${name} → ${address}`).join(', ') });
+  }
+  return steps;
 }
 
 function finish(steps: DoctorStep[]): DoctorReport {
@@ -224,6 +256,7 @@ function tokenCause(err: unknown): string | undefined {
 
 async function checkUpstream(
   loaded: LoadedConfig,
+  egress: Egress,
   headers: HeaderMap,
   claims: Map<string, IdTokenClaims>,
   plans: readonly ProviderPlan[],
@@ -239,7 +272,7 @@ async function checkUpstream(
   const base = config.upstream.url.replace(/\/+$/, '');
   let dispatcher: Dispatcher;
   try {
-    dispatcher = mlflowDispatcher(config);
+    dispatcher = mlflowDispatcher(config, egress);
   } catch (err) {
     add({ name: 'upstream', state: 'fail', detail: `cannot set up TLS for upstream: ${errorMessage(err)}`, cause: 'check upstream.caFile, upstream.certFile and upstream.keyFile' });
     return;
@@ -297,8 +330,11 @@ async function get(url: string, headers: HeaderMap, dispatcher: Dispatcher, time
     const body = await res.body.text();
     return { url, status: res.statusCode, headers: res.headers, body: body.slice(0, 2000) };
   } catch (err) {
-    const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
-    return { error: `no answer from ${new URL(url).origin}: ${code ?? errorMessage(err)}` };
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    const code = cause?.code ?? (err as { code?: string }).code;
+    // The egress proxy's refusals say what to fix in their message.
+    const egress = code?.startsWith('KVX_EGRESS_PROXY_') ? `: ${cause?.code === code ? cause.message : errorMessage(err)}` : '';
+    return { error: `no answer from ${new URL(url).origin}: ${code ?? errorMessage(err)}${egress}` };
   }
 }
 

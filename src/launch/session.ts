@@ -4,6 +4,8 @@ import { HeaderInjector } from '../auth/injector.js';
 import { planProviders } from '../auth/registry.js';
 import type { LoadedConfig } from '../config/load.js';
 import { ConfigError } from '../errors.js';
+import { Egress } from '../config/egress.js';
+import { egressDispatcher } from '../net/egress-http.js';
 import type { ConfigProblem } from '../errors.js';
 import { Logger } from '../log/logger.js';
 import type { LogLevel } from '../log/logger.js';
@@ -42,6 +44,8 @@ export class LaunchSession {
   readonly logger: Logger;
   /** The one Google look-up of the command: the MLflow providers' source credentials and the Vertex AI calls'. */
   readonly google: CredentialsLookup;
+  /** How the command's calls reach MLflow and Google (egress proxy, host aliases). */
+  readonly egress: Egress;
   private mlflowClient: MlflowClient | undefined;
   private injector: HeaderInjector | undefined;
   private vertexClient: VertexClient | undefined;
@@ -55,8 +59,9 @@ export class LaunchSession {
     const level: LogLevel = loaded.sources.has('log.level') ? loaded.config.log.level : 'warn';
     this.logger = new Logger(level, environment.logs, { program: 'kvx-launch' });
     const { auth } = loaded.config;
-    this.google = new CredentialsLookup('kvx-launch', { env: environment.env, endpoints: auth.endpoints, logger: this.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
-    this.closers.push(async () => this.google.close());
+    this.egress = Egress.fromConfig(loaded.config, environment.env);
+    this.google = new CredentialsLookup('kvx-launch', { env: environment.env, endpoints: auth.endpoints, logger: this.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs, egress: this.egress });
+    this.closers.push(async () => this.google.close(), () => this.egress.close());
   }
 
   /** Plans the MLflow header providers (a problem is a ConfigError) and makes the MLflow client, when one is configured. */
@@ -66,8 +71,8 @@ export class LaunchSession {
     if (config.upstream.url === '') return session;
     const { plans, problems } = planProviders(config, environment.env);
     if (problems.length > 0) throw new ConfigError(problems);
-    const injector = await HeaderInjector.create(plans, { config, logger: session.logger, baseDir: loaded.baseDir, env: environment.env, googleCredentials: session.google });
-    const dispatcher = mlflowDispatcher(config);
+    const injector = await HeaderInjector.create(plans, { config, logger: session.logger, baseDir: loaded.baseDir, env: environment.env, googleCredentials: session.google, egress: session.egress });
+    const dispatcher = mlflowDispatcher(config, session.egress);
     // The providers before the look-up they share, which closes last.
     session.closers.unshift(() => injector.close(), () => dispatcher.close());
     const { retry, timeoutMs } = retryPolicyFromEnv(environment.env);
@@ -96,7 +101,10 @@ export class LaunchSession {
     if (!v.projectId) problems.push({ path: 'vertex.projectId', message: 'required: set project_id in vertexai.yml, vertex.projectId, or --project' });
     if (!v.region) problems.push({ path: 'vertex.region', message: 'required: set region in vertexai.yml, vertex.region, or --region' });
     if (problems.length > 0) throw new ConfigError(problems);
+    const dispatcher = egressDispatcher(this.egress);
+    this.closers.unshift(() => dispatcher.close());
     this.vertexClient = new VertexClient({
+      dispatcher,
       projectId: v.projectId,
       region: v.region,
       endpoint: v.endpoint,

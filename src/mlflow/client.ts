@@ -4,9 +4,11 @@ import type { HeaderMap } from '../auth/provider.js';
 import type { KvxConfig } from '../config/schema.js';
 import { KvxError } from '../errors.js';
 import type { RetryPolicy } from '../util/backoff.js';
-import { RestCore, undiciAgent } from '../util/rest.js';
+import { RestCore } from '../util/rest.js';
 import type { RestClientOptions, RestReply } from '../util/rest.js';
 import { upstreamTlsOptions } from '../config/tls.js';
+import type { Egress } from '../config/egress.js';
+import { egressDispatcher } from '../net/egress-http.js';
 
 export { undiciRequest } from '../util/rest.js';
 
@@ -99,10 +101,10 @@ export function retryPolicyFromEnv(env: NodeJS.ProcessEnv): { retry: RetryPolicy
   };
 }
 
-/** An undici dispatcher honouring the upstream.* TLS and connect settings the proxy uses too. */
-export function mlflowDispatcher(config: KvxConfig): Dispatcher {
+/** An undici dispatcher honouring the upstream.* TLS and connect settings and the egress (proxy, host aliases) the proxy uses too. */
+export function mlflowDispatcher(config: KvxConfig, egress: Egress): Dispatcher {
   const { upstream } = config;
-  return undiciAgent({ connect: { timeout: upstream.connectTimeoutMs, ...upstreamTlsOptions(upstream) }, connections: 8 });
+  return egressDispatcher(egress, { connect: { timeout: upstream.connectTimeoutMs, ...upstreamTlsOptions(upstream) }, connections: 8 });
 }
 
 /**

@@ -13,6 +13,8 @@ export type ProxyErrorKind =
   | 'upstream_timeout'
   | 'upstream_tls'
   | 'upstream_bad_response'
+  /** The egress proxy (egress.proxy, HTTPS_PROXY) refused, failed or wanted credentials. */
+  | 'egress_proxy'
   | 'credentials_unavailable'
   | 'host_not_allowed'
   | 'origin_not_allowed'
@@ -26,6 +28,7 @@ const STATUS: Record<ProxyErrorKind, { status: number; errorCode: string }> = {
   upstream_unreachable: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   upstream_tls: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   upstream_bad_response: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
+  egress_proxy: { status: 502, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   upstream_timeout: { status: 504, errorCode: 'DEADLINE_EXCEEDED' },
   credentials_unavailable: { status: 503, errorCode: 'TEMPORARILY_UNAVAILABLE' },
   // 421: the request was sent to a server that does not answer for the host it names (RFC 9110 §15.5.20).

@@ -563,7 +563,7 @@ export class Exchange implements ResponseHandler, BodySink {
   }
 }
 
-type UpstreamErrorKind = 'connect_timeout' | 'headers_timeout' | 'body_timeout' | 'unreachable' | 'tls' | 'bad_response' | 'reset';
+type UpstreamErrorKind = 'connect_timeout' | 'headers_timeout' | 'body_timeout' | 'unreachable' | 'tls' | 'bad_response' | 'reset' | 'egress_proxy';
 
 function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: UpstreamErrorKind; message: string } {
   const code = err.code;
@@ -611,7 +611,11 @@ function classifyUpstreamError(err: UpstreamError, config: KvxConfig): { kind: U
       return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response (${err.message})` };
     case 'HPE_INVALID_EOF_STATE':
       return { kind: 'bad_response', message: `${upstream} ended its answer before the body its headers announced` };
+    case 'KVX_EGRESS_PROXY_TIMEOUT':
+      return { kind: 'connect_timeout', message: `${err.message} (${code})` };
     default:
+      // The tunnel's messages name the proxy without its credentials and say what to check.
+      if (code.startsWith('KVX_EGRESS_PROXY_')) return { kind: 'egress_proxy', message: `${err.message} (${code})` };
       if (code.startsWith('HPE_') || code === 'KVX_BAD_RESPONSE') return { kind: 'bad_response', message: `${upstream} sent a malformed HTTP response` };
       if (code.startsWith('ERR_TLS') || code.startsWith('ERR_SSL') || code.includes('CERT') || code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE') {
         return { kind: 'tls', message: `TLS with ${upstream} failed (${code}); check upstream.caFile, or the server's certificate` };
@@ -630,6 +634,8 @@ function kindToProxyError(kind: UpstreamErrorKind): ProxyErrorKind {
       return 'upstream_tls';
     case 'bad_response':
       return 'upstream_bad_response';
+    case 'egress_proxy':
+      return 'egress_proxy';
     default:
       return 'upstream_unreachable';
   }

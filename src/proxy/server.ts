@@ -19,6 +19,7 @@ import type { RefusalKind } from './wire/client-connection.js';
 import { UpstreamPool } from './wire/upstream-pool.js';
 import { lazyRequire } from '../util/lazy-require.js';
 import { upstreamTlsOptions } from '../config/tls.js';
+import { Egress } from '../config/egress.js';
 import { isLoopbackHost } from '../config/validate.js';
 import { errorBody } from './errors.js';
 
@@ -63,16 +64,18 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const { plans, problems } = planProviders(config, env);
   if (problems.length > 0) throw new ConfigError(problems);
 
+  const egress = Egress.fromConfig(config, env);
   const metrics = new ProxyMetrics({ processMetrics: options.processMetrics ?? true, logger });
-  const injector = await HeaderInjector.create(plans, { config, logger, baseDir: loaded.baseDir, env, metrics });
+  const injector = await HeaderInjector.create(plans, { config, logger, baseDir: loaded.baseDir, env, metrics, egress });
   try {
     await startCredentials(injector, config, logger);
   } catch (err) {
     await injector.close();
+    await egress.close();
     throw err;
   }
 
-  const pool = new UpstreamPool(poolOptions(config));
+  const pool = new UpstreamPool(poolOptions(config, egress));
   const forwarder = new Forwarder({ config, pool, injector, logger, metrics });
   const listener = createClientListener(config, forwarder, logger);
   const server = listener.server;
@@ -97,6 +100,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     admin?.close();
     await pool.destroy();
     await injector.close();
+    await egress.close();
     throw err;
   }
 
@@ -111,6 +115,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     url,
     adminUrl,
     upstream: config.upstream.url,
+    ...(egress.active ? { upstreamEgress: egress.describe(config.upstream.url) } : {}),
     providers: injector.active.map((a) => a.provider.name),
     fdLimit: connectionLimits.fdLimit,
     maxClientConnections: connectionLimits.maxClientConnections,
@@ -122,7 +127,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   let closing: Promise<number> | undefined;
   const close = (deadlineMs = config.server.shutdownTimeoutMs): Promise<number> => {
     reducer.stop();
-    return (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger).finally(connectionLimits.close));
+    return (closing ??= drain(listener, admin, forwarder, pool, injector, deadlineMs, logger).finally(() => {
+      connectionLimits.close();
+      return egress.close();
+    }));
   };
 
   return {
@@ -199,10 +207,12 @@ async function startCredentials(injector: HeaderInjector, config: KvxConfig, log
   }
 }
 
-function poolOptions(config: KvxConfig): ConstructorParameters<typeof UpstreamPool>[0] {
+function poolOptions(config: KvxConfig, egress: Egress): ConstructorParameters<typeof UpstreamPool>[0] {
   const { upstream } = config;
+  const origin = new URL(new URL(upstream.url).origin);
   return {
-    origin: new URL(new URL(upstream.url).origin),
+    origin,
+    egress: { proxy: egress.route(origin).proxy, lookup: egress.lookup },
     maxConnections: upstream.maxConnections,
     connectTimeoutMs: upstream.connectTimeoutMs,
     headersTimeoutMs: upstream.headersTimeoutMs,

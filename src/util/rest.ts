@@ -304,11 +304,6 @@ export function undiciRequest(): typeof Undici.request {
   return undici().request;
 }
 
-/** undici's Agent, for a client's own connection pool. */
-export function undiciAgent(options: Undici.Agent.Options): Dispatcher {
-  return new (undici().Agent)(options);
-}
-
 /**
  * undici loaded on first use: kvx-proxy imports the MLflow client for its doctor command, and undici's entry point
  * would add about 80 ms to every proxy start.

@@ -3,6 +3,7 @@
  * cloud-platform access token each kind holds, one fetch at a time, kept while valid, failures passed through as
  * the fetch raised them.
  */
+import { Egress } from '../../src/config/egress.js';
 import path from 'node:path';
 import { expect } from 'chai';
 import { CredentialsLookup, findCredentials } from '../../src/auth/google/discovery.js';
@@ -31,7 +32,7 @@ describe('Google source credentials: the access token', () => {
   });
 
   async function find(env: NodeJS.ProcessEnv, endpoints: Partial<GoogleWorld['endpoints']> = {}): Promise<SourceCredentials> {
-    const source = await findCredentials({ env, endpoints: { ...world.endpoints, ...endpoints }, logger: silentLogger });
+    const source = await findCredentials({ env, endpoints: { ...world.endpoints, ...endpoints }, logger: silentLogger, egress: Egress.none });
     sources.push(source);
     return source;
   }
@@ -94,7 +95,7 @@ describe('Google source credentials: the access token', () => {
 
   it('Vertex AI headers: the access token, and the quota project of the credentials file or GOOGLE_CLOUD_QUOTA_PROJECT', async () => {
     const file = writeCredentialsFile(path.join(world.dir, 'adc-quota.json'), { ...authorizedUserFile(USER), quota_project_id: 'billing-project' });
-    const lookup = (env: NodeJS.ProcessEnv) => new CredentialsLookup('test', { env, endpoints: world.endpoints, logger: silentLogger });
+    const lookup = (env: NodeJS.ProcessEnv) => new CredentialsLookup('test', { env, endpoints: world.endpoints, logger: silentLogger, egress: Egress.none });
     const withFile = lookup({ ...world.userEnv(), GOOGLE_APPLICATION_CREDENTIALS: file });
     const overridden = lookup({ ...world.userEnv(), GOOGLE_APPLICATION_CREDENTIALS: file, GOOGLE_CLOUD_QUOTA_PROJECT: 'other-billing' });
     const metadata = lookup(world.metadataEnv());
@@ -112,7 +113,7 @@ describe('Google source credentials: the access token', () => {
 
   it('a look-up shared with a provider: one access token for IAM and Vertex AI, still usable after the provider closed', async () => {
     const env = world.metadataEnv();
-    const shared = new CredentialsLookup('kvx-launch', { env, endpoints: world.endpoints, logger: silentLogger });
+    const shared = new CredentialsLookup('kvx-launch', { env, endpoints: world.endpoints, logger: silentLogger, egress: Egress.none });
     const { config, baseDir } = configFor(world, { params: { client_id: CLIENT_ID, service_account: TARGET_SA } });
     const injector = await HeaderInjector.create(planProviders(config, env).plans, { config, logger: silentLogger, baseDir, env, googleCredentials: shared });
     const vertex = applicationDefaultCredentials(shared);

@@ -11,6 +11,7 @@ import { findCredentials } from '../../src/auth/google/discovery.js';
 import type { GoogleTokenProvider } from '../../src/auth/google/provider.js';
 import { TokenFetchError } from '../../src/auth/token.js';
 import { decodeJwtClaims } from '../../src/auth/jwt.js';
+import { Egress } from '../../src/config/egress.js';
 import { loadConfig } from '../../src/config/load.js';
 import { formatReport, runDoctor } from '../../src/doctor/doctor.js';
 import { silentLogger } from '../../src/log/logger.js';
@@ -234,7 +235,7 @@ describe('federated and impersonated Google identities', () => {
       // The fake checks the SigV4 signature as AWS would: a wrong secret is refused.
       const rightSecret = aws.aws!.accessKeys[credentials.accessKeyId]!.secretAccessKey;
       aws.aws!.accessKeys[credentials.accessKeyId]!.secretAccessKey = 'another-secret';
-      const refused = await findCredentials({ env: credentialsEnv(file), endpoints: world.endpoints, logger: silentLogger });
+      const refused = await findCredentials({ env: credentialsEnv(file), endpoints: world.endpoints, logger: silentLogger, egress: Egress.none });
       const err = (await refused.accessToken(AbortSignal.timeout(5_000)).catch((e: unknown) => e)) as Error;
       refused.close();
       expect(err.message).to.include('The request signature we calculated does not match');
@@ -264,7 +265,7 @@ describe('federated and impersonated Google identities', () => {
       [github.issuer.token({ sub: SUBJECT, aud: `https:${providerAudience(github)}`, expired: true }), 'The ID Token is expired.'],
     ] as const) {
       writeFileSync(tokenFile, token);
-      const source = await findCredentials({ env: credentialsEnv(file), endpoints: { ...world.endpoints, ...federationEndpoints() }, logger: silentLogger });
+      const source = await findCredentials({ env: credentialsEnv(file), endpoints: { ...world.endpoints, ...federationEndpoints() }, logger: silentLogger, egress: Egress.none });
       try {
         const err = (await source.accessToken(AbortSignal.timeout(5_000)).catch((e: unknown) => e)) as TokenFetchError;
         expect(err).to.be.instanceOf(TokenFetchError);
@@ -334,7 +335,7 @@ describe('federated and impersonated Google identities', () => {
   });
 
   it('impersonated_service_account: the access token for Google APIs is the target\'s; a caller without Token Creator is told which role to grant to whom', async () => {
-    const source = await findCredentials({ env: credentialsEnv(impersonatedFile([])), endpoints: world.endpoints, logger: silentLogger });
+    const source = await findCredentials({ env: credentialsEnv(impersonatedFile([])), endpoints: world.endpoints, logger: silentLogger, egress: Egress.none });
     try {
       const err = (await source.accessToken(AbortSignal.timeout(5_000)).catch((e: unknown) => e)) as TokenFetchError;
       expect(err).to.be.instanceOf(TokenFetchError);
@@ -343,7 +344,7 @@ describe('federated and impersonated Google identities', () => {
     } finally {
       source.close();
     }
-    const chained = await findCredentials({ env: credentialsEnv(impersonatedFile()), endpoints: world.endpoints, logger: silentLogger });
+    const chained = await findCredentials({ env: credentialsEnv(impersonatedFile()), endpoints: world.endpoints, logger: silentLogger, egress: Egress.none });
     try {
       const token = await chained.accessToken(AbortSignal.timeout(5_000));
       expect(world.accessTokens.check(`Bearer ${token.value}`)).to.deep.equal({ email: IMPERSONATED_SA });

@@ -1,3 +1,4 @@
+import { Egress } from '../../src/config/egress.js';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
@@ -45,6 +46,7 @@ export function contextFor(config: KvxConfig, env: NodeJS.ProcessEnv, logger: Lo
     baseDir: '/',
     env,
     metrics: { tokenFetch: () => {}, tokenExpiry: () => {}, upstreamRejecting: () => {} },
+    egress: Egress.none,
   };
 }
 

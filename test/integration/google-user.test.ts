@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import YAML from 'yaml';
 import { main } from '../../src/cli/kvx-proxy.js';
 import { GoogleUserProvider, desktopClientOf } from '../../src/auth/google-user.js';
+import { Egress } from '../../src/config/egress.js';
 import { login } from '../../src/auth/google/desktop-login.js';
 import { LoginStore } from '../../src/auth/google/login-store.js';
 import { planProviders } from '../../src/auth/registry.js';
@@ -152,7 +153,7 @@ describe('google-user provider and kvx-proxy login / logout', () => {
   it('opens the browser with the opener when there is one, and sends no audience when client_id is unset (desktop client allowlisted in IAP)', async () => {
     const { config, baseDir } = loadConfig({ files: [configFile(params({ client_id: undefined }))], env, require: { upstream: false } });
     const plan = planProviders(config, env).plans[0]!;
-    const client = desktopClientOf(plan, { config, env, baseDir, logger: capturingLogger().logger });
+    const client = desktopClientOf(plan, { config, env, baseDir, logger: capturingLogger().logger, egress: Egress.none });
     closers.push(() => client.close());
     const said: string[] = [];
     const opened: string[] = [];

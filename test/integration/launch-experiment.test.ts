@@ -1,3 +1,4 @@
+import { Egress } from '../../src/config/egress.js';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -217,7 +218,7 @@ describe('fake Vertex AI metadata API (as strict as Vertex)', () => {
   let google: CredentialsLookup;
   before(async () => {
     h = await startHarness();
-    google = new CredentialsLookup('test', { env: h.env, endpoints: { oauthToken: '', iamCredentials: '', metadataHost: '' }, logger: silentLogger });
+    google = new CredentialsLookup('test', { env: h.env, endpoints: { oauthToken: '', iamCredentials: '', metadataHost: '' }, logger: silentLogger, egress: Egress.none });
     vertex = new VertexClient({ projectId: 'my-project', region: 'europe-west4', endpoint: h.vertex.url, auth: applicationDefaultCredentials(google), retry: { maxRetries: 0 } });
   });
   after(async () => {

@@ -1,3 +1,4 @@
+import { Egress } from '../../src/config/egress.js';
 import { expect } from 'chai';
 import * as FakeTimers from '@sinonjs/fake-timers';
 import { CredentialsError } from '../../src/errors.js';
@@ -513,6 +514,7 @@ describe('TokenProvider', () => {
     baseDir: '/',
     env: {},
     metrics: { tokenFetch: () => {}, tokenExpiry: () => {}, upstreamRejecting: () => {} },
+    egress: Egress.none,
   });
 
   it('answers synchronously with one frozen header object while a token is held', async () => {

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { DesktopClient } from '../google-user.js';
 import { emailOf } from '../google-user.js';
+import { egressTransporterOptions } from '../../net/egress-http.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import { googleCall, googleError } from './http.js';
 import { LoginError, startCallbackListener } from './loopback.js';
@@ -32,12 +33,14 @@ export async function login(client: DesktopClient, options: LoginOptions): Promi
   const { OAuth2Client, CodeChallengeMethod } = googleAuthLibrary();
   const state = randomBytes(32).toString('base64url');
   const listener = await startCallbackListener({ state, timeoutMs: options.timeoutMs });
+  const transporterOptions = egressTransporterOptions(client.egress);
   try {
     const oauth = new OAuth2Client({
       clientId: client.clientId,
       clientSecret: client.clientSecret(),
       redirectUri: listener.redirectUri,
       endpoints: { oauth2AuthBaseUrl: client.endpoints.authorize, oauth2TokenUrl: client.endpoints.token },
+      ...(transporterOptions ? { transporterOptions } : {}),
     });
     const { codeVerifier, codeChallenge } = await oauth.generateCodeVerifierAsync();
     const url = oauth.generateAuthUrl({
@@ -99,7 +102,7 @@ export async function logout(client: DesktopClient, signal: AbortSignal): Promis
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: new URLSearchParams({ token: stored.refreshToken }).toString(),
       signal,
-    });
+    }, client.egress);
     // invalid_token: Google no longer knows it (revoked or expired already), which is what logout wants.
     if (answer.status === 200 || (answer.status === 400 && /invalid_token/.test(answer.text))) result.revoked = true;
     else result.revokeError = googleError(answer);

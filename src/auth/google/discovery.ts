@@ -94,7 +94,7 @@ async function find(options: FindOptions): Promise<SourceCredentials> {
   const json = readIfPresent(wellKnown);
   if (json !== undefined) return fromJson(json, wellKnown, options);
 
-  const metadata = new MetadataServer(options.endpoints.metadataHost, env);
+  const metadata = new MetadataServer(options.endpoints.metadataHost, env, options.egress);
   try {
     const email = await metadata.email(AbortSignal.timeout(metadata.explicit ? options.fetchTimeoutMs ?? 30_000 : METADATA_PROBE_TIMEOUT_MS));
     return metadataCredentials(metadata, email, options);

@@ -5,6 +5,7 @@
  */
 import type { AuthClient } from 'google-auth-library';
 import { TokenFetchError } from '../token.js';
+import { egressTransporterOptions } from '../../net/egress-http.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import { CLOUD_PLATFORM_SCOPE, SETUP_HINT } from './source.js';
@@ -28,7 +29,7 @@ export function libraryCredentials(json: Json, file: string, options: FindOption
     info,
     async () => {
       try {
-        client ??= await clientFor(config);
+        client ??= throughEgress(await clientFor(config), options);
         const { token } = await client.getAccessToken();
         const expiry = client.credentials.expiry_date;
         if (!token || typeof expiry !== 'number') throw new TokenFetchError(`the ${kind} credentials gave no access token with an expiry`);
@@ -104,4 +105,20 @@ function federationHint(json: Json): string {
     'still gives a valid token (a CI job\'s token lives minutes), and, with service_account_impersonation_url, that the principal holds ' +
     'roles/iam.workloadIdentityUser on that service account'
   );
+}
+
+/**
+ * Sends the client's requests (STS, IAM Credentials, the source credentials' refresh) the way kvx's own Google
+ * calls go. google-auth-library does not pass its transporter on everywhere: impersonated clients and their source
+ * client are built without the client options, and an external account's STS exchange has a transporter of its
+ * own; each of them is set here.
+ */
+function throughEgress(client: AuthClient, options: FindOptions): AuthClient {
+  const transporter = egressTransporterOptions(options.egress);
+  if (transporter === undefined) return client;
+  type Parts = { transporter?: AuthClient['transporter']; sourceClient?: AuthClient; stsCredential?: { transporter?: AuthClient['transporter'] } };
+  for (let c: Parts | undefined = client as Parts; c !== undefined; c = c.sourceClient as Parts | undefined) {
+    for (const t of [c.transporter, c.stsCredential?.transporter]) if (t !== undefined) t.defaults.fetchImplementation = transporter.fetchImplementation;
+  }
+  return client;
 }

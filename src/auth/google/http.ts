@@ -1,5 +1,7 @@
 /** The HTTP calls kvx makes to Google's token endpoints, and the error text it shows from their answers. */
+import type { Egress } from '../../config/egress.js';
 import { errorMessage } from '../../errors.js';
+import { egressFetch } from '../../net/egress-http.js';
 import { TokenFetchError } from '../token.js';
 import type { Json } from './source.js';
 
@@ -9,11 +11,20 @@ export interface GoogleAnswer {
   headers: Headers;
 }
 
-/** One request to a Google endpoint. Redirects are never followed: a token must not travel elsewhere. */
-export async function googleCall(what: string, url: string, init: RequestInit & { signal: AbortSignal }): Promise<GoogleAnswer> {
+/**
+ * One request to a Google endpoint, through the egress proxy `egress` names for it (`proxy: false` for the
+ * metadata server, which is link-local). Redirects are never followed: a token must not travel elsewhere.
+ */
+export async function googleCall(
+  what: string,
+  url: string,
+  init: RequestInit & { signal: AbortSignal },
+  egress: Egress,
+  options: { proxy?: boolean } = {},
+): Promise<GoogleAnswer> {
   let res: Response;
   try {
-    res = await fetch(url, { ...init, redirect: 'manual' });
+    res = await egressFetch(egress, url, { ...init, redirect: 'manual' }, options);
   } catch (err) {
     if (init.signal.aborted) throw init.signal.reason instanceof Error ? init.signal.reason : new TokenFetchError(`${what} did not answer in time`);
     throw new TokenFetchError(`cannot reach ${what} (${new URL(url).origin}): ${networkCause(err)}`, { hint: 'check network access (proxy, firewall, VPC Service Controls) to that endpoint' });

@@ -2,6 +2,7 @@
  * The IAM Service Account Credentials API (generateIdToken, generateAccessToken) at auth.endpoints.iamCredentials,
  * and what its refusals mean in plain words. Used by google-iam and by impersonated_service_account credentials.
  */
+import type { Egress } from '../../config/egress.js';
 import { TokenFetchError } from '../token.js';
 import { googleCall, googleError } from './http.js';
 import type { GoogleAnswer } from './http.js';
@@ -18,6 +19,7 @@ export function iamCredentialsCall(
   body: Record<string, unknown>,
   delegates: readonly string[],
   signal: AbortSignal,
+  egress: Egress,
 ): Promise<GoogleAnswer> {
   const payload = delegates.length > 0 ? { ...body, delegates: delegates.map((d) => (d.startsWith(DELEGATE_PREFIX) ? d : DELEGATE_PREFIX + d)) } : body;
   return googleCall('IAM Credentials', `${base.replace(/\/+$/, '')}/v1/${DELEGATE_PREFIX}${encodeURIComponent(account)}:${method}`, {
@@ -25,7 +27,7 @@ export function iamCredentialsCall(
     headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json' },
     body: JSON.stringify(payload),
     signal,
-  });
+  }, egress);
 }
 
 /** The IAM member string for whoever `info` is, for the gcloud command in a hint. */

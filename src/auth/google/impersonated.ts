@@ -52,11 +52,11 @@ export function impersonatedCredentials(json: Json, file: string, options: FindO
   /** One call with the source's access token, again with a new one if IAM Credentials says it is no longer valid. */
   const call = async (method: 'generateIdToken' | 'generateAccessToken', body: Record<string, unknown>, signal: AbortSignal): Promise<GoogleAnswer> => {
     let access = await source.accessToken(signal);
-    let answer = await iamCredentialsCall(base, method, account, access.value, body, delegates, signal);
+    let answer = await iamCredentialsCall(base, method, account, access.value, body, delegates, signal, options.egress);
     if (answer.status === 401) {
       source.dropAccessToken(access.value);
       access = await source.accessToken(signal);
-      answer = await iamCredentialsCall(base, method, account, access.value, body, delegates, signal);
+      answer = await iamCredentialsCall(base, method, account, access.value, body, delegates, signal, options.egress);
     }
     return answer;
   };

@@ -1,4 +1,5 @@
 /** The metadata server of Vertex AI, GKE (Workload Identity), Cloud Run and VMs: the attached service account. */
+import type { Egress } from '../../config/egress.js';
 import { TokenFetchError, accessToken, idToken } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleCall, oneLine } from './http.js';
@@ -12,7 +13,11 @@ export class MetadataServer {
   readonly explicit: boolean;
   private readonly base: string;
 
-  constructor(configured: string, env: NodeJS.ProcessEnv) {
+  constructor(
+    configured: string,
+    env: NodeJS.ProcessEnv,
+    private readonly egress: Egress,
+  ) {
     const chosen = configured || env['GCE_METADATA_HOST'] || env['GCE_METADATA_IP'] || '';
     this.explicit = chosen !== '';
     this.host = chosen || DEFAULT_METADATA_HOST;
@@ -41,7 +46,8 @@ export class MetadataServer {
   }
 
   private async get(what: string, signal: AbortSignal): Promise<string> {
-    const answer = await googleCall(`the metadata server at ${this.host}`, `${this.base}/${what}`, { headers: { 'metadata-flavor': 'Google' }, signal });
+    // Never through an egress proxy: the metadata server is on the machine's own link.
+    const answer = await googleCall(`the metadata server at ${this.host}`, `${this.base}/${what}`, { headers: { 'metadata-flavor': 'Google' }, signal }, this.egress, { proxy: false });
     if (answer.headers.get('metadata-flavor') !== 'Google') {
       throw new TokenFetchError(`${this.host} answered without Metadata-Flavor: Google, so it is not a metadata server`, {
         hint: 'check auth.endpoints.metadataHost / GCE_METADATA_HOST',

@@ -17,7 +17,7 @@ export abstract class GoogleTokenProvider extends TokenProvider {
     const { auth } = context.config;
     this.ownsCredentials = context.googleCredentials === undefined;
     this.credentials =
-      context.googleCredentials ?? new CredentialsLookup(name, { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs });
+      context.googleCredentials ?? new CredentialsLookup(name, { env: context.env, endpoints: auth.endpoints, logger: context.logger, fetchTimeoutMs: auth.tokenFetchTimeoutMs, egress: context.egress });
   }
 
   /** Where the source credentials come from; rejects with set-up help when there are none. */

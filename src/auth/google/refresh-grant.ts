@@ -1,3 +1,4 @@
+import type { Egress } from '../../config/egress.js';
 /**
  * The OAuth refresh-token grant, done here rather than by google-auth-library because the library cannot send
  * `audience` (how Google mints an ID token for IAP's client from a desktop client's refresh token) and keeps the
@@ -8,6 +9,8 @@ import { googleCall, googleError, parseJson } from './http.js';
 import type { Json } from './source.js';
 
 export interface RefreshGrant {
+  /** How the token endpoint is reached (egress proxy, host aliases). */
+  egress: Egress;
   tokenUrl: string;
   clientId: string;
   clientSecret: string;
@@ -40,7 +43,7 @@ export async function refreshGrant(grant: RefreshGrant, advice: RefreshAdvice, s
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
     body: form.toString(),
     signal,
-  });
+  }, grant.egress);
   if (answer.status === 200) return parseJson(answer, 'the OAuth token endpoint');
   const google = googleError(answer);
   if (/invalid_grant/.test(google) || REAUTH.test(google)) {

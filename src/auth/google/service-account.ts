@@ -3,6 +3,7 @@
  * hard-codes Google's token URL for it: kvx sends it to auth.endpoints.oauthToken.
  */
 import { sign } from 'node:crypto';
+import type { Egress } from '../../config/egress.js';
 import { errorMessage } from '../../errors.js';
 import { TokenFetchError, accessToken, idToken } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
@@ -29,11 +30,11 @@ export function serviceAccountKeyCredentials(json: Json, file: string, options: 
   const now = () => (options.clock ?? { now: Date.now }).now();
   return holdingAccessToken(
     { kind: 'service_account', description: `service-account key ${file}`, identity: email },
-    async (signal) => accessToken(await jwtBearerGrant(key, tokenUrl, { scope: CLOUD_PLATFORM_SCOPE }, now(), signal), now(), email),
+    async (signal) => accessToken(await jwtBearerGrant(key, tokenUrl, { scope: CLOUD_PLATFORM_SCOPE }, now(), signal, options.egress), now(), email),
     options,
     {
       idToken: async (audience, signal) => {
-        const answer = await jwtBearerGrant(key, tokenUrl, { target_audience: audience }, now(), signal);
+        const answer = await jwtBearerGrant(key, tokenUrl, { target_audience: audience }, now(), signal, options.egress);
         if (typeof answer['id_token'] !== 'string') throw new TokenFetchError(`the OAuth token endpoint ${tokenUrl} answered without an id_token`);
         return idToken(answer['id_token'], email);
       },
@@ -42,7 +43,7 @@ export function serviceAccountKeyCredentials(json: Json, file: string, options: 
 }
 
 /** RFC 7523 JWT-bearer grant with a service-account key, as Google's libraries do it. */
-async function jwtBearerGrant(key: Key, tokenUrl: string, claims: Record<string, string>, nowMs: number, signal: AbortSignal): Promise<Json> {
+async function jwtBearerGrant(key: Key, tokenUrl: string, claims: Record<string, string>, nowMs: number, signal: AbortSignal, egress: Egress): Promise<Json> {
   const iat = Math.floor(nowMs / 1000);
   const header = { alg: 'RS256', typ: 'JWT', ...(key.keyId ? { kid: key.keyId } : {}) };
   const payload = { iss: key.email, aud: tokenUrl, iat, exp: iat + 3600, ...claims };
@@ -59,7 +60,7 @@ async function jwtBearerGrant(key: Key, tokenUrl: string, claims: Record<string,
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
     body: body.toString(),
     signal,
-  });
+  }, egress);
   if (answer.status !== 200) {
     const err = googleError(answer);
     throw new TokenFetchError(`the OAuth token endpoint refused the service-account key of ${key.email}: ${err}`, {

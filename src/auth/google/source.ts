@@ -2,6 +2,7 @@
  * What every kind of Google source credentials is to the rest of kvx: where it came from, the cloud-platform
  * access token it holds, and (for the kinds that can) ID tokens minted by itself.
  */
+import type { Egress } from '../../config/egress.js';
 import type { Logger } from '../../log/logger.js';
 import type { Clock } from '../clock.js';
 import type { Token } from '../token.js';
@@ -61,6 +62,8 @@ export interface FindOptions {
   clock?: Clock;
   /** One access-token request taking longer than this fails (auth.tokenFetchTimeoutMs). */
   fetchTimeoutMs?: number;
+  /** How the calls to Google reach it (egress proxy, host aliases); the metadata server is never proxied. */
+  egress: Egress;
 }
 
 export type Json = Record<string, unknown>;

@@ -4,6 +4,7 @@ import { errorMessage } from '../../errors.js';
 import { LoginRequiredError, TokenFetchError, idToken } from '../token.js';
 import { decodeJwtClaims } from '../jwt.js';
 import type { Token } from '../token.js';
+import { egressTransporterOptions } from '../../net/egress-http.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleAuthLibrary, libraryError } from './library.js';
 import { refreshGrant } from './refresh-grant.js';
@@ -14,7 +15,8 @@ const RELOGIN = 'gcloud auth application-default login';
 export function userLoginCredentials(json: Json, file: string, options: FindOptions): SourceCredentials {
   let client: UserRefreshClient;
   try {
-    client = new (googleAuthLibrary().UserRefreshClient)({ endpoints: { oauth2TokenUrl: options.endpoints.oauthToken } });
+    const transporterOptions = egressTransporterOptions(options.egress);
+    client = new (googleAuthLibrary().UserRefreshClient)({ endpoints: { oauth2TokenUrl: options.endpoints.oauthToken }, ...(transporterOptions ? { transporterOptions } : {}) });
     client.fromJSON(json as Parameters<UserRefreshClient['fromJSON']>[0]);
   } catch (err) {
     throw new TokenFetchError(`${file} is not a usable gcloud login (${errorMessage(err)})`, { hint: `rerun \`${RELOGIN}\`` });
@@ -65,7 +67,7 @@ export function userLoginCredentials(json: Json, file: string, options: FindOpti
     }
     let answer: Json;
     try {
-      answer = await refreshGrant({ tokenUrl: options.endpoints.oauthToken, clientId, clientSecret, refreshToken }, { what: `the gcloud user login in ${file}`, relogin: RELOGIN }, signal);
+      answer = await refreshGrant({ egress: options.egress, tokenUrl: options.endpoints.oauthToken, clientId, clientSecret, refreshToken }, { what: `the gcloud user login in ${file}`, relogin: RELOGIN }, signal);
     } catch (err) {
       if (err instanceof LoginRequiredError) refused = err;
       throw err;

@@ -1,6 +1,8 @@
-import net from 'node:net';
-import type { Socket } from 'node:net';
-import tls from 'node:tls';
+import type { LookupFunction, Socket } from 'node:net';
+import type tls from 'node:tls';
+import type { EgressProxy } from '../../config/egress.js';
+import { dial } from '../../net/connect-tunnel.js';
+import type { DialError, DialRoute, DialTarget } from '../../net/connect-tunnel.js';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, writeBodyChunk } from './body.js';
 import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
@@ -26,6 +28,8 @@ export interface UpstreamPoolOptions {
   /** How long an unused connection is kept; shortened by the server's own Keep-Alive: timeout hint. */
   keepAliveTimeoutMs: number;
   tls: tls.ConnectionOptions | undefined;
+  /** The egress proxy to tunnel through and the host aliases (see config/egress.ts); direct by default. */
+  egress?: { proxy: EgressProxy | undefined; lookup: LookupFunction | undefined };
 }
 
 /** Response headers larger than this are a malformed answer. */
@@ -301,13 +305,16 @@ export class UpstreamConnection {
     };
 
     socket.setNoDelay(true);
-    this.connectTimer = setTimeout(() => {
-      this.fail(new UpstreamError('KVX_CONNECT_TIMEOUT', 'connect timeout', true));
-    }, pool.options.connectTimeoutMs);
-    socket.once(secure ? 'secureConnect' : 'connect', () => {
-      clearTimeout(this.connectTimer);
-      this.connectTimer = undefined;
-    });
+    // A plain socket out of a tunnel is connected already; TLS inside one still has its handshake ahead.
+    if (secure || socket.connecting) {
+      this.connectTimer = setTimeout(() => {
+        this.fail(new UpstreamError('KVX_CONNECT_TIMEOUT', 'connect timeout', true));
+      }, pool.options.connectTimeoutMs);
+      socket.once(secure ? 'secureConnect' : 'connect', () => {
+        clearTimeout(this.connectTimer);
+        this.connectTimer = undefined;
+      });
+    }
     this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', (err: NodeJS.ErrnoException) => {
@@ -427,9 +434,13 @@ export class UpstreamPool {
   private readonly waiting: UpstreamRequest[] = [];
   private readonly all = new Set<UpstreamConnection>();
   private readonly sweeper: Sweeper;
-  private readonly host: string;
-  private readonly port: number;
+  private readonly target: DialTarget;
+  private readonly route: DialRoute;
   private readonly secure: boolean;
+  /** Connections being opened (a tunnel waits for the proxy's answer): they count against maxConnections. */
+  private dialing = 0;
+  /** Tunnels being set up, each with the request it is for. */
+  private readonly pendingDials = new Map<UpstreamRequest, () => void>();
   private closed = false;
   /** Early closes since a reused connection last carried a whole exchange (see ReuseMode). */
   private closesAfterAnswer = 0;
@@ -437,8 +448,13 @@ export class UpstreamPool {
   constructor(readonly options: UpstreamPoolOptions) {
     const { origin } = options;
     this.secure = origin.protocol === 'https:';
-    this.host = origin.hostname.startsWith('[') ? origin.hostname.slice(1, -1) : origin.hostname;
-    this.port = Number(origin.port) || (this.secure ? 443 : 80);
+    this.target = {
+      host: origin.hostname.startsWith('[') ? origin.hostname.slice(1, -1) : origin.hostname,
+      port: Number(origin.port) || (this.secure ? 443 : 80),
+      secure: this.secure,
+      tls: options.tls,
+    };
+    this.route = { proxy: options.egress?.proxy, lookup: options.egress?.lookup, timeoutMs: options.connectTimeoutMs };
     this.sweeper = new Sweeper(sweepInterval([options.headersTimeoutMs, options.idleTimeoutMs, options.keepAliveTimeoutMs]), (now) => {
       for (const connection of this.all) {
         if (connection.sweep(now)) connection.socket.destroy();
@@ -460,18 +476,16 @@ export class UpstreamPool {
       return request;
     }
     const mayReuse = this.mayReuse(request);
-    let connection = mayReuse ? this.idle.pop() : undefined;
-    if (connection === undefined) {
-      if (this.all.size < this.options.maxConnections) connection = this.connect();
-      else if (!mayReuse && this.idle.length > 0) {
-        this.retire(this.idle.shift()!);
-        connection = this.connect();
-      }
-    }
-    if (connection === undefined) {
+    const connection = mayReuse ? this.idle.pop() : undefined;
+    if (connection !== undefined) this.assign(connection, request);
+    else if (this.all.size + this.dialing < this.options.maxConnections) this.connect(request);
+    else if (!mayReuse && this.idle.length > 0) {
+      this.retire(this.idle.shift()!);
+      this.connect(request);
+    } else {
       request.queuedAt = tick();
       this.waiting.push(request);
-    } else this.assign(connection, request);
+    }
     return request;
   }
 
@@ -519,20 +533,36 @@ export class UpstreamPool {
     request.attach(connection);
   }
 
-  private connect(): UpstreamConnection {
-    const { tls: tlsOptions } = this.options;
-    const socket = this.secure
-      ? tls.connect({
-          host: this.host,
-          port: this.port,
-          servername: net.isIP(this.host) ? undefined : this.host,
-          ALPNProtocols: ['http/1.1'],
-          ...tlsOptions,
-        })
-      : net.connect({ host: this.host, port: this.port });
-    const connection = new UpstreamConnection(socket, this, this.secure);
-    this.all.add(connection);
-    return connection;
+  /**
+   * Opens a connection for `request`. A direct one is there at once; a tunnel's once the egress proxy answered,
+   * by when the request may have been given up (the connection then serves the next one).
+   */
+  private connect(request: UpstreamRequest): void {
+    this.dialing++;
+    let dialed = false;
+    const onDialed = (err: DialError | undefined, socket: Socket | undefined): void => {
+      dialed = true;
+      this.dialing--;
+      this.pendingDials.delete(request);
+      if (err !== undefined || socket === undefined) {
+        request.fail(new UpstreamError(err?.code ?? 'KVX_UPSTREAM_CLOSED', err?.message ?? 'no connection', true));
+        this.dialFailed();
+        return;
+      }
+      const connection = new UpstreamConnection(socket, this, this.secure);
+      this.all.add(connection);
+      if (this.closed) socket.destroy();
+      else if (request.done) this.release(connection);
+      else this.assign(connection, request);
+    };
+    const cancel = dial(this.target, this.route, onDialed);
+    if (!dialed) this.pendingDials.set(request, cancel);
+  }
+
+  /** A slot opened by a failed tunnel goes to the next waiting request, as one a closed connection frees does. */
+  private dialFailed(): void {
+    const next = this.closed ? undefined : this.nextWaiting();
+    if (next !== undefined) this.connect(next);
   }
 
   /** @internal a connection finished an exchange cleanly */
@@ -541,7 +571,7 @@ export class UpstreamPool {
     if (next !== undefined) {
       if (!this.mayReuse(next)) {
         this.retire(connection);
-        this.assign(this.connect(), next);
+        this.connect(next);
       } else this.assign(connection, next);
       return;
     }
@@ -557,7 +587,7 @@ export class UpstreamPool {
     const next = this.closed ? undefined : this.nextWaiting();
     if (next === undefined) return;
     // The answers to expired requests may have let a pipelined request take the freed slot already.
-    if (this.all.size < this.options.maxConnections) this.assign(this.connect(), next);
+    if (this.all.size + this.dialing < this.options.maxConnections) this.connect(next);
     else this.waiting.unshift(next);
   }
 
@@ -570,6 +600,11 @@ export class UpstreamPool {
   async destroy(): Promise<void> {
     this.closed = true;
     this.sweeper.stop();
+    for (const [request, cancel] of this.pendingDials) {
+      cancel();
+      request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
+    }
+    this.pendingDials.clear();
     for (const request of this.waiting.splice(0)) request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
     const closing = [...this.all].map((c) => new Promise<void>((resolve) => (c.socket.destroyed ? resolve() : c.socket.once('close', () => resolve()))));
     for (const connection of this.all) connection.socket.destroy();
