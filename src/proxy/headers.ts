@@ -1,3 +1,7 @@
+import type { KvxConfig } from '../config/schema.js';
+import { CLIENT_CREDENTIAL_HEADERS } from '../config/validate.js';
+import type { LocationRewriter } from './engine.js';
+
 /**
  * Request headers that must not travel to upstream: hop-by-hop headers (RFC 9110 §7.6.1), the framing the
  * proxy sets itself (Content-Length, Transfer-Encoding), and Expect, which the proxy answers itself.
@@ -30,6 +34,19 @@ export interface RequestHeaderPlan {
    * credential header kvx strips under its dashed name.
    */
   dropUnderscored: boolean;
+}
+
+/** Methods whose requests carry a body by convention: sent with Content-Length: 0 when they have none (some front ends answer 411 otherwise). */
+export const BODY_EXPECTED: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH']);
+
+/** The header plan of a configuration. */
+export function requestHeaderPlan(config: KvxConfig): RequestHeaderPlan {
+  const preserved = new Set(config.headers.preserve.map((h) => h.toLowerCase()));
+  return {
+    stripped: new Set(CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))),
+    upstreamHost: new URL(config.upstream.url).host,
+    dropUnderscored: !config.headers.allowUnderscores,
+  };
 }
 
 /** The tokens of every Connection header: more hop-by-hop headers, named by the sender. */
@@ -85,7 +102,7 @@ export interface ClientResponseHead {
  * rewritten to the proxy, so a client following it stays behind the proxy (and its credentials never
  * travel to where the redirect pointed).
  */
-export function clientResponseHead(raw: readonly string[], rewriteLocation: (location: string) => string): ClientResponseHead {
+export function clientResponseHead(raw: readonly string[], rewriter: LocationRewriter, clientHost: string | undefined): ClientResponseHead {
   const hopByHop = connectionTokens(raw);
   let lines = '';
   let hasLength = false;
@@ -99,7 +116,7 @@ export function clientResponseHead(raw: readonly string[], rewriteLocation: (loc
     }
     let value = raw[i + 1]!;
     if (lower === 'content-length') hasLength = true;
-    else if (lower === 'location') value = rewriteLocation(value);
+    else if (lower === 'location') value = rewriter.rewriteLocation(value, clientHost);
     lines += `${name}: ${value}\r\n`;
   }
   // llhttp refuses a response with both; this keeps the rule local all the same.
