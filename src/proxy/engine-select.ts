@@ -1,7 +1,7 @@
 import type { KvxConfig } from '../config/schema.js';
-import { errorMessage } from '../errors.js';
+import { ConfigError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { Engine, EngineHooks } from './engine.js';
+import type { Engine, EngineHooks, EngineName } from './engine.js';
 
 /**
  * Whether the wire engine can run on this Node.js: its modules load (the guard in llhttp.ts) and the parser
@@ -17,10 +17,26 @@ export async function wireEngineProblem(): Promise<string | undefined> {
   }
 }
 
-/** The wire engine, once its self-test has passed. */
-export async function createEngine(config: KvxConfig, hooks: EngineHooks, _logger: Logger): Promise<Engine> {
-  const failed = await wireEngineProblem();
-  if (failed !== undefined) throw new Error(`the wire engine's self-test failed on Node.js ${process.version} (${failed})`);
-  const { WireEngine } = await import('./wire/engine.js');
-  return new WireEngine(config, hooks);
+/** The engine server.engine names; `auto` is wire when its self-test passes, node otherwise (with one warning). */
+export async function chooseEngine(setting: KvxConfig['server']['engine'], logger: Logger, problem: () => Promise<string | undefined> = wireEngineProblem): Promise<EngineName> {
+  if (setting === 'node') return 'node';
+  const failed = await problem();
+  if (failed === undefined) return 'wire';
+  if (setting === 'wire') {
+    throw new ConfigError([
+      { path: 'server.engine', message: `the wire engine's self-test failed on Node.js ${process.version} (${failed}); set server.engine to node (or auto, which falls back to it)` },
+    ]);
+  }
+  logger.warn(`the wire engine's self-test failed on Node.js ${process.version}; using the node engine (node:http and undici)`, { error: failed, nodeVersion: process.version });
+  return 'node';
+}
+
+export async function createEngine(config: KvxConfig, hooks: EngineHooks, logger: Logger): Promise<Engine> {
+  const name = await chooseEngine(config.server.engine, logger);
+  if (name === 'wire') {
+    const { WireEngine } = await import('./wire/engine.js');
+    return new WireEngine(config, hooks);
+  }
+  const { NodeEngine } = await import('./node-engine.js');
+  return new NodeEngine(config, hooks);
 }

@@ -122,3 +122,50 @@ export function clientResponseHead(raw: readonly string[], rewriter: LocationRew
   // llhttp refuses a response with both; this keeps the rule local all the same.
   return { lines, hasLength: hasLength && !chunked };
 }
+
+/**
+ * The upstream request's headers as a flat [name, value, ...] list, for an engine whose client takes a list
+ * (undici): the same selection as upstreamRequestHead, framing left to that client.
+ */
+export function upstreamRequestHeaderList(
+  raw: readonly string[],
+  plan: RequestHeaderPlan,
+  injected: Readonly<Record<string, string>>,
+  injectedLower: ReadonlySet<string>,
+  requestId: string,
+): string[] {
+  const list = ['host', plan.upstreamHost];
+  const hopByHop = connectionTokens(raw);
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (DROPPED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (plan.dropUnderscored && name.includes('_')) continue;
+    if (hopByHop?.has(lower)) continue;
+    list.push(name, raw[i + 1]!);
+  }
+  for (const name in injected) list.push(name, injected[name]!);
+  list.push('x-request-id', requestId);
+  return list;
+}
+
+/** The client response's headers as a flat list (node:http's writeHead), the same selection as clientResponseHead. */
+export function clientResponseHeaderList(raw: readonly string[], rewriter: LocationRewriter, clientHost: string | undefined): { list: string[]; hasLength: boolean } {
+  const hopByHop = connectionTokens(raw);
+  const list: string[] = [];
+  let hasLength = false;
+  let chunked = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (DROPPED_RESPONSE_HEADERS.has(lower) || hopByHop?.has(lower)) {
+      if (lower === 'transfer-encoding') chunked = true;
+      continue;
+    }
+    let value = raw[i + 1]!;
+    if (lower === 'content-length') hasLength = true;
+    else if (lower === 'location') value = rewriter.rewriteLocation(value, clientHost);
+    list.push(name, value);
+  }
+  return { list, hasLength: hasLength && !chunked };
+}

@@ -76,6 +76,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     throw err;
   });
   const forwarder = new Forwarder({ config, upstream: engine.upstream, injector, logger, metrics });
+  metrics.engine = engine.name;
   const { clients: listener, upstream: pool } = engine;
   const server = listener.server;
   const reducer = new IdleMemoryReducer(

@@ -2,6 +2,9 @@ import { expect } from 'chai';
 import { HTTPParser, kOnHeaders, kOnHeadersComplete } from '../../src/proxy/wire/llhttp.js';
 import type { NativeParser } from '../../src/proxy/wire/llhttp.js';
 import { parserSelfTest } from '../../src/proxy/wire/self-test.js';
+import { chooseEngine } from '../../src/proxy/engine-select.js';
+import { Logger } from '../../src/log/logger.js';
+import { LogCapture } from '../helpers/proxy.js';
 
 type Callback = (...args: unknown[]) => unknown;
 
@@ -57,5 +60,21 @@ describe('wire engine: the start-up self-test of HTTPParser', () => {
       throw new Error('no binding');
     };
     expect(parserSelfTest(double)).to.match(/the parser threw: no binding/);
+  });
+
+  it('auto falls back to the node engine with one warning naming the Node.js version; wire refuses to start', async () => {
+    const logs = new LogCapture();
+    const logger = new Logger('info', logs);
+    const failing = () => Promise.resolve('method is "/up?x=1"');
+    expect(await chooseEngine('auto', logger, failing)).to.equal('node');
+    const warnings = logs.records().filter((r) => r['level'] === 'warn');
+    expect(warnings).to.have.length(1);
+    expect(String(warnings[0]!['msg'])).to.include(process.version);
+    await chooseEngine('wire', logger, failing).then(
+      () => expect.fail('wire must not start'),
+      (err: Error) => expect(err.message).to.include('server.engine'),
+    );
+    expect(await chooseEngine('auto', logger, () => Promise.resolve(undefined))).to.equal('wire');
+    expect(await chooseEngine('node', logger, failing)).to.equal('node');
   });
 });
