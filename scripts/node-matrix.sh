@@ -38,7 +38,10 @@ for version in "${versions[@]}"; do
     rm -f "${dir}/${tarball}"
   fi
   node_bin="$(pwd)/${dir}/bin/node"
-  echo "=== Node.js $("${node_bin}" --version): engine, forwarding and fault suites"
+  echo "=== Node.js $("${node_bin}" --version): engine, forwarding and fault suites (the engine suites on both engines)"
   "${node_bin}" node_modules/mocha/bin/mocha.js --reporter dot "${suites[@]}"
+  # The node engine (node:http and undici) on the same suites: the fallback auto picks where the wire engine's
+  # self-test fails. The fault suite runs on it once, in npm run test:faults.
+  KVX_SERVER_ENGINE=node "${node_bin}" node_modules/mocha/bin/mocha.js --reporter dot "${suites[@]}"
   "${node_bin}" node_modules/mocha/bin/mocha.js --reporter dot --config test/faults/.mocharc.json
 done

@@ -52,6 +52,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: '--port', value: '<port>', help: 'listen port, 0 for a free one', commands: PROXY, key: 'listen.port' },
   { name: '--allow-non-loopback', help: 'allow listening on a non-loopback address', commands: PROXY, key: 'listen.allowNonLoopback' },
   { name: '--allowed-hosts', value: '<names>', help: 'comma-separated host names clients may address the proxy by, * for any', commands: PROXY, key: 'server.allowedHosts' },
+  { name: '--engine', value: '<engine>', help: 'HTTP engine: auto, wire or node', commands: PROXY, key: 'server.engine' },
   { name: '--allowed-origins', value: '<origins>', help: 'comma-separated browser origins allowed to call the proxy, * for any', commands: PROXY, key: 'server.allowedOrigins' },
   { name: '--admin-host', value: '<address>', help: 'admin listen address', commands: PROXY, key: 'admin.host' },
   { name: '--admin-port', value: '<port>', help: 'admin port for /healthz, /readyz, /metrics', commands: PROXY, key: 'admin.port' },

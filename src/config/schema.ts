@@ -148,6 +148,14 @@ export const SCHEMA = {
       requestTimeoutMs: { kind: 'int', default: 0, min: 0, doc: 'Time a client has to send a whole request; 0 for none (large uploads).' },
       keepAliveTimeoutMs: { kind: 'int', default: 65_000, min: 1, doc: 'How long an idle client connection is kept open.' },
       maxHeaderSize: { kind: 'int', default: 32_768, min: 1024, doc: 'Largest request header block accepted, in bytes; larger gets 431.' },
+      engine: {
+        kind: 'string',
+        default: 'auto',
+        choices: ['auto', 'wire', 'node'],
+        doc:
+          "HTTP engine: wire (Node's llhttp parser on raw sockets, the fast one), node (node:http's server and undici's Pool, public APIs only) " +
+          'or auto (wire when its start-up self-test of the parser passes on this Node.js, node otherwise, with a warning). See docs/proxy.md.',
+      },
       shutdownTimeoutMs: { kind: 'int', default: 25_000, min: 0, doc: 'On SIGTERM, SIGINT or SIGHUP, how long in-flight requests may take to finish.' },
       allowedHosts: {
         kind: 'stringList',

@@ -1,4 +1,4 @@
-import type { ClientRequest } from './wire/client-connection.js';
+import type { ProxyRequest } from './engine.js';
 
 /**
  * Errors the proxy itself answers, in MLflow's error shape so the MLflow client prints the message.
@@ -55,7 +55,7 @@ const REASONS: Record<number, string> = {
 
 /** Answers with the error, or breaks the connection when an answer is already under way. Returns the status. */
 export function sendProxyError(
-  response: ClientRequest,
+  response: ProxyRequest,
   kind: ProxyErrorKind,
   message: string,
   extraHeaders: Record<string, string | number> = {},
@@ -66,12 +66,8 @@ export function sendProxyError(
     response.destroy();
     return status;
   }
-  const body = Buffer.from(errorBody(kind, message));
-  let lines = `content-type: application/json\r\ncontent-length: ${body.length}\r\nx-kvx-error: ${kind}\r\n`;
-  for (const name in extraHeaders) lines += `${name}: ${extraHeaders[name]}\r\n`;
-  response.writeHead(status, REASONS[status] ?? 'Error', lines, 'length');
-  // The answer to a HEAD has no body: bytes written after it would be read as the start of the next answer.
-  if (response.method !== 'HEAD') response.write(body);
-  response.end();
+  const headers = ['content-type', 'application/json', 'x-kvx-error', kind];
+  for (const name in extraHeaders) headers.push(name, String(extraHeaders[name]));
+  response.reply(status, REASONS[status] ?? 'Error', headers, Buffer.from(errorBody(kind, message)));
   return status;
 }

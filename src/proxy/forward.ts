@@ -2,25 +2,21 @@ import { performance } from 'node:perf_hooks';
 import type { HeaderInjector } from '../auth/injector.js';
 import type { HeaderMap, RequestHeaderOptions } from '../auth/provider.js';
 import type { KvxConfig } from '../config/schema.js';
-import { CLIENT_CREDENTIAL_HEADERS } from '../config/validate.js';
 import { CredentialsError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { safePathForLog } from '../log/logger.js';
 import { sendProxyError } from './errors.js';
 import type { ProxyErrorKind } from './errors.js';
-import { clientResponseHead, upstreamRequestHead } from './headers.js';
-import type { RequestHeaderPlan } from './headers.js';
 import { HostGuard } from './host-guard.js';
 import { AuthAnswerReader } from './iap.js';
 import type { GuardRefusal } from './host-guard.js';
 import type { ProxyMetrics, ReplayResult } from './metrics.js';
-import type { BodySink, ClientRequest } from './wire/client-connection.js';
+import type { BodySink, LocationRewriter, OutgoingBody, OutgoingRequest, ProxyRequest, ReuseMode, UpstreamError, UpstreamExchange, UpstreamHandler, UpstreamSide } from './engine.js';
 import { releaseNow } from './wire/body.js';
-import type { RequestBody, ResponseHandler, UpstreamError, UpstreamPool, UpstreamRequest } from './wire/upstream-pool.js';
 
 export interface ForwarderOptions {
   config: KvxConfig;
-  pool: UpstreamPool;
+  upstream: UpstreamSide;
   injector: HeaderInjector;
   logger: Logger;
   metrics: ProxyMetrics;
@@ -45,11 +41,11 @@ const STALE_SOCKET_CODES = new Set(['KVX_UPSTREAM_CLOSED', 'ECONNRESET', 'EPIPE'
  * LOCK and PATCH. A request with any other method may have been processed: it is answered 502, never re-sent.
  */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'QUERY', 'PROPFIND', 'REPORT', 'SEARCH']);
-/** Methods whose requests carry a body by convention: sent with Content-Length: 0 when they have none (some front ends answer 411 otherwise). */
-const BODY_EXPECTED = new Set(['POST', 'PUT', 'PATCH']);
-const NO_BODY: RequestBody = { kind: 'none' };
-const CHUNKED_STREAM: RequestBody = { kind: 'stream', chunked: true };
-const LENGTH_STREAM: RequestBody = { kind: 'stream', chunked: false };
+const NO_BODY: OutgoingBody = { kind: 'none' };
+const CHUNKED_STREAM: OutgoingBody = { kind: 'stream', chunked: true };
+const LENGTH_STREAM: OutgoingBody = { kind: 'stream', chunked: false };
+const NO_HEADERS: HeaderMap = Object.freeze({});
+const NO_NAMES: ReadonlySet<string> = new Set();
 /** While requests keep being refused for want of credentials, one line per this interval, with a count. */
 const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
@@ -102,14 +98,13 @@ class RefusalLog {
  * The request path: checks the target, obtains credential headers, sends the request upstream and streams
  * the answer back with backpressure both ways. One Exchange per request carries the state.
  */
-export class Forwarder {
+export class Forwarder implements LocationRewriter {
   readonly inFlight = new Set<Exchange>();
   /** Requests handed to the forwarder so far; tells the idle memory reducer whether traffic has stopped. */
   requestsStarted = 0;
   draining = false;
   /** Called after every request ends; the server uses it to finish a drain promptly. */
   onExchangeDone: (() => void) | undefined;
-  private readonly headerPlan: RequestHeaderPlan;
   private readonly prefix: string;
   private readonly upstreamBase: string;
   private readonly retryStatuses: ReadonlySet<number>;
@@ -133,12 +128,6 @@ export class Forwarder {
     const url = new URL(config.upstream.url);
     this.prefix = url.pathname.replace(/\/+$/, '');
     this.upstreamBase = url.origin + this.prefix;
-    const preserved = new Set(config.headers.preserve.map((h) => h.toLowerCase()));
-    this.headerPlan = {
-      stripped: new Set(CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))),
-      upstreamHost: url.host,
-      dropUnderscored: !config.headers.allowUnderscores,
-    };
     this.retryStatuses = new Set(config.auth.retryOnStatus);
     this.replayMaxBytes = config.auth.replayMaxBodyBytes;
     this.logRequests = config.log.requests && options.logger.enabled('info');
@@ -150,7 +139,7 @@ export class Forwarder {
   }
 
   /** The Host/Origin checks; a refusal is counted and logged here, and answered by the caller. */
-  screen(req: ClientRequest, requestId: string): GuardRefusal | undefined {
+  screen(req: ProxyRequest, requestId: string): GuardRefusal | undefined {
     const refusal = this.guard.check(req.method, req.host, req.rawHeaders);
     if (refusal === undefined) return undefined;
     const { metrics, logger } = this.options;
@@ -166,7 +155,7 @@ export class Forwarder {
     return refusal;
   }
 
-  readonly handle = (req: ClientRequest): void => {
+  readonly handle = (req: ProxyRequest): void => {
     const exchange = new Exchange(this, req);
     this.requestsStarted++;
     this.inFlight.add(exchange);
@@ -193,10 +182,6 @@ export class Forwarder {
     return location;
   }
 
-  get headers(): RequestHeaderPlan {
-    return this.headerPlan;
-  }
-
   get retryOn(): ReadonlySet<number> {
     return this.retryStatuses;
   }
@@ -210,21 +195,40 @@ export class Forwarder {
   }
 }
 
+/**
+ * The phases of an exchange. Each request moves forward through them; the arrows back are the two re-sends:
+ *
+ *   Checking ──► ReadingBody ──► Credentials ──► Upstream ──► Responding ──► Done
+ *       └───────────────────────────►┘           │  ▲  ▲
+ *                                                │  │  └── a stale keep-alive connection: sent again, once
+ *                                                └► Refreshing (the credential was rejected: refreshed, replayed once)
+ *
+ * Any phase may end in Done: refused, failed, or the client gone. A streamed body (too large to read whole) is
+ * paused in Checking and flows to upstream from Upstream on, also while the answer already streams back.
+ */
+export const Phase = { Checking: 0, ReadingBody: 1, Credentials: 2, Upstream: 3, Refreshing: 4, Responding: 5, Done: 6 } as const;
+export type Phase = (typeof Phase)[keyof typeof Phase];
+
+/** What became of the one replay an exchange may make after a rejected credential (kvx_auth_replays_total). */
+type Replay = 'none' | 'sent' | 'counted';
+
 /** Exported for the tests that prove finished exchanges are collected. */
-export class Exchange implements ResponseHandler, BodySink {
+export class Exchange implements UpstreamHandler, BodySink, OutgoingRequest {
+  phase: Phase = Phase.Checking;
   private readonly started = performance.now();
-  private requestId = '';
-  private upstream: UpstreamRequest | undefined;
-  private injected: HeaderMap | undefined;
-  private body: RequestBody = NO_BODY;
+  requestId = '';
+  upstreamPath = '';
+  injected: HeaderMap = NO_HEADERS;
+  injectedLower: ReadonlySet<string> = NO_NAMES;
+  body: OutgoingBody = NO_BODY;
+  reuse: ReuseMode = 'any';
+  private upstream: UpstreamExchange | undefined;
+  /** Body chunks while ReadingBody. */
   private collected: Buffer[] | undefined;
+  /** The request can be sent again after a rejection: no body, or one held whole. */
   private replayable = false;
-  private replayed = false;
-  /** The replay's outcome went to kvx_auth_replays_total. */
-  private replayCounted = false;
-  private retriedStaleSocket = false;
-  private responseStarted = false;
-  private finished = false;
+  private replay: Replay = 'none';
+  private staleRetried = false;
   private status = 0;
   private bytesIn = 0;
   private bytesOut = 0;
@@ -234,7 +238,7 @@ export class Exchange implements ResponseHandler, BodySink {
 
   constructor(
     private readonly forwarder: Forwarder,
-    private readonly req: ClientRequest,
+    private readonly req: ProxyRequest,
   ) {}
 
   start(): void {
@@ -275,6 +279,7 @@ export class Exchange implements ResponseHandler, BodySink {
       this.fail(refusal.kind, refusal.message);
       return;
     }
+    this.upstreamPath = forwarder.upstreamPath(target);
 
     if (req.hasBody) {
       // IAP's 401 is replayed whatever auth.retryOnStatus lists.
@@ -283,6 +288,7 @@ export class Exchange implements ResponseHandler, BodySink {
         // Read whole: it can be re-sent after a 401, and a buffer goes out with the headers in one write.
         this.replayable = canReplay;
         this.collected = [];
+        this.phase = Phase.ReadingBody;
         req.readBody(this);
         return;
       }
@@ -295,11 +301,11 @@ export class Exchange implements ResponseHandler, BodySink {
     this.withCredentials();
   }
 
-  // BodySink: the client's body, collected or streamed.
+  // BodySink: the client's body, collected while ReadingBody, streamed from Upstream on.
   data(chunk: Buffer): void {
     this.bytesIn += chunk.length;
-    if (this.collected !== undefined) {
-      this.collected.push(chunk);
+    if (this.phase === Phase.ReadingBody) {
+      this.collected!.push(chunk);
       return;
     }
     const upstream = this.upstream;
@@ -316,8 +322,8 @@ export class Exchange implements ResponseHandler, BodySink {
   };
 
   end(): void {
-    const collected = this.collected;
-    if (collected !== undefined) {
+    if (this.phase === Phase.ReadingBody) {
+      const collected = this.collected!;
       this.collected = undefined;
       let data = collected[0]!;
       if (collected.length > 1) {
@@ -329,11 +335,10 @@ export class Exchange implements ResponseHandler, BodySink {
       return;
     }
     this.upstream?.end();
-    this.req.waitingOnUpstream = !this.responseStarted;
   }
 
   error(reason: string, clientClosed: boolean): void {
-    if (this.finished) return;
+    if (this.phase === Phase.Done) return;
     this.upstream?.abort();
     const status = sendProxyError(this.req, 'bad_request', `the request body is incomplete: ${reason}`);
     // A client that hung up mid-body abandoned its request: it is counted as gone, whatever it may still read.
@@ -341,6 +346,7 @@ export class Exchange implements ResponseHandler, BodySink {
   }
 
   private withCredentials(): void {
+    this.phase = Phase.Credentials;
     if (this.req.clientGone) return this.finish(499);
     const { forwarder } = this;
     let headers: HeaderMap | Promise<HeaderMap>;
@@ -353,20 +359,18 @@ export class Exchange implements ResponseHandler, BodySink {
       headers.then(
         (h) => {
           if (forwarder.refusals.active) forwarder.refusals.recovered();
-          this.injected = h;
-          this.dispatch();
+          this.dispatch(h);
         },
         (err: unknown) => this.credentialsFailed(err),
       );
     } else {
       if (forwarder.refusals.active) forwarder.refusals.recovered();
-      this.injected = headers;
-      this.dispatch();
+      this.dispatch(headers);
     }
   }
 
   private credentialsFailed(err: unknown): void {
-    if (this.finished) return;
+    if (this.phase === Phase.Done) return;
     const retryAfter = err instanceof CredentialsError ? err.retryAfterSeconds : 5;
     const hint = err instanceof CredentialsError && err.hint ? ` (${err.hint})` : '';
     this.errorKind = 'credentials';
@@ -374,31 +378,22 @@ export class Exchange implements ResponseHandler, BodySink {
     this.fail('credentials_unavailable', `credentials unavailable: ${errorMessage(err)}${hint}`, { 'retry-after': retryAfter });
   }
 
-  private dispatch(): void {
+  /** Sends the request upstream with these credentials (again, after a stale connection or a refresh). */
+  private dispatch(injected: HeaderMap): void {
     const { req, forwarder } = this;
-    if (req.clientGone || this.finished) return this.finish(499);
-    const injected = this.injected!;
-    const injectedLower = new Set<string>();
-    for (const name in injected) injectedLower.add(name.toLowerCase());
-    const body = this.body;
-    const framing =
-      body.kind === 'buffer'
-        ? `content-length: ${body.data.length}\r\n`
-        : body.kind === 'stream'
-          ? body.chunked
-            ? 'transfer-encoding: chunked\r\n'
-            : `content-length: ${req.contentLength}\r\n`
-          : BODY_EXPECTED.has(req.method)
-            ? 'content-length: 0\r\n'
-            : '';
-    const head = upstreamRequestHead(req.method, forwarder.upstreamPath(req.target), req.rawHeaders, forwarder.headers, injected, injectedLower, this.requestId, framing);
-    this.responseStarted = false;
-    const streaming = body.kind === 'stream';
-    req.waitingOnUpstream = !streaming || req.complete;
+    if (req.clientGone || this.phase === Phase.Done) return this.finish(499);
+    if (injected !== this.injected) {
+      this.injected = injected;
+      const lower = new Set<string>();
+      for (const name in injected) lower.add(name.toLowerCase());
+      this.injectedLower = lower;
+    }
+    const streaming = this.body.kind === 'stream';
     // A re-send after a stale connection goes on a new one: another reused one may be just as stale.
-    const reuse = this.retriedStaleSocket ? 'new' : streaming || !IDEMPOTENT.has(req.method) ? 'trusted' : 'any';
-    this.upstream = forwarder.options.pool.request(this, head, body, req.method === 'HEAD', reuse);
-    if (streaming && !this.upstream.done) {
+    this.reuse = this.staleRetried ? 'new' : streaming || !IDEMPOTENT.has(req.method) ? 'trusted' : 'any';
+    this.phase = Phase.Upstream;
+    const upstream = (this.upstream = forwarder.options.upstream.open(req, this, this));
+    if (streaming && !upstream.done) {
       req.readBody(this);
       req.resumeBody();
     }
@@ -408,32 +403,30 @@ export class Exchange implements ResponseHandler, BodySink {
     const { req, forwarder } = this;
     const { injector } = forwarder.options;
     const kind = status === 401 || status === 403 ? forwarder.authAnswers.classify(status, headers) : 'unknown';
-    if (kind === 'iap_denied') forwarder.authAnswers.denied(this.injected!, this.requestId);
+    if (kind === 'iap_denied') forwarder.authAnswers.denied(this.injected, this.requestId);
     if ((kind === 'credentials' || (kind === 'unknown' && forwarder.retryOn.has(status))) && forwarder.refreshable) {
-      if (this.replayed) {
+      if (this.replay !== 'none') {
         this.countReplay('rejected_again');
         // The refreshed credential was rejected too: the providers learn that fresh credentials do not help.
-        injector.rejected(this.injected!, status);
-      } else if (injector.rejected(this.injected!, status)) {
+        injector.rejected(this.injected, status);
+      } else if (injector.rejected(this.injected, status)) {
         if (this.replayable) {
-          this.replayed = true;
+          this.replay = 'sent';
+          this.phase = Phase.Refreshing;
           this.upstream!.abort();
-          this.replay();
+          this.refreshAndReplay();
           return;
         }
         // This answer goes back as is (its body streamed); the next request gets a fresh credential.
-        void injector.invalidate(this.injected!);
+        void injector.invalidate(this.injected);
       }
     } else {
-      if (this.replayed) this.countReplay('success');
-      if (injector.unconfirmed) injector.accepted(this.injected!);
+      this.countReplay('success');
+      if (injector.unconfirmed) injector.accepted(this.injected);
     }
-    this.responseStarted = true;
-    req.waitingOnUpstream = false;
+    this.phase = Phase.Responding;
     this.status = status;
-    const { lines, hasLength } = clientResponseHead(headers, (location) => forwarder.rewriteLocation(location, req.host));
-    const noBody = req.method === 'HEAD' || status === 204 || status === 304;
-    req.writeHead(status, reason, lines, noBody ? 'none' : hasLength ? 'length' : 'chunked');
+    req.respond(status, reason, headers, forwarder);
   }
 
   onResponseData(chunk: Buffer): void {
@@ -463,22 +456,22 @@ export class Exchange implements ResponseHandler, BodySink {
     }
     if (
       err.beforeResponse &&
-      !this.retriedStaleSocket &&
+      !this.staleRetried &&
       IDEMPOTENT.has(req.method) &&
       this.body.kind !== 'stream' &&
       STALE_SOCKET_CODES.has(err.code)
     ) {
       // A keep-alive socket closed by upstream just as the request went out. Nothing of an answer came, and
       // the method makes a second copy harmless; a buffered body is still held whole.
-      this.retriedStaleSocket = true;
-      this.dispatch();
+      this.staleRetried = true;
+      this.dispatch(this.injected);
       return;
     }
     const { kind, message } = classifyUpstreamError(err, forwarder.options.config);
     this.errorKind = kind;
     forwarder.options.metrics.upstreamError(kind);
     forwarder.options.logger.warn('upstream request failed', { id: this.requestId, kind, error: message });
-    if (this.responseStarted) {
+    if (this.phase === Phase.Responding) {
       // Status already sent; breaking the connection is how the client learns the body is incomplete.
       req.destroy();
       this.finish(this.status);
@@ -488,12 +481,12 @@ export class Exchange implements ResponseHandler, BodySink {
   }
 
   /** Refreshes the rejected credential and sends the request again; counted when the replay's answer arrives. */
-  private replay(): void {
+  private refreshAndReplay(): void {
     const { forwarder } = this;
     const { injector, logger } = forwarder.options;
-    injector.refresh(this.injected!, forwarder.credentialWait).then(
+    injector.refresh(this.injected, forwarder.credentialWait).then(
       () => {
-        if (this.req.clientGone || this.finished) return this.finish(499);
+        if (this.req.clientGone || this.phase === Phase.Done) return this.finish(499);
         let next: HeaderMap | Promise<HeaderMap>;
         try {
           next = injector.headers(forwarder.credentialWait);
@@ -502,10 +495,9 @@ export class Exchange implements ResponseHandler, BodySink {
         }
         Promise.resolve(next).then(
           (headers) => {
-            if (this.req.clientGone || this.finished) return this.finish(499);
+            if (this.req.clientGone || this.phase === Phase.Done) return this.finish(499);
             logger.info('credentials refreshed after upstream rejection; replaying request', { id: this.requestId });
-            this.injected = headers;
-            this.dispatch();
+            this.dispatch(headers);
           },
           (err: unknown) => this.replayRefreshFailed(err),
         );
@@ -520,8 +512,8 @@ export class Exchange implements ResponseHandler, BodySink {
   }
 
   private countReplay(result: ReplayResult): void {
-    if (this.replayCounted) return;
-    this.replayCounted = true;
+    if (this.replay !== 'sent') return;
+    this.replay = 'counted';
     this.forwarder.options.metrics.replay(result);
   }
 
@@ -531,21 +523,21 @@ export class Exchange implements ResponseHandler, BodySink {
   };
 
   private fail(kind: ProxyErrorKind, message: string, extra: Record<string, string | number> = {}): void {
-    if (this.finished) return;
+    if (this.phase === Phase.Done) return;
     const status = sendProxyError(this.req, kind, message, extra);
     this.finish(status);
   }
 
   private finish(status: number): void {
-    if (this.finished) return;
-    this.finished = true;
+    if (this.phase === Phase.Done) return;
+    const replayed = this.replay !== 'none';
+    if (this.replay === 'sent') this.countReplay('no_answer');
+    this.phase = Phase.Done;
     const { forwarder, req } = this;
     forwarder.inFlight.delete(this);
-    req.waitingOnUpstream = false;
     // A buffered body can no longer be replayed; free it if the socket is done with it.
     if (this.body.kind === 'buffer' && this.upstream?.bodyFlushed === true) releaseNow(this.body.data);
     const { metrics, logger } = forwarder.options;
-    if (this.replayed && !this.replayCounted) this.countReplay('no_answer');
     metrics.inFlight.dec();
     const seconds = (performance.now() - this.started) / 1000;
     metrics.requestDone(req.method, status, seconds, this.bytesIn, this.bytesOut);
@@ -556,7 +548,7 @@ export class Exchange implements ResponseHandler, BodySink {
         `,"id":"${this.requestId}","method":"${req.method}","path":${JSON.stringify(safePathForLog(req.target))}` +
         `,"status":${status},"bytesIn":${this.bytesIn},"bytesOut":${this.bytesOut},"durationMs":${Math.round(seconds * 1e6) / 1000}`;
       if (this.errorKind) line += `,"error":"${this.errorKind}"`;
-      if (this.replayed) line += ',"replayed":true';
+      if (replayed) line += ',"replayed":true';
       logger.infoSerialized('request', line);
     }
     forwarder.onExchangeDone?.();

@@ -1,3 +1,7 @@
+import type { KvxConfig } from '../config/schema.js';
+import { CLIENT_CREDENTIAL_HEADERS } from '../config/validate.js';
+import type { LocationRewriter } from './engine.js';
+
 /**
  * Request headers that must not travel to upstream: hop-by-hop headers (RFC 9110 §7.6.1), the framing the
  * proxy sets itself (Content-Length, Transfer-Encoding), and Expect, which the proxy answers itself.
@@ -30,6 +34,19 @@ export interface RequestHeaderPlan {
    * credential header kvx strips under its dashed name.
    */
   dropUnderscored: boolean;
+}
+
+/** Methods whose requests carry a body by convention: sent with Content-Length: 0 when they have none (some front ends answer 411 otherwise). */
+export const BODY_EXPECTED: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH']);
+
+/** The header plan of a configuration. */
+export function requestHeaderPlan(config: KvxConfig): RequestHeaderPlan {
+  const preserved = new Set(config.headers.preserve.map((h) => h.toLowerCase()));
+  return {
+    stripped: new Set(CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))),
+    upstreamHost: new URL(config.upstream.url).host,
+    dropUnderscored: !config.headers.allowUnderscores,
+  };
 }
 
 /** The tokens of every Connection header: more hop-by-hop headers, named by the sender. */
@@ -85,7 +102,7 @@ export interface ClientResponseHead {
  * rewritten to the proxy, so a client following it stays behind the proxy (and its credentials never
  * travel to where the redirect pointed).
  */
-export function clientResponseHead(raw: readonly string[], rewriteLocation: (location: string) => string): ClientResponseHead {
+export function clientResponseHead(raw: readonly string[], rewriter: LocationRewriter, clientHost: string | undefined): ClientResponseHead {
   const hopByHop = connectionTokens(raw);
   let lines = '';
   let hasLength = false;
@@ -99,9 +116,56 @@ export function clientResponseHead(raw: readonly string[], rewriteLocation: (loc
     }
     let value = raw[i + 1]!;
     if (lower === 'content-length') hasLength = true;
-    else if (lower === 'location') value = rewriteLocation(value);
+    else if (lower === 'location') value = rewriter.rewriteLocation(value, clientHost);
     lines += `${name}: ${value}\r\n`;
   }
   // llhttp refuses a response with both; this keeps the rule local all the same.
   return { lines, hasLength: hasLength && !chunked };
+}
+
+/**
+ * The upstream request's headers as a flat [name, value, ...] list, for an engine whose client takes a list
+ * (undici): the same selection as upstreamRequestHead, framing left to that client.
+ */
+export function upstreamRequestHeaderList(
+  raw: readonly string[],
+  plan: RequestHeaderPlan,
+  injected: Readonly<Record<string, string>>,
+  injectedLower: ReadonlySet<string>,
+  requestId: string,
+): string[] {
+  const list = ['host', plan.upstreamHost];
+  const hopByHop = connectionTokens(raw);
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (DROPPED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (plan.dropUnderscored && name.includes('_')) continue;
+    if (hopByHop?.has(lower)) continue;
+    list.push(name, raw[i + 1]!);
+  }
+  for (const name in injected) list.push(name, injected[name]!);
+  list.push('x-request-id', requestId);
+  return list;
+}
+
+/** The client response's headers as a flat list (node:http's writeHead), the same selection as clientResponseHead. */
+export function clientResponseHeaderList(raw: readonly string[], rewriter: LocationRewriter, clientHost: string | undefined): { list: string[]; hasLength: boolean } {
+  const hopByHop = connectionTokens(raw);
+  const list: string[] = [];
+  let hasLength = false;
+  let chunked = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (DROPPED_RESPONSE_HEADERS.has(lower) || hopByHop?.has(lower)) {
+      if (lower === 'transfer-encoding') chunked = true;
+      continue;
+    }
+    let value = raw[i + 1]!;
+    if (lower === 'content-length') hasLength = true;
+    else if (lower === 'location') value = rewriter.rewriteLocation(value, clientHost);
+    list.push(name, value);
+  }
+  return { list, hasLength: hasLength && !chunked };
 }

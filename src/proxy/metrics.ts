@@ -129,6 +129,9 @@ export class ProxyMetrics implements AuthMetrics {
     this.bytesOutTotal += bytesOut;
   }
 
+  /** The HTTP engine serving (server.engine, after auto's choice), for kvx_engine_info. */
+  engine: string | undefined;
+
   upstreamError(kind: string): void {
     this.upstreamErrorCounts.set(kind, (this.upstreamErrorCounts.get(kind) ?? 0) + 1);
   }
@@ -184,6 +187,18 @@ export class ProxyMetrics implements AuthMetrics {
       },
     });
     registry.registerMetric(durationHistogram(this) as unknown as Parameters<Registry['registerMetric']>[0]);
+    const engineNow = () => this.engine;
+    new prom.Gauge({
+      name: 'kvx_engine_info',
+      help: 'The HTTP engine serving requests (server.engine; auto resolved): wire or node.',
+      labelNames: ['engine'],
+      registers,
+      collect() {
+        this.reset();
+        const engine = engineNow();
+        if (engine !== undefined) this.set({ engine }, 1);
+      },
+    });
     new prom.Gauge({
       name: 'kvx_requests_in_flight',
       help: 'Requests being proxied now.',

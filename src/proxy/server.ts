@@ -14,11 +14,9 @@ import { clientConnectionCap } from './fd-limit.js';
 import { Forwarder } from './forward.js';
 import { IdleMemoryReducer } from './idle-memory.js';
 import { ProxyMetrics } from './metrics.js';
-import { ClientListener } from './wire/client-connection.js';
-import type { RefusalKind } from './wire/client-connection.js';
-import { UpstreamPool } from './wire/upstream-pool.js';
+import { createEngine } from './engine-select.js';
+import type { ClientSide, Engine, EngineHooks, RefusalKind } from './engine.js';
 import { lazyRequire } from '../util/lazy-require.js';
-import { upstreamTlsOptions } from '../config/tls.js';
 import { Egress } from '../config/egress.js';
 import { isLoopbackHost } from '../config/validate.js';
 import { errorBody } from './errors.js';
@@ -75,14 +73,20 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     throw err;
   }
 
-  const pool = new UpstreamPool(poolOptions(config, egress));
-  const forwarder = new Forwarder({ config, pool, injector, logger, metrics });
-  const listener = createClientListener(config, forwarder, logger);
+  // The engine hands requests to the forwarder, which sends them through the engine's upstream side.
+  const engine = await createEngine(config, egress, engineHooks(config, (request) => forwarder.handle(request), logger), logger).catch(async (err: unknown) => {
+    await injector.close();
+    await egress.close();
+    throw err;
+  });
+  const forwarder = new Forwarder({ config, upstream: engine.upstream, injector, logger, metrics });
+  metrics.engine = engine.name;
+  const { clients: listener, upstream: pool } = engine;
   const server = listener.server;
   const reducer = new IdleMemoryReducer(
     {
       requestsStarted: () => forwarder.requestsStarted,
-      openConnections: () => listener.connections.size,
+      openConnections: () => listener.connectionCount,
       busy: () => forwarder.inFlight.size > 0,
     },
     logger,
@@ -116,6 +120,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     adminUrl,
     upstream: config.upstream.url,
     ...(egress.active ? { upstreamEgress: egress.describe(config.upstream.url) } : {}),
+    engine: engine.name,
     providers: injector.active.map((a) => a.provider.name),
     fdLimit: connectionLimits.fdLimit,
     maxClientConnections: connectionLimits.maxClientConnections,
@@ -152,7 +157,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
  * would end the process.
  */
 function watchAcceptFailures(
-  listener: ClientListener,
+  listener: ClientSide,
   admin: http.Server | undefined,
   config: KvxConfig,
   metrics: ProxyMetrics,
@@ -166,7 +171,7 @@ function watchAcceptFailures(
     server.maxConnections = limits.cap;
     server.on('drop', () => {
       metrics.acceptError('EMFILE');
-      dropped.report({ code: 'EMFILE', connections: listener.connections.size, maxClientConnections: limits.cap, fdLimit: limits.fdLimit, hint });
+      dropped.report({ code: 'EMFILE', connections: listener.connectionCount, maxClientConnections: limits.cap, fdLimit: limits.fdLimit, hint });
     });
   }
   const failures = new Map<string, RateLimitedWarning>();
@@ -207,22 +212,7 @@ async function startCredentials(injector: HeaderInjector, config: KvxConfig, log
   }
 }
 
-function poolOptions(config: KvxConfig, egress: Egress): ConstructorParameters<typeof UpstreamPool>[0] {
-  const { upstream } = config;
-  const origin = new URL(new URL(upstream.url).origin);
-  return {
-    origin,
-    egress: { proxy: egress.route(origin).proxy, lookup: egress.lookup },
-    maxConnections: upstream.maxConnections,
-    connectTimeoutMs: upstream.connectTimeoutMs,
-    headersTimeoutMs: upstream.headersTimeoutMs,
-    idleTimeoutMs: upstream.idleTimeoutMs,
-    keepAliveTimeoutMs: 30_000,
-    tls: upstreamTlsOptions(upstream),
-  };
-}
-
-function createClientListener(config: KvxConfig, forwarder: Forwarder, logger: Logger): ClientListener {
+function engineHooks(config: KvxConfig, onRequest: EngineHooks['onRequest'], logger: Logger): EngineHooks {
   const refusal = (kind: RefusalKind): { status: string; body: string } => {
     const [status, message] =
       kind === 'header_overflow'
@@ -234,25 +224,18 @@ function createClientListener(config: KvxConfig, forwarder: Forwarder, logger: L
             : ['400 Bad Request', 'malformed HTTP request'];
     return { status, body: errorBody('bad_request', message) };
   };
-  return new ClientListener({
-    maxHeaderSize: config.server.maxHeaderSize,
-    headersTimeoutMs: config.server.headersTimeoutMs,
-    requestTimeoutMs: config.server.requestTimeoutMs,
-    keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
-    // Socket inactivity in either direction; long transfers are fine as long as bytes keep moving. A client
-    // waiting on a slow upstream is not idle by its own fault: the upstream timeout answers it with a 504.
-    idleTimeoutMs: config.upstream.idleTimeoutMs,
-    onRequest: forwarder.handle,
+  return {
+    onRequest,
     onClientError: (code) => logger.debug('client error', { code }),
     refusal,
-  });
+  };
 }
 
 async function drain(
-  listener: ClientListener,
+  listener: ClientSide,
   admin: http.Server | undefined,
   forwarder: Forwarder,
-  pool: UpstreamPool,
+  pool: Engine['upstream'],
   injector: HeaderInjector,
   deadlineMs: number,
   logger: Logger,

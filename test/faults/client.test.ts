@@ -7,6 +7,7 @@ import { RawConnection } from '../helpers/raw-http.js';
 import { mlflowError, raw, request } from './support/client.js';
 import { Harness } from './support/harness.js';
 import { pollUntil } from './support/proxy-process.js';
+import { wireOnly } from '../helpers/engine.js';
 
 /** Opens a connection, writes `head` and `body`, and destroys it once `abortWhen` says so. */
 async function abortingClient(port: number, head: string, body: Buffer | undefined, abortWhen: (received: number) => boolean | Promise<boolean>): Promise<void> {
@@ -135,7 +136,7 @@ describe('faults: clients', function () {
 
   // Regression: the 400 for the surplus bytes used to be written straight away and replaced the answer to the
   // request that had already been forwarded.
-  it('body longer than Content-Length: the request is forwarded with exactly Content-Length bytes and answered; the surplus gets 400', async () => {
+  wireOnly('surplus bytes after a body: node:http waits for them as the next request (408 after server.headersTimeoutMs), the wire engine refuses at once (400)')('body longer than Content-Length: the request is forwarded with exactly Content-Length bytes and answered; the surplus gets 400', async () => {
     const id = 'long-body';
     const r = await raw(h.proxy.port, `POST /upload HTTP/1.1\r\nHost: kvx\r\nContent-Length: 5\r\nX-Request-Id: ${id}\r\n\r\nhelloSURPLUS-THAT-IS-NOT-HTTP\r\n\r\n`);
     expect(r.statuses).to.deep.equal([200, 400]);

@@ -39,6 +39,8 @@ export async function startTestProxy(upstream: string, settings: Record<string, 
     'admin.port': 0,
     'log.level': 'debug',
     'server.allowedHosts': ['kvx'],
+    // The engine suites run once per engine (npm test): KVX_SERVER_ENGINE=node for the second run.
+    ...(process.env['KVX_SERVER_ENGINE'] ? { 'server.engine': process.env['KVX_SERVER_ENGINE'] } : {}),
     ...settings,
   }).map(([path, value]) => ({ path, value, source: `test:${path}` }));
   const loaded = loadConfig({ env, overrides });

@@ -30,6 +30,10 @@ describe('proxy: admin endpoints', () => {
       expect(metrics).to.contain('kvx_requests_total{method="POST",status_class="2xx"} 1');
       expect(metrics).to.match(/kvx_request_duration_seconds_count 3/);
       expect(metrics).to.contain('kvx_requests_in_flight 0');
+      // The engine in use, in /metrics and the start-up line: the one KVX_SERVER_ENGINE names for the suite's second run.
+      const engine = process.env['KVX_SERVER_ENGINE'] === 'node' ? 'node' : 'wire';
+      expect(metrics).to.contain(`kvx_engine_info{engine="${engine}"} 1`);
+      expect(proxy.logs.records().find((r) => r['msg'] === 'kvx-proxy listening')?.['engine']).to.equal(engine);
       expect(metrics).to.contain('kvx_request_body_bytes_total 7');
       expect(metrics).to.match(/kvx_response_body_bytes_total \d+/);
       expect((await request(`${proxy.adminUrl}/nope`)).status).to.equal(404);

@@ -4,6 +4,10 @@ import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
 import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
+import type { BodySink, LocationRewriter, ProxyRequest, RefusalKind } from '../engine.js';
+import { clientResponseHead } from '../headers.js';
+
+export type { BodySink, RefusalKind };
 
 /**
  * The client side of the proxy: accepted sockets, requests parsed by llhttp, answers written straight to
@@ -27,27 +31,14 @@ export interface ClientListenerOptions {
   refusal(kind: RefusalKind): { status: string; body: string };
 }
 
-/** Requests refused before they reach the handler: malformed, headers too large, too slow, a length too large to forward exactly. */
-export type RefusalKind = 'bad_request' | 'header_overflow' | 'timeout' | 'too_large';
-
 export type ResponseFraming = 'length' | 'chunked' | 'none';
-
-export interface BodySink {
-  data(chunk: Buffer): void;
-  end(): void;
-  /**
-   * The body cannot be completed: malformed chunking, or `clientClosed` when the client ended the connection
-   * part-way (an abandoned request, though the client may still read an answer).
-   */
-  error(reason: string, clientClosed: boolean): void;
-}
 
 const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
 const uncork = (socket: Socket): void => {
   socket.uncork();
 };
 
-export class ClientRequest {
+export class ClientRequest implements ProxyRequest {
   readonly method: string;
   readonly target: string;
   /** Flat [name, value, ...] list, as received (latin1 strings, the client's casing and order). */
@@ -63,7 +54,10 @@ export class ClientRequest {
   readonly host: string | undefined;
   readonly requestIdHeader: string | undefined;
   complete = false;
-  /** Set by the handler while the whole request is sent and its answer is awaited from upstream. */
+  /**
+   * An upstream exchange was opened for this request (set by the wire engine's upstream side): once the request
+   * is complete and until its answer starts, the client waits on upstream and is not idle by its own fault.
+   */
   waitingOnUpstream = false;
   headersSent = false;
   finished = false;
@@ -209,6 +203,23 @@ export class ClientRequest {
     socket.cork();
     socket.write(head + '\r\n', 'latin1');
     process.nextTick(uncork, socket);
+  }
+
+  /** Upstream's answer: its headers as the client gets them, framed by Content-Length when upstream sent one. */
+  respond(status: number, reason: string, upstreamHeaders: readonly string[], rewriter: LocationRewriter): void {
+    const { lines, hasLength } = clientResponseHead(upstreamHeaders, rewriter, this.host);
+    const noBody = this.method === 'HEAD' || status === 204 || status === 304;
+    this.writeHead(status, reason, lines, noBody ? 'none' : hasLength ? 'length' : 'chunked');
+  }
+
+  /** The proxy's own answer, whole. */
+  reply(status: number, reason: string, headers: readonly string[], body: Buffer): void {
+    let lines = '';
+    for (let i = 0; i < headers.length; i += 2) lines += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    this.writeHead(status, reason, `${lines}content-length: ${body.length}\r\n`, 'length');
+    // The answer to a HEAD has no body: bytes written after it would be read as the start of the next answer.
+    if (this.method !== 'HEAD') this.write(body);
+    this.end();
   }
 
   /** Writes body bytes; false means wait for `onDrain`. */
@@ -489,7 +500,8 @@ export class ClientConnection {
       return;
     }
     const active = this.activeRequest;
-    if (now - this.lastActivity >= options.idleTimeoutMs && !(active?.waitingOnUpstream ?? false)) this.socket.destroy();
+    const waitingOnUpstream = active !== undefined && active.waitingOnUpstream && active.complete && !active.headersSent;
+    if (now - this.lastActivity >= options.idleTimeoutMs && !waitingOnUpstream) this.socket.destroy();
   }
 }
 

@@ -7,6 +7,12 @@ import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, writeBodyChunk } from './body.js';
 import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
+import { UpstreamError } from '../engine.js';
+import type { OutgoingBody, ReuseMode, UpstreamExchange, UpstreamHandler } from '../engine.js';
+
+export { UpstreamError };
+export type { ReuseMode };
+export type ResponseHandler = UpstreamHandler;
 
 /**
  * Keep-alive HTTP/1.1 connections to the one upstream, one exchange at a time per connection. Responses
@@ -41,53 +47,9 @@ const EARLY_CLOSE_MS = 1_000;
 /** Early closes, with no reuse that worked in between, after which reuse is no longer trusted (see ReuseMode). */
 const DISTRUST_AFTER_CLOSES = 3;
 
-/**
- * Which connection a request may go on.
- * - `any`: an idle one if there is one. For requests that can be re-sent (idempotent, body held whole): if the
- *   server was closing the connection as the request went out, the re-send goes on a new connection.
- * - `trusted`: an idle one only while reuse is trusted. A request that cannot be re-sent fails when its reused
- *   connection turns out to be closing; once the server has been seen closing connections right after its
- *   answers (DISTRUST_AFTER_CLOSES times, with no reuse that worked in between) such requests get new
- *   connections, until a reused connection answers again.
- * - `new`: always a new connection (the re-send after a stale one).
- */
-export type ReuseMode = 'any' | 'trusted' | 'new';
+export type RequestBody = OutgoingBody;
 
-export type UpstreamErrorCode =
-  | 'KVX_CONNECT_TIMEOUT'
-  | 'KVX_HEADERS_TIMEOUT'
-  /** The headers timeout passed while the request waited for a connection (all maxConnections busy). */
-  | 'KVX_QUEUE_TIMEOUT'
-  | 'KVX_BODY_TIMEOUT'
-  /** The connection closed, or was reset, before the response was complete. */
-  | 'KVX_UPSTREAM_CLOSED'
-  | 'KVX_BAD_RESPONSE'
-  /** A status code outside 100-599. */
-  | 'KVX_BAD_STATUS';
-
-export class UpstreamError extends Error {
-  constructor(
-    /** One of UpstreamErrorCode, a socket errno code (ECONNREFUSED, ...), a TLS code or an llhttp HPE_ code. */
-    readonly code: string,
-    message: string,
-    /** Nothing of the response was received: the request may not have been processed. */
-    readonly beforeResponse: boolean,
-  ) {
-    super(message);
-    this.name = 'UpstreamError';
-  }
-}
-
-export interface ResponseHandler {
-  onResponseHead(status: number, reason: string, headers: string[]): void;
-  onResponseData(chunk: Buffer): void;
-  onResponseEnd(): void;
-  onResponseError(err: UpstreamError): void;
-}
-
-export type RequestBody = { kind: 'none' } | { kind: 'buffer'; data: Buffer } | { kind: 'stream'; chunked: boolean };
-
-export class UpstreamRequest {
+export class UpstreamRequest implements UpstreamExchange {
   connection: UpstreamConnection | undefined;
   responseStarted = false;
   done = false;

@@ -88,7 +88,9 @@ export async function spawnProxy(options: SpawnOptions): Promise<ProxyProcess> {
     writeFileSync(file, options.configYaml);
     args.unshift('--config', file);
   }
-  const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: dir, ...options.env };
+  // The fault suite runs once per engine (npm run test:faults): KVX_SERVER_ENGINE=node for the second run.
+  const engine: Record<string, string> = process.env['KVX_SERVER_ENGINE'] ? { KVX_SERVER_ENGINE: process.env['KVX_SERVER_ENGINE'] } : {};
+  const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: dir, ...engine, ...options.env };
   let argv = [...(options.command ?? [process.execPath, PROXY_CLI]), ...args];
   // prlimit execs the program: the pid, and so /proc/<pid>/fd, is the proxy's own.
   if (options.fdLimit !== undefined) argv = [prlimitPath(), `--nofile=${options.fdLimit}:${options.fdLimit}`, '--', ...argv];
