@@ -33,6 +33,8 @@ export interface AdaptResult {
   changes: string[];
   /** What was assumed, for the caller to print. */
   warnings: string[];
+  /** The kedro envs (`kedro … -e ENV`) the steps run with, adapted already or not: whose mlflow.yml they read. */
+  envs: string[];
 }
 
 /** The exit task kvx adds, and the names of what it is made of. */
@@ -126,13 +128,14 @@ function executorsOf(spec: PipelineSpec): Dict {
  * that is an error naming it.
  */
 export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT_ADAPT_SETTINGS): AdaptResult {
-  if (!isKedroVertexaiSpec(input, settings)) return { spec: input, recognised: false, changes: [], warnings: [] };
+  if (!isKedroVertexaiSpec(input, settings)) return { spec: input, recognised: false, changes: [], warnings: [], envs: [] };
   const spec = structuredClone(input);
   const changes: string[] = [];
   const warnings: string[] = [];
   const problems: string[] = [];
   const executors = executorsOf(spec);
   const envCount = new Map<string, number>();
+  const envs = new Set<string>();
 
   let startExecutor: string | undefined;
   let startEnv: string | undefined;
@@ -149,6 +152,7 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
     if (script !== undefined && (MLFLOW_START.test(script) || (ALREADY_STARTED_BY_KVX.test(script) && (script.includes(`${settings.launchPath} start-run`) || /kvx-launch\s+start-run\b/.test(script))))) {
       startExecutor = label;
       startEnv = kedroEnv(script) ?? /(?:--config|-c)\s+conf\/([\w.-]+)\//.exec(script)?.[1];
+      if (startEnv !== undefined) envs.add(startEnv);
       const m = MLFLOW_START.exec(script);
       if (m === null) {
         startAdapted = true;
@@ -168,9 +172,20 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
       changes.push(`executor ${label}: \`kedro vertexai mlflow-start\` replaced by \`${settings.launchPath} start-run\`, writing the run id to ${output} as before (it resumes the run kvx-launch run made, else finds or creates the job's run once)`);
       continue;
     }
-    if (proxyExecAt(command, settings) >= 0 || (command[0] === GUARD_SHELL && command[2] === GUARD)) continue; // adapted already
+    const at = proxyExecAt(command, settings);
+    if (at >= 0) {
+      // Adapted already: the original command follows `kvx-proxy exec … --`.
+      const original = shellScript({ ...container, command: command.slice(command.indexOf('--', at) + 1) });
+      const env = original === undefined ? undefined : kedroEnv(original);
+      if (env !== undefined) envs.add(env);
+      continue;
+    }
+    if (command[0] === GUARD_SHELL && command[2] === GUARD) continue; // kvx's exit task
     const env = script === undefined ? undefined : kedroEnv(script);
-    if (env !== undefined) envCount.set(env, (envCount.get(env) ?? 0) + 1);
+    if (env !== undefined) {
+      envCount.set(env, (envCount.get(env) ?? 0) + 1);
+      envs.add(env);
+    }
     else warnings.push(`executor ${label}: no \`kedro … -e ENV\` in its command; its step config is ${stepConfigFor(settings, 'base')} (adapt.stepConfig)`);
     const config = stepConfigFor(settings, env ?? 'base');
     container['command'] = [GUARD_SHELL, '-c', GUARD, settings.proxyPath, 'exec', '--config', config, '--', ...command];
@@ -195,7 +210,7 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
     const image = imageOf(executors, startExecutor);
     addExitHandler(spec, rootTasks, { image, config: stepConfigFor(settings, env), launchPath: settings.launchPath }, changes, warnings);
   }
-  return { spec, recognised: true, changes, warnings };
+  return { spec, recognised: true, changes, warnings, envs: [...envs].sort() };
 }
 
 function setScript(container: Dict, script: string): void {

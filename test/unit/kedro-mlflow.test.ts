@@ -2,9 +2,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { readKedroMlflow } from '../../src/launch/kedro-mlflow.js';
+import { readKedroMlflow } from '../../src/config/kedro-mlflow.js';
 
-describe("kedro-mlflow's mlflow.yml (src/launch/kedro-mlflow.ts)", () => {
+describe("kedro-mlflow's mlflow.yml (src/config/kedro-mlflow.ts)", () => {
   let dir: string;
   before(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'kvx-kedro-mlflow-'));
