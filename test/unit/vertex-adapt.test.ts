@@ -125,6 +125,9 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     expect(twice.changes).to.deep.equal([]);
     expect(twice.warnings).to.deep.equal([]);
     expect(twice.spec).to.deep.equal(once.spec);
+    // Whose mlflow.yml the steps read, adapted or not.
+    expect(once.envs).to.deep.equal(['base']);
+    expect(twice.envs).to.deep.equal(['base']);
   });
 
   it('writes YAML that reads back the same as PyYAML reads it', () => {
@@ -145,7 +148,9 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     const start = exec['exec-mlflow-start-run']['container'];
     start['args'][0] = start['args'][0].replace(/-e base/g, '-e prod');
     const before = structuredClone(node);
-    const { spec: out, changes } = adaptSpec(spec as PipelineSpec) as { spec: Dict; changes: string[] };
+    const { spec: out, changes, envs } = adaptSpec(spec as PipelineSpec) as { spec: Dict; changes: string[]; envs: string[] };
+    expect(envs).to.deep.equal(['base', 'prod']);
+    expect(adaptSpec(structuredClone(out) as PipelineSpec).envs).to.deep.equal(['base', 'prod']);
     const after = executors(out)['exec-train-model-node']['container'];
     expect(after['args']).to.deep.equal(before['args']);
     expect(after['args'][0]).to.match(/^echo "10\.1\.2\.3 mlflow\.internal" >> \/etc\/hosts && /);
