@@ -70,12 +70,12 @@ export function readKedroMlflow(confDir: string): KedroMlflowSettings {
     };
     take('experiment', 'experimentName', 'tracking.experiment.name');
     take('run', 'runName', 'tracking.run.name');
-    const server = isDict(doc) && isDict(doc['server']) ? doc['server'] : {};
-    if ('mlflow_tracking_uri' in server) {
-      // An explicit null here overrides a URI of conf/base, as it does for kedro-mlflow.
-      const value = server['mlflow_tracking_uri'];
-      if (value === null || (typeof value === 'string' && value.trim() === '')) delete out.trackingUri;
-      else out.trackingUri = { value: String(value).trim(), file };
+    if (isDict(doc) && 'server' in doc) {
+      // kedro's OmegaConfigLoader merges environments destructively by default: an env's `server` section replaces
+      // conf/base's whole, so a URI set only there is gone (and a null overrides it).
+      delete out.trackingUri;
+      const value = isDict(doc['server']) ? doc['server']['mlflow_tracking_uri'] : undefined;
+      if (value !== undefined && value !== null && String(value).trim() !== '') out.trackingUri = { value: String(value).trim(), file };
     }
   }
   return out;

@@ -67,6 +67,8 @@ const KEDRO_RUN = /\bkedro\s+run\b/;
 const MLFLOW_START = /\bkedro\s+vertexai\b(?:(?!&&|\|\||[;|\n]).)*?\bmlflow-start\b(?:(?!&&|\|\||[;|\n]).)*/s;
 const KEDRO_COMMAND = /\bkedro\b(?:(?!&&|\|\||[;|\n]).)*/gs;
 const ENV_FLAG = /(?:^|\s)(?:-e|--env)(?:\s+|=)(['"]?)([\w.-]+)\1/;
+/** `MLFLOW_TRACKING_URI=…` set in the step's own shell line (export or a command's inline variable). */
+const INLINE_TRACKING_URI = /(?:^|[\s;&|(])(?:export\s+)?MLFLOW_TRACKING_URI=/;
 const ALREADY_STARTED_BY_KVX = /\bstart-run\b.*--output\b/s;
 
 /** The shell script a `sh -c SCRIPT` / `bash -c` container runs, wherever the compiler put it. */
@@ -187,6 +189,9 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
       envs.add(env);
     }
     else warnings.push(`executor ${label}: no \`kedro … -e ENV\` in its command; its step config is ${stepConfigFor(settings, 'base')} (adapt.stepConfig)`);
+    if (script !== undefined && INLINE_TRACKING_URI.test(script)) {
+      warnings.push(`executor ${label}: its command sets MLFLOW_TRACKING_URI itself, over the one kvx-proxy exec gives it, so its MLflow calls do not go through the proxy; remove that assignment`);
+    }
     const config = stepConfigFor(settings, env ?? 'base');
     container['command'] = [GUARD_SHELL, '-c', GUARD, settings.proxyPath, 'exec', '--config', config, '--', ...command];
     changes.push(`executor ${label}: runs behind the proxy: ${settings.proxyPath} exec --config ${config} -- ${command.join(' ')} (args unchanged)`);

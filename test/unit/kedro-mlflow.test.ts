@@ -47,11 +47,12 @@ describe("kedro-mlflow's mlflow.yml (src/config/kedro-mlflow.ts)", () => {
     const write = (env: string, text: string) => writeFile(path.join(project, 'conf', env, 'mlflow.yml'), text);
     before(async () => {
       project = path.join(dir, 'uri');
-      for (const env of ['base', 'prod', 'dev', 'local']) await mkdir(path.join(project, 'conf', env), { recursive: true });
+      for (const env of ['base', 'prod', 'dev', 'local', 'test']) await mkdir(path.join(project, 'conf', env), { recursive: true });
       await writeFile(path.join(project, 'conf', 'prod', 'vertexai.yml'), 'project_id: p\nregion: europe-west4\nrun_config:\n  experiment_name: e\n');
       await write('base', 'server:\n  mlflow_tracking_uri: https://mlflow.example.com\n');
       await write('prod', 'tracking:\n  experiment:\n    name: prod-exp\n');
       await write('dev', 'server:\n  mlflow_tracking_uri: null\n');
+      await write('test', 'server:\n  credentials: mlflow_creds\n');
       await write('local', 'server:\n  mlflow_tracking_uri: ${oc.env:MLFLOW_TRACKING_URI, "http://127.0.0.1:5000"}\n');
     });
     const conf = (env: string) => path.join(project, 'conf', env);
@@ -59,6 +60,8 @@ describe("kedro-mlflow's mlflow.yml (src/config/kedro-mlflow.ts)", () => {
     it('is read as written, layered over conf/base; an explicit null overrides a URL of conf/base', () => {
       expect(readKedroMlflow(conf('prod')).trackingUri).to.deep.equal({ value: 'https://mlflow.example.com', file: path.join(conf('base'), 'mlflow.yml') });
       expect(readKedroMlflow(conf('dev'))).to.not.have.property('trackingUri');
+      // An env's server section replaces conf/base's whole (kedro's default, destructive merge).
+      expect(readKedroMlflow(conf('test'))).to.not.have.property('trackingUri');
       expect(readKedroMlflow(conf('local')).trackingUri?.value).to.equal('${oc.env:MLFLOW_TRACKING_URI, "http://127.0.0.1:5000"}');
     });
 

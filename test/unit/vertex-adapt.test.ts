@@ -184,6 +184,15 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     expect(executors(out)['exec-importer']).to.deep.equal(executors(spec)['exec-importer']);
   });
 
+  it('warns, naming the executor, when a step sets MLFLOW_TRACKING_URI over the proxy\'s', () => {
+    expect(adaptSpec(load(KEDRO)).warnings.join('\n')).to.not.include('MLFLOW_TRACKING_URI');
+    const spec = kedro();
+    const node = executors(spec)['exec-train-model-node']['container'];
+    node['args'][0] = node['args'][0].replace('MLFLOW_RUN_ID=', 'MLFLOW_TRACKING_URI=https://mlflow.example.com MLFLOW_RUN_ID=');
+    const { warnings } = adaptSpec(spec as PipelineSpec);
+    expect(warnings.join('\n')).to.include('executor exec-train-model-node: its command sets MLFLOW_TRACKING_URI itself');
+  });
+
   it('warns, naming the executor, when a step names no kedro env', () => {
     const spec = kedro();
     const node = executors(spec)['exec-preprocess-companies-node']['container'];
