@@ -172,7 +172,7 @@ describe('kvx-launch adapt, and run with a kedro-vertexai spec', () => {
       for (const argv of [
         ['run', KEDRO, '-c', config, '--param', 'dataset=companies'],
         ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--dry-run'],
-        ['adapt', KEDRO, '-c', config, '-o', path.join(h.dir, 'adapted.yaml')],
+        ['adapt', KEDRO, '-c', config, '-o', path.join(h.dir, 'refused.yaml')],
       ]) {
         const res = await launchCli(h, argv, { deps: { now: NOW } });
         expect(res.code, `${argv.join(' ')}: ${res.stderr}`).to.equal(2);
@@ -181,7 +181,7 @@ describe('kvx-launch adapt, and run with a kedro-vertexai spec', () => {
       }
       expect(h.mlflow.store.runs.size).to.equal(0);
       expect(h.vertex.jobs.size).to.equal(0);
-      expect(existsSync(path.join(h.dir, 'adapted.yaml'))).to.equal(false);
+      expect(existsSync(path.join(h.dir, 'refused.yaml'))).to.equal(false);
 
       // Submitted as compiled, the steps use mlflow.yml's server themselves; so does the launcher.
       const untouched = await launchCli(h, ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--no-adapt'], { deps: { now: NOW } });
