@@ -383,5 +383,13 @@ export function isAdapted(spec: PipelineSpec): boolean {
  * `0777` is quoted), as the KFP SDK and kedro-vertexai read it.
  */
 export function specText(spec: PipelineSpec, json: boolean): string {
-  return json ? `${JSON.stringify(spec, null, 2)}\n` : YAML.stringify(spec, { version: '1.1', lineWidth: 0 });
+  if (json) return `${JSON.stringify(spec, null, 2)}\n`;
+  const doc = new YAML.Document(spec, { version: '1.1' });
+  // A plain `=` is YAML 1.1's value key, which PyYAML's SafeLoader refuses to construct; the yaml package writes it plain.
+  YAML.visit(doc, {
+    Scalar(_key, node) {
+      if (node.value === '=') node.type = 'QUOTE_DOUBLE';
+    },
+  });
+  return doc.toString({ lineWidth: 0 });
 }

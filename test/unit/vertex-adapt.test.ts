@@ -137,6 +137,18 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     expect(JSON.parse(specText(spec, true))).to.deep.equal(JSON.parse(JSON.stringify(spec)));
   });
 
+  const hasPyYaml = spawnSync('python3', ['-c', 'import yaml'], { stdio: 'ignore' }).status === 0;
+  it('writes YAML that PyYAML itself reads back the same (when python3 with PyYAML is on this machine)', function () {
+    if (!hasPyYaml) this.skip();
+    const { spec } = adaptSpec(load(KEDRO));
+    // Strings YAML 1.1 would read as something else unless quoted.
+    const tricky = ['yes', 'No', 'on', '0777', '08', '1:30', '1_000', '1e5', '.inf', '~', 'null', '2024-05-17', '=', "{{$.inputs.parameters['x']}}", '- a', 'a: b', '#c', ''];
+    const doc = { ...spec, kvxTricky: tricky };
+    const pyJson = (text: string) =>
+      JSON.parse(execFileSync('python3', ['-c', 'import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))'], { input: text, encoding: 'utf8' }));
+    expect(pyJson(specText(doc as PipelineSpec, false))).to.deep.equal(JSON.parse(JSON.stringify(doc)));
+  });
+
   it('handles grouped nodes, params, host aliases and another env', () => {
     const spec = kedro();
     const exec = executors(spec);
