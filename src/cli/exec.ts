@@ -1,3 +1,5 @@
+import { TRACKING_URI_KEY, proxyBypass, readKedroMlflow } from '../config/kedro-mlflow.js';
+import type { ProxyBypass } from '../config/kedro-mlflow.js';
 import { EXEC_EXIT, execWithProxy, prepareExecConfig } from '../exec/index.js';
 import { Logger } from '../log/logger.js';
 import { StreamSink } from '../log/stream-sink.js';
@@ -40,9 +42,21 @@ export function execCommand(io: CliIO): CommandDef {
       const logger = new Logger(loaded.config.log.level, new StreamSink(io.stderr), { component: 'kvx-proxy' });
       refuseUnrequestedInspector();
       for (const note of notes) logger.info(note, { upstream: loaded.config.upstream.url });
+      const bypass = kedroStepBypass(loaded.kedroConfDir);
+      if (bypass !== undefined) logger.warn(`a kedro command here would not use this proxy: ${bypass.file}: ${TRACKING_URI_KEY} "${bypass.value}" ${bypass.reason}`);
       const result = await execWithProxy(loaded, cmd as string, (args as string[] | undefined) ?? [], { logger, env: io.env });
       if (result.message) io.stderr.write(`kvx-proxy exec: ${result.message}\n`);
       return result.code;
     },
   };
+}
+
+/** Said in the step's log, where a failing kedro step is looked into; the command may not be kedro, so not refused. */
+function kedroStepBypass(confDir: string | undefined): ProxyBypass | undefined {
+  if (confDir === undefined) return undefined;
+  try {
+    return proxyBypass(readKedroMlflow(confDir));
+  } catch {
+    return undefined; // an unreadable mlflow.yml is kedro's to report
+  }
 }

@@ -3,9 +3,9 @@ import './inspector-guard.js';
 import './require-node.js';
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import path from 'node:path';
 import type { LoadedConfig } from '../config/load.js';
-import { trackingTokenFromEnv, trackingUriFromEnv } from '../config/mlflow-env.js';
+import { kedroConfDir as confDirOf, refuseProxyBypass } from '../config/kedro-mlflow.js';
+import { defaultUpstream, trackingTokenFromEnv } from '../config/mlflow-env.js';
 import { ConfigError, KvxError } from '../errors.js';
 import { describeDryRun, dryRunPipeline } from '../launch/dry-run.js';
 import type { ExperimentResult } from '../launch/experiment-link.js';
@@ -103,9 +103,15 @@ export async function main(argv: readonly string[], io: CliIO = defaultIO(), dep
 /** The config, with the MLflow client's own variables as the last fallback (src/config/mlflow-env.ts). */
 function loadLaunchConfig(flags: CommandFlags, io: CliIO, needMlflow: boolean): LoadedConfig {
   const loaded = loadConfigFromOptions(flags, io, { requireUpstream: false, checkProviders: false });
-  trackingUriFromEnv(loaded, io.env);
+  defaultUpstream(loaded, io.env);
   if (needMlflow && loaded.config.upstream.url === '') {
-    throw new ConfigError([{ path: 'upstream.url', message: 'required: the MLflow tracking server (or a kvx-proxy in front of it), e.g. https://mlflow.example.com; flag --tracking-uri, env KVX_UPSTREAM_URL or MLFLOW_TRACKING_URI' }]);
+    throw new ConfigError([
+      {
+        path: 'upstream.url',
+        message:
+          "required: the MLflow tracking server (or a kvx-proxy in front of it), e.g. https://mlflow.example.com; flag --tracking-uri, env KVX_UPSTREAM_URL or MLFLOW_TRACKING_URI, or an http(s) server.mlflow_tracking_uri in kedro-mlflow's mlflow.yml beside the vertexai.yml",
+      },
+    ]);
   }
   trackingTokenFromEnv(loaded.config, io.env);
   return loaded;
@@ -327,6 +333,7 @@ async function adaptCommand(flags: CommandFlags, source: string, io: CliIO): Pro
     });
   }
   for (const warning of result.warnings) io.stderr.write(`kvx-launch: warning: ${source}: ${warning}\n`);
+  refuseProxyBypass(kedroConfDir(flags, io), result.envs, (message) => io.stderr.write(`kvx-launch: warning: ${message}\n`));
   printAdaptation(io, source, result.changes);
   const output = flags.string('--output');
   if (flags.switch('--json') && (output === undefined || output === '-')) throw new KvxError('KVX_USAGE', '--json prints the changes on stdout, where the spec goes without -o: give -o FILE');
@@ -348,11 +355,9 @@ function adaptSettings(loaded: LoadedConfig): AdaptSettings {
   return { proxyPath, launchPath, stepConfig };
 }
 
-/** The folder of the vertexai.yml given (conf/<env>): the last --config (or KVX_CONFIG) named vertexai.yml, else the last. */
+/** The folder of the vertexai.yml given (conf/<env>), as config loading finds it (src/config/kedro-mlflow.ts). */
 function kedroConfDir(flags: CommandFlags, io: CliIO): string | undefined {
-  const files = flags.list('--config') ?? (io.env['KVX_CONFIG'] ? [io.env['KVX_CONFIG']] : []);
-  const chosen = [...files].reverse().find((f) => /(^|\/)vertexai\.ya?ml$/.test(f)) ?? files[files.length - 1];
-  return chosen === undefined ? undefined : path.dirname(path.resolve(chosen));
+  return confDirOf(flags.list('--config') ?? (io.env['KVX_CONFIG'] ? [io.env['KVX_CONFIG']] : []));
 }
 
 function safeUser(): string | undefined {

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type * as Yaml from 'yaml';
 import { ConfigError, errorMessage } from '../errors.js';
 import type { ConfigProblem } from '../errors.js';
+import { kedroConfDir } from './kedro-mlflow.js';
 import { SCHEMA } from './schema.js';
 import type { FieldSpec, Fields, KvxConfig } from './schema.js';
 import { validateConfig } from './validate.js';
@@ -40,6 +41,8 @@ export interface LoadedConfig {
    * `pathKeys`) are already absolute; this is for a custom provider's own relative params.
    */
   baseDir: string;
+  /** The kedro env folder (conf/<env>) of the config files, where kedro-mlflow's mlflow.yml is looked for. */
+  kedroConfDir?: string;
 }
 
 type Tree = Record<string, unknown>;
@@ -90,7 +93,8 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   problems.push(...egressProblems(config, env));
   if (options.extraChecks) problems.push(...options.extraChecks(config));
   if (problems.length > 0) throw new ConfigError(problems);
-  return { config, sources, baseDir };
+  const confDir = kedroConfDir(options.files ?? []);
+  return { config, sources, baseDir, ...(confDir === undefined ? {} : { kedroConfDir: confDir }) };
 }
 
 function readConfigFile(file: string, problems: ConfigProblem[]): Tree | undefined {

@@ -1,6 +1,7 @@
 import { ConfigError } from '../errors.js';
 import type { KvxConfig } from './schema.js';
 import type { LoadedConfig } from './load.js';
+import { TRACKING_URI_KEY, kedroMlflowServer, readKedroMlflow } from './kedro-mlflow.js';
 import { upstreamUrlProblem } from './validate.js';
 
 /**
@@ -9,17 +10,30 @@ import { upstreamUrlProblem } from './validate.js';
  */
 
 /**
- * MLFLOW_TRACKING_URI names the MLflow server when no upstream.url is configured (kvx-launch, `kvx-proxy exec`).
- * Returns whether it did; a URI that is not a usable server URL is a config error naming the variable.
+ * The MLflow server when no upstream.url is configured (kvx-launch, `kvx-proxy exec`): MLFLOW_TRACKING_URI, else
+ * kedro-mlflow's `server.mlflow_tracking_uri` in the mlflow.yml beside the vertexai.yml given, when it is an
+ * http(s) URL (or `${oc.env:MLFLOW_TRACKING_URI,<url>}`'s default). Returns where it came from, for the caller
+ * to say; a value that is not a usable server URL is a config error naming it.
  */
-export function trackingUriFromEnv(loaded: LoadedConfig, env: NodeJS.ProcessEnv): boolean {
+export function defaultUpstream(loaded: LoadedConfig, env: NodeJS.ProcessEnv): string | undefined {
+  if (loaded.config.upstream.url !== '') return undefined;
   const uri = env['MLFLOW_TRACKING_URI'] ?? '';
-  if (loaded.config.upstream.url !== '' || uri === '') return false;
-  const problem = upstreamUrlProblem(uri);
-  if (problem) throw new ConfigError([{ path: 'MLFLOW_TRACKING_URI', message: `used as upstream.url because none is configured, but it ${problem}` }]);
-  loaded.config.upstream.url = uri;
-  loaded.sources.set('upstream.url', 'env:MLFLOW_TRACKING_URI');
-  return true;
+  if (uri !== '') {
+    const problem = upstreamUrlProblem(uri);
+    if (problem) throw new ConfigError([{ path: 'MLFLOW_TRACKING_URI', message: `used as upstream.url because none is configured, but it ${problem}` }]);
+    loaded.config.upstream.url = uri;
+    loaded.sources.set('upstream.url', 'env:MLFLOW_TRACKING_URI');
+    return 'MLFLOW_TRACKING_URI';
+  }
+  if (loaded.kedroConfDir === undefined) return undefined;
+  const server = kedroMlflowServer(readKedroMlflow(loaded.kedroConfDir));
+  if (server === undefined) return undefined;
+  const where = `${TRACKING_URI_KEY} in ${server.file}`;
+  const problem = upstreamUrlProblem(server.url);
+  if (problem) throw new ConfigError([{ path: where, message: `used as upstream.url because none is configured, but it ${problem}` }]);
+  loaded.config.upstream.url = server.url;
+  loaded.sources.set('upstream.url', `file:${server.file}`);
+  return where;
 }
 
 /**

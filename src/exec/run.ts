@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { LoadedConfig } from '../config/load.js';
-import { trackingUriFromEnv } from '../config/mlflow-env.js';
+import { defaultUpstream } from '../config/mlflow-env.js';
 import { ConfigError, KvxError, errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { startProxy } from '../proxy/server.js';
@@ -44,7 +44,7 @@ export interface ExecResult {
 /**
  * Adapts a loaded config to running beside one command: a free loopback port (unless --host/--port say
  * otherwise), no admin listener unless one was asked for, first credentials required before the command starts,
- * and the upstream taken from MLFLOW_TRACKING_URI when the config names none.
+ * and the upstream taken from MLFLOW_TRACKING_URI or mlflow.yml when the config names none (`defaultUpstream`).
  */
 export function prepareExecConfig(loaded: LoadedConfig, env: NodeJS.ProcessEnv): string[] {
   const { config, sources } = loaded;
@@ -55,12 +55,14 @@ export function prepareExecConfig(loaded: LoadedConfig, env: NodeJS.ProcessEnv):
   if (!sources.has('admin.port') && !sources.has('admin.host')) config.admin.enabled = false;
   config.auth.requireTokenAtStart = true;
 
-  if (trackingUriFromEnv(loaded, env)) notes.push('upstream taken from MLFLOW_TRACKING_URI');
+  const upstreamFrom = defaultUpstream(loaded, env);
+  if (upstreamFrom !== undefined) notes.push(`upstream taken from ${upstreamFrom}`);
   if (config.upstream.url === '') {
     throw new ConfigError([
       {
         path: 'upstream.url',
-        message: 'required: the MLflow server to forward to (config upstream.url, flag --upstream, env KVX_UPSTREAM_URL, or MLFLOW_TRACKING_URI set to the real server)',
+        message:
+          "required: the MLflow server to forward to (config upstream.url, flag --upstream, env KVX_UPSTREAM_URL, MLFLOW_TRACKING_URI set to the real server, or an http(s) server.mlflow_tracking_uri in kedro-mlflow's mlflow.yml beside the vertexai.yml)",
       },
     ]);
   }

@@ -1,3 +1,4 @@
+import { refuseProxyBypass } from '../config/kedro-mlflow.js';
 import type { LoadedConfig } from '../config/load.js';
 import type { KvxConfig } from '../config/schema.js';
 import { KvxError, errorMessage } from '../errors.js';
@@ -383,7 +384,9 @@ export async function preparePlan(session: LaunchSession, config: KvxConfig, inp
     const adapted = adaptLoadedSpec(spec, input.adapt);
     spec = adapted.spec;
     if (adapted.adaptation !== undefined) {
-      flags.adaptation = adapted.adaptation;
+      // The steps' kedro-mlflow must send their calls through the kvx-proxy they now run behind.
+      refuseProxyBypass(input.confDir, adapted.adaptation.envs, environment.warn);
+      flags.adaptation = { changes: adapted.adaptation.changes, warnings: adapted.adaptation.warnings };
       for (const warning of adapted.adaptation.warnings) environment.warn(`${spec.source}: ${warning}`);
       if (adapted.adaptation.changes.length === 0) environment.info?.(`${spec.source}: adapted already; nothing changed`);
       for (const change of adapted.adaptation.changes) environment.info?.(`adapted: ${change}`);
@@ -426,11 +429,11 @@ export async function launchPipeline(loaded: LoadedConfig, input: RunInput, envi
 }
 
 /** A loaded spec adapted (src/vertex/adapt.ts) when it is kedro-vertexai's, with its declarations read again. */
-export function adaptLoadedSpec(spec: LoadedSpec, settings: AdaptSettings): { spec: LoadedSpec; adaptation?: { changes: string[]; warnings: string[] } } {
+export function adaptLoadedSpec(spec: LoadedSpec, settings: AdaptSettings): { spec: LoadedSpec; adaptation?: { changes: string[]; warnings: string[]; envs: string[] } } {
   const result = adaptSpec(spec.spec, settings);
   if (!result.recognised) return { spec };
   const adapted: LoadedSpec = { ...spec, spec: result.spec, parameters: declaredParameters(result.spec, spec.source), artifacts: declaredArtifacts(result.spec, spec.source) };
-  return { spec: adapted, adaptation: { changes: result.changes, warnings: result.warnings } };
+  return { spec: adapted, adaptation: { changes: result.changes, warnings: result.warnings, envs: result.envs } };
 }
 
 async function downloadTemplate(vertex: VertexClient, uri: string): Promise<string> {

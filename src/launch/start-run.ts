@@ -1,12 +1,12 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { readKedroMlflow } from '../config/kedro-mlflow.js';
 import type { LoadedConfig } from '../config/load.js';
 import { KvxError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { MlflowApiError } from '../mlflow/client.js';
 import type { KeyValue, MlflowClient, MlflowRun } from '../mlflow/client.js';
 import { resolveExperiment } from './experiment.js';
-import { readKedroMlflow } from './kedro-mlflow.js';
 import { withSession } from './session.js';
 import type { LaunchEnvironment } from './session.js';
 import { TAG } from './tags.js';

@@ -33,6 +33,8 @@ export interface AdaptResult {
   changes: string[];
   /** What was assumed, for the caller to print. */
   warnings: string[];
+  /** The kedro envs (`kedro … -e ENV`) the steps run with, adapted already or not: whose mlflow.yml they read. */
+  envs: string[];
 }
 
 /** The exit task kvx adds, and the names of what it is made of. */
@@ -65,6 +67,8 @@ const KEDRO_RUN = /\bkedro\s+run\b/;
 const MLFLOW_START = /\bkedro\s+vertexai\b(?:(?!&&|\|\||[;|\n]).)*?\bmlflow-start\b(?:(?!&&|\|\||[;|\n]).)*/s;
 const KEDRO_COMMAND = /\bkedro\b(?:(?!&&|\|\||[;|\n]).)*/gs;
 const ENV_FLAG = /(?:^|\s)(?:-e|--env)(?:\s+|=)(['"]?)([\w.-]+)\1/;
+/** `MLFLOW_TRACKING_URI=…` set in the step's own shell line (export or a command's inline variable). */
+const INLINE_TRACKING_URI = /(?:^|[\s;&|(])(?:export\s+)?MLFLOW_TRACKING_URI=/;
 const ALREADY_STARTED_BY_KVX = /\bstart-run\b.*--output\b/s;
 
 /** The shell script a `sh -c SCRIPT` / `bash -c` container runs, wherever the compiler put it. */
@@ -126,13 +130,14 @@ function executorsOf(spec: PipelineSpec): Dict {
  * that is an error naming it.
  */
 export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT_ADAPT_SETTINGS): AdaptResult {
-  if (!isKedroVertexaiSpec(input, settings)) return { spec: input, recognised: false, changes: [], warnings: [] };
+  if (!isKedroVertexaiSpec(input, settings)) return { spec: input, recognised: false, changes: [], warnings: [], envs: [] };
   const spec = structuredClone(input);
   const changes: string[] = [];
   const warnings: string[] = [];
   const problems: string[] = [];
   const executors = executorsOf(spec);
   const envCount = new Map<string, number>();
+  const envs = new Set<string>();
 
   let startExecutor: string | undefined;
   let startEnv: string | undefined;
@@ -149,6 +154,7 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
     if (script !== undefined && (MLFLOW_START.test(script) || (ALREADY_STARTED_BY_KVX.test(script) && (script.includes(`${settings.launchPath} start-run`) || /kvx-launch\s+start-run\b/.test(script))))) {
       startExecutor = label;
       startEnv = kedroEnv(script) ?? /(?:--config|-c)\s+conf\/([\w.-]+)\//.exec(script)?.[1];
+      if (startEnv !== undefined) envs.add(startEnv);
       const m = MLFLOW_START.exec(script);
       if (m === null) {
         startAdapted = true;
@@ -168,10 +174,24 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
       changes.push(`executor ${label}: \`kedro vertexai mlflow-start\` replaced by \`${settings.launchPath} start-run\`, writing the run id to ${output} as before (it resumes the run kvx-launch run made, else finds or creates the job's run once)`);
       continue;
     }
-    if (proxyExecAt(command, settings) >= 0 || (command[0] === GUARD_SHELL && command[2] === GUARD)) continue; // adapted already
+    const at = proxyExecAt(command, settings);
+    if (at >= 0) {
+      // Adapted already: the original command follows `kvx-proxy exec … --`.
+      const original = shellScript({ ...container, command: command.slice(command.indexOf('--', at) + 1) });
+      const env = original === undefined ? undefined : kedroEnv(original);
+      if (env !== undefined) envs.add(env);
+      continue;
+    }
+    if (command[0] === GUARD_SHELL && command[2] === GUARD) continue; // kvx's exit task
     const env = script === undefined ? undefined : kedroEnv(script);
-    if (env !== undefined) envCount.set(env, (envCount.get(env) ?? 0) + 1);
+    if (env !== undefined) {
+      envCount.set(env, (envCount.get(env) ?? 0) + 1);
+      envs.add(env);
+    }
     else warnings.push(`executor ${label}: no \`kedro … -e ENV\` in its command; its step config is ${stepConfigFor(settings, 'base')} (adapt.stepConfig)`);
+    if (script !== undefined && INLINE_TRACKING_URI.test(script)) {
+      warnings.push(`executor ${label}: its command sets MLFLOW_TRACKING_URI itself, over the one kvx-proxy exec gives it, so its MLflow calls do not go through the proxy; remove that assignment`);
+    }
     const config = stepConfigFor(settings, env ?? 'base');
     container['command'] = [GUARD_SHELL, '-c', GUARD, settings.proxyPath, 'exec', '--config', config, '--', ...command];
     changes.push(`executor ${label}: runs behind the proxy: ${settings.proxyPath} exec --config ${config} -- ${command.join(' ')} (args unchanged)`);
@@ -195,7 +215,7 @@ export function adaptSpec(input: PipelineSpec, settings: AdaptSettings = DEFAULT
     const image = imageOf(executors, startExecutor);
     addExitHandler(spec, rootTasks, { image, config: stepConfigFor(settings, env), launchPath: settings.launchPath }, changes, warnings);
   }
-  return { spec, recognised: true, changes, warnings };
+  return { spec, recognised: true, changes, warnings, envs: [...envs].sort() };
 }
 
 function setScript(container: Dict, script: string): void {
@@ -363,5 +383,13 @@ export function isAdapted(spec: PipelineSpec): boolean {
  * `0777` is quoted), as the KFP SDK and kedro-vertexai read it.
  */
 export function specText(spec: PipelineSpec, json: boolean): string {
-  return json ? `${JSON.stringify(spec, null, 2)}\n` : YAML.stringify(spec, { version: '1.1', lineWidth: 0 });
+  if (json) return `${JSON.stringify(spec, null, 2)}\n`;
+  const doc = new YAML.Document(spec, { version: '1.1' });
+  // A plain `=` is YAML 1.1's value key, which PyYAML's SafeLoader refuses to construct; the yaml package writes it plain.
+  YAML.visit(doc, {
+    Scalar(_key, node) {
+      if (node.value === '=') node.type = 'QUOTE_DOUBLE';
+    },
+  });
+  return doc.toString({ lineWidth: 0 });
 }

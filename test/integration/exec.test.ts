@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +39,20 @@ function startExec(args: string[], env: NodeJS.ProcessEnv, onStdout?: (text: str
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const done = new Promise<Run>((resolve) => proc.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
   return { proc, done };
+}
+
+/** `kvx-proxy exec <args>` run in `cwd` (a step runs in its image's working directory, the project). */
+async function startExecIn(cwd: string, args: string[], env: NodeJS.ProcessEnv): Promise<Run> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'exec', ...args], {
+    cwd,
+    env: { PATH: process.env['PATH'], HOME: process.env['HOME'], ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise<Run>((resolve) => proc.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
 }
 
 /** A Node one-liner as the wrapped command: `node -e <script>`. */
@@ -129,6 +143,49 @@ describe('kvx-proxy exec', function () {
     expect(run.code, run.stderr).to.equal(0);
     expect(run.stderr).to.include('upstream taken from MLFLOW_TRACKING_URI');
     expect(mlflow.requests).to.have.length(1);
+  });
+
+  describe("with a kedro project's conf/<env>/vertexai.yml and no upstream configured", () => {
+    const project = () => path.join(dir, 'project');
+    const prod = () => path.join(project(), 'conf', 'prod');
+    before(() => {
+      mkdirSync(prod(), { recursive: true });
+      mkdirSync(path.join(project(), 'conf', 'base'), { recursive: true });
+      // kedro-vertexai's file as the step's config (what adapting puts in every step): no kvx section.
+      writeFileSync(path.join(prod(), 'vertexai.yml'), 'project_id: my-project\nregion: europe-west4\nrun_config:\n  image: x\n  experiment_name: e\n');
+    });
+    const env = (): NodeJS.ProcessEnv => {
+      const e = { ...baseEnv };
+      delete e['KVX_UPSTREAM_URL'];
+      return e;
+    };
+    const script = `fetch(process.env.MLFLOW_TRACKING_URI + '/api/2.0/mlflow/experiments/get-by-name?experiment_name=x').then((r) => process.exit(r.status === 404 ? 0 : 1))`;
+
+    it("takes the upstream from mlflow.yml's server.mlflow_tracking_uri (conf/base's under conf/prod's), warning that a kedro step would not use the proxy", async () => {
+      writeFileSync(path.join(project(), 'conf', 'base', 'mlflow.yml'), `server:\n  mlflow_tracking_uri: ${mlflow.url}\n`);
+      rmSync(path.join(prod(), 'mlflow.yml'), { force: true });
+      const before = mlflow.requests.length;
+      const run = await startExecIn(project(), ['--config', 'conf/prod/vertexai.yml', '--', ...nodeCommand(script)], env());
+      expect(run.code, run.stderr).to.equal(0);
+      expect(run.stderr).to.include(`upstream taken from server.mlflow_tracking_uri in ${path.join(project(), 'conf', 'base', 'mlflow.yml')}`);
+      expect(run.stderr).to.include('a kedro command here would not use this proxy').and.include('set server.mlflow_tracking_uri to null');
+      expect(mlflow.requests.length - before).to.equal(1);
+    });
+
+    it('takes it from ${oc.env:MLFLOW_TRACKING_URI,<url>}, which sends kedro through the proxy: no warning', async () => {
+      writeFileSync(path.join(prod(), 'mlflow.yml'), `server:\n  mlflow_tracking_uri: \${oc.env:MLFLOW_TRACKING_URI,${mlflow.url}}\n`);
+      const run = await startExecIn(project(), ['--config', 'conf/prod/vertexai.yml', '--', ...nodeCommand(script)], env());
+      expect(run.code, run.stderr).to.equal(0);
+      expect(run.stderr).to.include(`upstream taken from server.mlflow_tracking_uri in ${path.join(prod(), 'mlflow.yml')}`);
+      expect(run.stderr).to.not.include('would not use this proxy');
+    });
+
+    it('a null there (over a URL of conf/base) names no server: the usual error, exit 2', async () => {
+      writeFileSync(path.join(prod(), 'mlflow.yml'), 'server:\n  mlflow_tracking_uri: null\n');
+      const run = await startExecIn(project(), ['--config', 'conf/prod/vertexai.yml', '--', ...nodeCommand(script)], env());
+      expect(run.code).to.equal(2);
+      expect(run.stderr).to.include('upstream.url').and.include('mlflow.yml');
+    });
   });
 
   it('forwards SIGTERM to the command and exits with its code', async () => {

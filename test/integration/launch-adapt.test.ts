@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -121,6 +121,95 @@ describe('kvx-launch adapt, and run with a kedro-vertexai spec', () => {
     expect(tags(run)).to.not.have.property('vertexai_run_id');
     expect(tags(run)['vertexai_job_resource_name']).to.equal(job.body['name'] ?? `projects/${h.vertex.projectNumber}/locations/europe-west4/pipelineJobs/${JOB_ID}`);
     expect(tags(run)['vertexai_job_name']).to.equal(JOB_ID);
+  });
+
+  describe("mlflow.yml's server.mlflow_tracking_uri", () => {
+    /** The project's vertexai.yml without kvx.upstream.url: where the MLflow server is named is the point. */
+    const withoutUpstream = async () => {
+      const text = await readFile(config, 'utf8');
+      await writeFile(config, text.replace(/^ {2}upstream:\n {4}url: .*\n/m, ''));
+      expect(await readFile(config, 'utf8')).to.not.include('upstream');
+    };
+    const trackingUri = (value: string, dir = conf) => writeFile(path.join(dir, 'mlflow.yml'), ['server:', `  mlflow_tracking_uri: ${value}`, 'tracking:', '  experiment:', '    name: spaceflights-kedro', ''].join('\n'));
+
+    it('names the MLflow server of start-run and end-run when vertexai.yml and MLFLOW_TRACKING_URI do not', async () => {
+      await withoutUpstream();
+      await trackingUri(h.mlflow.url);
+      const output = path.join(h.dir, 'out');
+      const started = await launchCli(h, ['start-run', '-c', config, '--run-id', '', '--job-name', JOB_ID, '--job-id', UUID, '--output', output]);
+      expect(started.code, started.stderr).to.equal(0);
+      const run = onlyRun(h);
+      expect(await readFile(output, 'utf8')).to.equal(run.info.run_id);
+      expect(h.mlflow.store.experiments.get(run.info.experiment_id)!.name).to.equal('spaceflights-kedro');
+      const ended = await launchCli(h, ['end-run', '-c', config, '--run-id', '', '--job-name', JOB_ID, '--status', JSON.stringify({ state: 'SUCCEEDED' })]);
+      expect(ended.code, ended.stderr).to.equal(0);
+      expect(run.info.status).to.equal('FINISHED');
+    });
+
+    it('MLFLOW_TRACKING_URI wins over it', async () => {
+      await withoutUpstream();
+      await trackingUri('http://127.0.0.1:9/never-called');
+      const res = await launchCli(h, ['start-run', '-c', config, '--run-id', '', '--job-name', JOB_ID, '--output', path.join(h.dir, 'out')], { env: { MLFLOW_TRACKING_URI: h.mlflow.url } });
+      expect(res.code, res.stderr).to.equal(0);
+      expect(h.mlflow.store.runs.size).to.equal(1);
+    });
+
+    it("as ${oc.env:MLFLOW_TRACKING_URI,<url>} its default names the server, and run submits the adapted spec", async () => {
+      await withoutUpstream();
+      await trackingUri(`\${oc.env:MLFLOW_TRACKING_URI,${h.mlflow.url}}`);
+      const res = await launchCli(h, ['run', KEDRO, '-c', config, '--param', 'dataset=companies'], { deps: { now: NOW } });
+      expect(res.code, res.stderr).to.equal(0);
+      expect(res.stderr).to.not.include('mlflow_tracking_uri');
+      const run = onlyRun(h);
+      expect(h.mlflow.store.experiments.get(run.info.experiment_id)!.name).to.equal('spaceflights-kedro');
+      expect((h.vertex.jobs.get(JOB_ID)!.spec['root'] as Dict)['dag']['tasks']).to.have.keys('exit-handler-1', 'kvx-end-run');
+    });
+
+    it('fixed, makes run and adapt refuse the adapted pipeline, naming the file, the key and the fix; --no-adapt submits it', async () => {
+      await withoutUpstream();
+      await trackingUri(h.mlflow.url);
+      const file = path.join(conf, 'mlflow.yml');
+      for (const argv of [
+        ['run', KEDRO, '-c', config, '--param', 'dataset=companies'],
+        ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--dry-run'],
+        ['adapt', KEDRO, '-c', config, '-o', path.join(h.dir, 'refused.yaml')],
+      ]) {
+        const res = await launchCli(h, argv, { deps: { now: NOW } });
+        expect(res.code, `${argv.join(' ')}: ${res.stderr}`).to.equal(2);
+        expect(res.stderr).to.include(`server.mlflow_tracking_uri in ${file}: "${h.mlflow.url}": kedro-mlflow calls mlflow.set_tracking_uri() with it in every step`);
+        expect(res.stderr).to.include('set server.mlflow_tracking_uri to null').and.include('${oc.env:MLFLOW_TRACKING_URI,<its URL>}').and.include('"oc.env": oc.env');
+      }
+      expect(h.mlflow.store.runs.size).to.equal(0);
+      expect(h.vertex.jobs.size).to.equal(0);
+      expect(existsSync(path.join(h.dir, 'refused.yaml'))).to.equal(false);
+
+      // Submitted as compiled, the steps use mlflow.yml's server themselves; so does the launcher.
+      const untouched = await launchCli(h, ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--no-adapt'], { deps: { now: NOW } });
+      expect(untouched.code, untouched.stderr).to.equal(0);
+      expect(h.mlflow.store.runs.size).to.equal(1);
+    });
+
+    it("checks the mlflow.yml of the env the steps run with, over conf/base's", async () => {
+      const prod = path.join(h.dir, 'project', 'conf', 'prod');
+      await mkdir(prod, { recursive: true });
+      await trackingUri('https://mlflow.example.com');
+      await writeFile(path.join(prod, 'mlflow.yml'), 'server:\n  mlflow_tracking_uri: null\n');
+      const spec = path.join(h.dir, 'prod.yaml');
+      await writeFile(spec, readFileSync(KEDRO, 'utf8').replaceAll('-e base', '-e prod'));
+      // The launcher's vertexai.yml is conf/base's; the steps read conf/prod/mlflow.yml, where it is null.
+      const prodSteps = await launchCli(h, ['run', spec, '-c', config, '--param', 'dataset=companies', '--dry-run'], { deps: { now: NOW } });
+      expect(prodSteps.code, prodSteps.stderr).to.equal(0);
+      const baseSteps = await launchCli(h, ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--dry-run'], { deps: { now: NOW } });
+      expect(baseSteps.code).to.equal(2);
+      expect(baseSteps.stderr).to.include(path.join(conf, 'mlflow.yml'));
+    });
+
+    it('an interpolation kvx cannot resolve is a warning, not a refusal', async () => {
+      await trackingUri('${globals:mlflow_uri}');
+      const res = await launchCli(h, ['run', KEDRO, '-c', config, '--param', 'dataset=companies', '--dry-run'], { deps: { now: NOW } });
+      expect(res.code, res.stderr).to.equal(0);
+      expect(res.stderr).to.include('kvx-launch: warning: ').and.include('server.mlflow_tracking_uri "${globals:mlflow_uri}" is an interpolation kvx does not resolve');
+    });
   });
 
   describe('the in-step commands', () => {

@@ -125,6 +125,9 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     expect(twice.changes).to.deep.equal([]);
     expect(twice.warnings).to.deep.equal([]);
     expect(twice.spec).to.deep.equal(once.spec);
+    // Whose mlflow.yml the steps read, adapted or not.
+    expect(once.envs).to.deep.equal(['base']);
+    expect(twice.envs).to.deep.equal(['base']);
   });
 
   it('writes YAML that reads back the same as PyYAML reads it', () => {
@@ -132,6 +135,18 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     const back = readYaml(specText(spec, false)).documents[0];
     expect(back).to.deep.equal(JSON.parse(JSON.stringify(spec)));
     expect(JSON.parse(specText(spec, true))).to.deep.equal(JSON.parse(JSON.stringify(spec)));
+  });
+
+  const hasPyYaml = spawnSync('python3', ['-c', 'import yaml'], { stdio: 'ignore' }).status === 0;
+  it('writes YAML that PyYAML itself reads back the same (when python3 with PyYAML is on this machine)', function () {
+    if (!hasPyYaml) this.skip();
+    const { spec } = adaptSpec(load(KEDRO));
+    // Strings YAML 1.1 would read as something else unless quoted.
+    const tricky = ['yes', 'No', 'on', '0777', '08', '1:30', '1_000', '1e5', '.inf', '~', 'null', '2024-05-17', '=', "{{$.inputs.parameters['x']}}", '- a', 'a: b', '#c', ''];
+    const doc = { ...spec, kvxTricky: tricky };
+    const pyJson = (text: string) =>
+      JSON.parse(execFileSync('python3', ['-c', 'import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))'], { input: text, encoding: 'utf8' }));
+    expect(pyJson(specText(doc as PipelineSpec, false))).to.deep.equal(JSON.parse(JSON.stringify(doc)));
   });
 
   it('handles grouped nodes, params, host aliases and another env', () => {
@@ -145,7 +160,9 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     const start = exec['exec-mlflow-start-run']['container'];
     start['args'][0] = start['args'][0].replace(/-e base/g, '-e prod');
     const before = structuredClone(node);
-    const { spec: out, changes } = adaptSpec(spec as PipelineSpec) as { spec: Dict; changes: string[] };
+    const { spec: out, changes, envs } = adaptSpec(spec as PipelineSpec) as { spec: Dict; changes: string[]; envs: string[] };
+    expect(envs).to.deep.equal(['base', 'prod']);
+    expect(adaptSpec(structuredClone(out) as PipelineSpec).envs).to.deep.equal(['base', 'prod']);
     const after = executors(out)['exec-train-model-node']['container'];
     expect(after['args']).to.deep.equal(before['args']);
     expect(after['args'][0]).to.match(/^echo "10\.1\.2\.3 mlflow\.internal" >> \/etc\/hosts && /);
@@ -177,6 +194,15 @@ describe('adapting a kedro-vertexai spec (src/vertex/adapt.ts)', () => {
     executors(spec)['exec-importer'] = { importer: { artifactUri: { constant: 'gs://b/x' }, typeSchema: { schemaTitle: 'system.Dataset' } } };
     const { spec: out } = adaptSpec(spec as PipelineSpec) as { spec: Dict };
     expect(executors(out)['exec-importer']).to.deep.equal(executors(spec)['exec-importer']);
+  });
+
+  it('warns, naming the executor, when a step sets MLFLOW_TRACKING_URI over the proxy\'s', () => {
+    expect(adaptSpec(load(KEDRO)).warnings.join('\n')).to.not.include('MLFLOW_TRACKING_URI');
+    const spec = kedro();
+    const node = executors(spec)['exec-train-model-node']['container'];
+    node['args'][0] = node['args'][0].replace('MLFLOW_RUN_ID=', 'MLFLOW_TRACKING_URI=https://mlflow.example.com MLFLOW_RUN_ID=');
+    const { warnings } = adaptSpec(spec as PipelineSpec);
+    expect(warnings.join('\n')).to.include('executor exec-train-model-node: its command sets MLFLOW_TRACKING_URI itself');
   });
 
   it('warns, naming the executor, when a step names no kedro env', () => {
