@@ -50,7 +50,7 @@ function shim(dir: string, name: string, script: string): void {
   chmodSync(file, 0o755);
 }
 
-function writeConf(project: string, env: 'base' | 'prod', w: Pick<World, 'mlflow' | 'vertex'>, extra: Dict = {}): void {
+function writeConf(project: string, env: 'base' | 'prod', w: Pick<World, 'mlflow' | 'vertex'>, extra: Dict = {}, upstreamUrl = w.mlflow.url): void {
   const dir = path.join(project, 'conf', env);
   mkdirSync(dir, { recursive: true });
   const runConfig: Dict = {
@@ -61,7 +61,7 @@ function writeConf(project: string, env: 'base' | 'prod', w: Pick<World, 'mlflow
     mlflow: { request_header_provider_params: { client_id: CLIENT_ID } },
     ...extra,
   };
-  const vertexai = { project_id: 'my-project', region: 'europe-west4', run_config: runConfig, kvx: { upstream: { url: w.mlflow.url }, vertex: { endpoint: w.vertex.url } } };
+  const vertexai = { project_id: 'my-project', region: 'europe-west4', run_config: runConfig, kvx: { upstream: { url: upstreamUrl }, vertex: { endpoint: w.vertex.url } } };
   writeFileSync(path.join(dir, 'vertexai.yml'), YAML.stringify(vertexai));
   writeFileSync(path.join(dir, 'mlflow.yml'), YAML.stringify({ tracking: { experiment: { name: MLFLOW_EXPERIMENT[env] } } }));
 }
@@ -300,6 +300,23 @@ describe('kedro-vertexai pipeline end to end (issue 15 Proof)', function () {
       expectEveryCallAuthenticated(w);
     });
   }
+
+  it('host aliases in vertexai.yml: the launcher and every step reach MLflow by a name only kvx resolves', async () => {
+    // mlflow.internal is in no resolver here: the name works only through run_config.network.host_aliases, which
+    // kvx-launch and each step's kvx-proxy read from the same vertexai.yml, whatever the step does to /etc/hosts.
+    const aliasUrl = `http://mlflow.internal:${new URL(w.mlflow.url).port}`;
+    writeConf(w.project, 'base', w, { network: { host_aliases: [{ ip: '127.0.0.1', hostnames: ['mlflow.internal'] }] } }, aliasUrl);
+    try {
+      const { job } = await launch(w, writeSpec(w, 'aliases', variant('host-aliases')));
+      expect(job.state, logsOf(job)).to.equal('PIPELINE_STATE_SUCCEEDED');
+      const run = theOneRun(w, 'base');
+      expect(run.info.status).to.equal('FINISHED');
+      expectStableTags(w, run, job);
+      expectEveryCallAuthenticated(w);
+    } finally {
+      writeConf(w.project, 'base', w);
+    }
+  });
 
   it('another env (-e prod): the step config and the experiment are conf/prod\'s', async () => {
     const { job } = await launch(w, writeSpec(w, 'prod', variant('prod')), [], 'prod');
