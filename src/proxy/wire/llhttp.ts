@@ -17,6 +17,8 @@ export interface NativeParser {
   finish(): number | ParserError | undefined;
   consume(handle: object): void;
   unconsume(): void;
+  /** A copy of the read being parsed; only inside kOnExecute on a consumed handle. */
+  getCurrentBuffer(): Buffer;
   remove(): void;
   close(): void;
   pause(): void;
@@ -123,9 +125,38 @@ export type HeadersComplete = (
 
 export function newParser(type: 'request' | 'response', maxHeaderSize: number): NativeParser {
   const parser = new HTTPParser();
-  parser.initialize(type === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, {}, maxHeaderSize, HTTPParser.kLenientNone | 0);
+  resetParser(parser, type, maxHeaderSize);
   return parser;
 }
+
+/** Makes a parser new again: its state, including a pause, is dropped; its callbacks stay. */
+export function resetParser(parser: NativeParser, type: 'request' | 'response', maxHeaderSize: number): void {
+  parser.initialize(type === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, {}, maxHeaderSize, HTTPParser.kLenientNone | 0);
+}
+
+/**
+ * What a kOnHeadersComplete callback returns to stop the parse right after the headers (llhttp's HPE_PAUSED):
+ * `execute` (or kOnExecute) then reports an error with that code whose `bytesParsed` is where the body
+ * starts. Undefined if this Node's parser does not behave so, checked once at load with a canned answer; the
+ * caller then leaves bodies to llhttp.
+ */
+export const PAUSE_AFTER_HEADERS: number | undefined = (() => {
+  const HPE_PAUSED = 21;
+  const head = 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n';
+  const parser = newParser('response', 1024);
+  let bodies = 0;
+  parser[HTTPParser.kOnHeadersComplete | 0] = () => HPE_PAUSED;
+  parser[HTTPParser.kOnBody | 0] = () => void bodies++;
+  try {
+    const result = parser.execute(Buffer.from(`${head}5\r\nhello\r\n0\r\n\r\n`, 'latin1'));
+    const paused = typeof result === 'object' && result.code === 'HPE_PAUSED' && result.bytesParsed === head.length && bodies === 0;
+    return paused ? HPE_PAUSED : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    parser.close();
+  }
+})();
 
 const CALLBACK_SLOTS = [kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete, kOnExecute];
 const closeParser = (parser: NativeParser): void => {
@@ -180,6 +211,7 @@ export class HeaderAccumulator {
 interface StreamHandle {
   readStart(): number;
   readStop(): number;
+  _consumed?: boolean;
 }
 
 /**
@@ -191,6 +223,8 @@ interface StreamHandle {
  */
 export class ParserReader {
   private readonly handle: StreamHandle | undefined;
+  /** The parser reads the handle now (not detached). */
+  private consumed = false;
   private reading = true;
   private released = false;
 
@@ -200,17 +234,32 @@ export class ParserReader {
     onExecute: (result: number | ParserError) => void,
     onData: (data: Buffer) => void,
   ) {
-    const handle = (socket as unknown as { _handle?: StreamHandle & { isStreamBase?: boolean; _consumed?: boolean } })._handle;
+    const handle = (socket as unknown as { _handle?: StreamHandle & { isStreamBase?: boolean } })._handle;
     if (!(socket instanceof TLSSocket) && handle?.isStreamBase === true && handle._consumed !== true) {
-      handle._consumed = true;
       parser[kOnExecute] = onExecute;
-      parser.consume(handle);
       this.handle = handle;
-      // EOF and errors still reach the socket, which must flow for 'end' to be emitted.
-      socket.on('data', () => {});
-    } else {
-      socket.on('data', onData);
+      this.attach();
     }
+    // Consumed, the socket still gets EOF and errors, and must flow for 'end' to be emitted; reads reach
+    // `onData` only when the parser does not consume the handle (TLS, or detached).
+    socket.on('data', onData);
+  }
+
+  /** From here on reads arrive at `onData` as Buffers instead of going through the parser (a body read raw). */
+  detach(): void {
+    if (!this.consumed) return;
+    this.consumed = false;
+    this.handle!._consumed = false;
+    this.parser.unconsume();
+  }
+
+  /** Hands the reads back to the parser, as at the start. */
+  attach(): void {
+    const handle = this.handle;
+    if (handle === undefined || this.consumed || this.released || this.socket.destroyed) return;
+    this.consumed = true;
+    handle._consumed = true;
+    this.parser.consume(handle);
   }
 
   set(on: boolean): void {
@@ -228,7 +277,7 @@ export class ParserReader {
   release(): void {
     if (this.released) return;
     this.released = true;
-    if (this.handle !== undefined) {
+    if (this.consumed) {
       try {
         this.parser.unconsume();
       } catch {
