@@ -225,6 +225,37 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
     }
   });
 
+  it('writes a small answer\'s head and body to the client in one write', async () => {
+    // The upstream's head and 1 KB body arrive in one read; llhttp reports them in separate callbacks.
+    const body = Buffer.alloc(1024, 'r');
+    const small = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+      res.end(body);
+    });
+    await new Promise<void>((resolve) => small.listen(0, '127.0.0.1', resolve));
+    let own: TestProxy | undefined;
+    let client: RawConnection | undefined;
+    try {
+      own = await startTestProxy(`http://127.0.0.1:${(small.address() as AddressInfo).port}`, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_COALESCE_TOKEN' }, env);
+      const port = Number(new URL(own.url).port);
+      client = await RawConnection.open(port);
+      const clientPort = client.socket.localPort;
+      for (let i = 0; i < 5; i++) {
+        counter?.restore();
+        counter = new WriteCounter((socket) => socket.localPort === port && socket.remotePort === clientPort);
+        client.write('GET /api/2.0/mlflow/runs/get?run_id=1 HTTP/1.1\r\nHost: kvx\r\n\r\n');
+        const answer = await client.readResponse('GET', 10_000);
+        expect(answer.head).to.match(/^HTTP\/1\.1 200 /);
+        expect(answer.body.equals(body)).to.equal(true);
+        expect(counter.count, `writes to the client for answer ${i + 1}`).to.equal(1);
+      }
+    } finally {
+      client?.destroy();
+      await own?.close();
+      await new Promise<void>((resolve) => small.close(() => resolve()));
+    }
+  });
+
   it('keeps backpressure and order when the client reads slowly', async () => {
     const pieces = 100_000; // 25 MB: more than the sockets' kernel buffers hold (about 9 MB here)
     const client = await RawConnection.open(proxyPort);

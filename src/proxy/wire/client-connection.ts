@@ -43,8 +43,20 @@ export interface BodySink {
 }
 
 const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
-const uncork = (socket: Socket): void => {
-  socket.uncork();
+
+/**
+ * Answers whose head waits for its first body bytes, so that both leave in one write. The head goes out with
+ * the first `write` or the `end`; one immediate per event-loop turn writes the heads still waiting, after every
+ * read of the turn has been parsed. (A corked socket uncorked on the next tick split them: node runs the tick
+ * queue after each of llhttp's callbacks, between the head and the body it parsed from the same read.)
+ */
+let waitingHeads: ClientRequest[] = [];
+let headFlushScheduled = false;
+const flushWaitingHeads = (): void => {
+  const requests = waitingHeads;
+  waitingHeads = [];
+  headFlushScheduled = false;
+  for (const request of requests) request.flushHead();
 };
 
 export class ClientRequest {
@@ -76,6 +88,8 @@ export class ClientRequest {
   private buffered: Buffer[] | undefined;
   private bodyFailure: string | undefined;
   private bodyFailureByClose = false;
+  /** The status line and headers, until the first body bytes or the end take them along. */
+  private head: string | undefined;
 
   constructor(
     private readonly connection: ClientConnection,
@@ -203,12 +217,22 @@ export class ClientRequest {
     else if (this.http10) head += 'connection: keep-alive\r\n';
     this.headersSent = true;
     connection.lastActivity = coarseNow();
-    const socket = connection.socket;
-    if (socket.destroyed) return;
-    // Corked until the next tick, so the head and a small body leave in one writev.
-    socket.cork();
-    socket.write(head + '\r\n', 'latin1');
-    process.nextTick(uncork, socket);
+    if (connection.socket.destroyed) return;
+    this.head = head + '\r\n';
+    waitingHeads.push(this);
+    if (!headFlushScheduled) {
+      headFlushScheduled = true;
+      setImmediate(flushWaitingHeads);
+    }
+  }
+
+  /** @internal writes the head if no body bytes took it along (see waitingHeads) */
+  flushHead(): void {
+    const head = this.head;
+    if (head === undefined) return;
+    this.head = undefined;
+    const socket = this.connection.socket;
+    if (!socket.destroyed) socket.write(head, 'latin1');
   }
 
   /** Writes body bytes; false means wait for `onDrain`. */
@@ -216,7 +240,12 @@ export class ClientRequest {
     const socket = this.connection.socket;
     this.connection.lastActivity = coarseNow();
     if (socket.destroyed) return true;
-    return writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    if (this.head === undefined) return writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    socket.cork();
+    this.flushHead();
+    const more = writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    socket.uncork();
+    return more;
   }
 
   onDrain(callback: () => void): void {
@@ -229,7 +258,12 @@ export class ClientRequest {
     this.finished = true;
     if (this.sink === undefined) this.dropUnread();
     const socket = this.connection.socket;
-    if (!socket.destroyed && this.framing === 'chunked') socket.write('0\r\n\r\n', 'latin1');
+    if (!socket.destroyed) {
+      const head = this.head;
+      this.head = undefined;
+      if (this.framing === 'chunked') socket.write(head === undefined ? '0\r\n\r\n' : head + '0\r\n\r\n', 'latin1');
+      else if (head !== undefined) socket.write(head, 'latin1');
+    }
     this.connection.answered(this, this.closeAfter);
   }
 
