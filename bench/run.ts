@@ -181,12 +181,13 @@ async function startKvx(
   env: NodeJS.ProcessEnv,
   tmp: string,
   onlyConnections?: number[],
+  bin = KVX_BIN,
 ): Promise<Candidate> {
   // stdout (one JSON line per request) goes to a file, as nginx's access log does: a pipe would need a
   // reader process, and on the benchmark's two cores that reader takes CPU from the candidate.
   const child = startChild(
     process.execPath,
-    [...KVX_NODE_FLAGS, KVX_BIN, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
+    [...KVX_NODE_FLAGS, bin, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
     env,
     ROOT,
     join(tmp, `${name}.log`),
@@ -241,6 +242,12 @@ async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort:
   }
   if (want('kvx')) {
     candidates.push(await startKvx('kvx', 'kvx-proxy, static token (auth.provider static), request log on, to a file', upstreamUrl, ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'], baseEnv, tmp));
+  }
+  const baseline = process.env['BENCH_KVX_BASELINE'];
+  if (baseline && want('kvx-base')) {
+    // An A/B within one run: another build of kvx (e.g. the commit before a change), as the kvx column runs.
+    if (!existsSync(baseline)) throw new Error(`BENCH_KVX_BASELINE=${baseline}: no such file; point it at another build's dist/cli/kvx-proxy.js`);
+    candidates.push(await startKvx('kvx-base', `kvx-proxy built elsewhere (${baseline}), static token, request log on`, upstreamUrl, ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'], baseEnv, tmp, undefined, baseline));
   }
   if (want('kvx-node')) {
     // The second engine (issue 17), where this build has it: kvx's figures on node:http and undici beside the wire engine's.
@@ -404,7 +411,7 @@ function ensureOpenFiles(opts: Options): void {
   const need = Math.max(opts.shapes.has('idle') ? opts.idleConnections : 0, opts.shapes.has('burst') ? 2 * opts.burstConnections : 0) + 512;
   const limits = openFileLimits();
   if (limits === null || limits.soft >= need) return;
-  if (limits.hard < need || process.env['KVX_BENCH_ULIMIT'] === '1') {
+  if (limits.hard < need || process.env['BENCH_ULIMIT_RAISED'] === '1') {
     throw new Error(
       `the ${shapes.join(', ')} shapes need ${need} open files per process; the limit is ${limits.soft} (hard ${limits.hard}): ` +
         `raise it (ulimit -n ${need}, as root if the hard limit is lower), lower --idle-connections / --burst-connections, or leave those shapes out with --shapes`,
@@ -413,7 +420,7 @@ function ensureOpenFiles(opts: Options): void {
   log(`raising the open-file limit from ${limits.soft} to ${need} (ulimit -n) and starting again`);
   const argv = [process.execPath, ...process.execArgv, ...process.argv.slice(1)];
   try {
-    execFileSync('sh', ['-c', `ulimit -n ${need} && exec "$@"`, 'sh', ...argv], { stdio: 'inherit', env: { ...process.env, KVX_BENCH_ULIMIT: '1' } });
+    execFileSync('sh', ['-c', `ulimit -n ${need} && exec "$@"`, 'sh', ...argv], { stdio: 'inherit', env: { ...process.env, BENCH_ULIMIT_RAISED: '1' } });
     process.exit(0);
   } catch (err) {
     process.exit((err as { status?: number }).status ?? 1);
@@ -610,7 +617,7 @@ async function main(): Promise<void> {
     const movers = candidates.filter((c) => c.name !== 'kvx-nolog');
     const kvxOnly = movers.filter((c) => c.name === 'kvx');
     /** MLflow's own streams, measured where the issue measured them: kvx beside the proxies it is compared with. */
-    const mlflowPeers = movers.filter((c) => ['direct', 'nginx', 'http-proxy', 'kvx'].includes(c.name));
+    const mlflowPeers = movers.filter((c) => ['direct', 'nginx', 'http-proxy', 'kvx', 'kvx-node', 'kvx-base'].includes(c.name));
     const transferKinds: { kind: string; label: string; spec: Omit<TransferSpec, 'url' | 'headers'>; rounds: number; who: Candidate[]; cpu?: boolean }[] = [];
     const mb = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(bytes % 1e9 ? 1 : 0)} GB` : `${Math.round(bytes / 1e6)} MB`);
     if (opts.shapes.has('transfer')) {
@@ -672,7 +679,7 @@ async function main(): Promise<void> {
 
     // Connection scale and churn. RSS is read again opts.afterMs after each candidate's last run of a shape
     // (while the others run), and the shape ends once every such reading is in.
-    const scalePeers = candidates.filter((c) => ['direct', 'nginx', 'http-proxy', 'kvx', 'kvx-node'].includes(c.name));
+    const scalePeers = candidates.filter((c) => ['direct', 'nginx', 'http-proxy', 'kvx', 'kvx-node', 'kvx-base'].includes(c.name));
     const idleRuns: IdleRun[] = [];
     if (opts.shapes.has('idle')) {
       const later: Promise<void>[] = [];
