@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
-import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -295,8 +295,17 @@ const LINGER_MS = 5_000;
 /** More request headers than this is an attack, not a client: 431, as node:http answers such requests. */
 const MAX_HEADER_PAIRS = 500;
 
+/**
+ * A connection idle this long between requests gives its parser back to the pool (see ParserReader.putAside):
+ * thousands of idle keep-alive connections then hold no parser each, and the next request takes one again.
+ */
+const PARSER_IDLE_MS = 1_000;
+
 export class ClientConnection {
-  readonly parser: NativeParser;
+  /** Undefined while the connection is idle and its parser put aside. */
+  private parser: NativeParser | undefined;
+  /** The parser callbacks, bound to each parser this connection takes. */
+  private readonly callbacks: [unknown, unknown, unknown, unknown];
   /** Requests parsed and not yet answered; the first is active. */
   readonly queue: ClientRequest[] = [];
   activeRequest: ClientRequest | undefined;
@@ -319,8 +328,8 @@ export class ClientConnection {
     private readonly listener: ClientListener,
   ) {
     this.phaseStarted = this.lastActivity = tick();
-    const parser = (this.parser = newParser('request', listener.options.maxHeaderSize));
-    parser[kOnHeaders] = (headers: string[], url: string) => this.headers.add(headers, url);
+    const parser = (this.parser = acquireParser('request', listener.options.maxHeaderSize));
+    const onHeaders = (headers: string[], url: string) => this.headers.add(headers, url);
     const onHeadersComplete: HeadersComplete = (_major, minor, rawHeaders, method, url, _status, _reason, upgrade, keepAlive) => {
       const [headers, target] = this.headers.take(rawHeaders, url);
       if (this.stopped) return SKIP_BODY;
@@ -347,20 +356,29 @@ export class ClientConnection {
       }
       return 0;
     };
-    parser[kOnHeadersComplete] = onHeadersComplete;
-    parser[kOnBody] = (chunk: Buffer) => this.body.add(chunk);
-    parser[kOnMessageComplete] = () => {
+    const onBody = (chunk: Buffer) => this.body.add(chunk);
+    const onMessageComplete = () => {
       this.body.flush();
       this.headers.reset();
       const request = this.receiving;
       this.receiving = undefined;
       request?.receiveEnd();
     };
+    this.callbacks = [onHeaders, onHeadersComplete, onBody, onMessageComplete];
+    this.bind(parser);
     socket.setNoDelay(true);
     this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
+  }
+
+  private bind(parser: NativeParser): void {
+    const [onHeaders, onHeadersComplete, onBody, onMessageComplete] = this.callbacks;
+    parser[kOnHeaders] = onHeaders;
+    parser[kOnHeadersComplete] = onHeadersComplete;
+    parser[kOnBody] = onBody;
+    parser[kOnMessageComplete] = onMessageComplete;
   }
 
   private readonly onData = (data: Buffer): void => {
@@ -369,7 +387,14 @@ export class ClientConnection {
       releaseNow(data);
       return;
     }
-    this.afterRead(this.parser.execute(data));
+    let parser = this.parser;
+    if (parser === undefined) {
+      // The first read after an idle spell (see PARSER_IDLE_MS): this one is parsed here, the next by the parser reading the handle.
+      parser = this.parser = acquireParser('request', this.listener.options.maxHeaderSize);
+      this.bind(parser);
+      this.reader.takeBack(parser);
+    }
+    this.afterRead(parser.execute(data));
   };
 
   private readonly afterRead = (result: number | ParserError): void => {
@@ -398,7 +423,7 @@ export class ClientConnection {
       this.socket.destroy();
       return;
     }
-    if (!this.stopped) {
+    if (!this.stopped && this.parser !== undefined) {
       const result = this.parser.finish();
       if (result instanceof Error) this.listener.options.onClientError(result.code);
     }
@@ -481,7 +506,7 @@ export class ClientConnection {
     this.phase = 'linger';
     this.phaseStarted = tick();
     // Whatever still arrives is dropped unparsed (see LINGER_MS).
-    this.parser.pause();
+    this.parser?.pause();
     const socket = this.socket;
     if (socket.readableEnded) {
       socket.destroySoon();
@@ -504,6 +529,10 @@ export class ClientConnection {
     }
     if (this.phase === 'keepalive') {
       if (now - this.phaseStarted >= options.keepAliveTimeoutMs) this.socket.destroy();
+      else if (this.parser !== undefined && now - this.phaseStarted >= PARSER_IDLE_MS && this.idle && !this.stopped) {
+        this.parser = undefined;
+        this.reader.putAside();
+      }
       return;
     }
     if (this.phase === 'headers') {

@@ -15,7 +15,7 @@ import {
   kOnHeadersComplete,
   kOnMessageBegin,
   kOnMessageComplete,
-  newParser,
+  acquireParser,
   resetParser,
 } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
@@ -265,7 +265,7 @@ export class UpstreamConnection {
     secure: boolean,
   ) {
     this.keepAliveMs = pool.options.keepAliveTimeoutMs;
-    const parser = (this.parser = newParser('response', MAX_RESPONSE_HEADER_BYTES));
+    const parser = (this.parser = acquireParser('response', MAX_RESPONSE_HEADER_BYTES));
     parser[kOnMessageBegin] = () => {
       if (this.request === undefined || this.request.done) this.poisoned = true;
     };
