@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
-import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, parsersInUse, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -300,6 +300,20 @@ const MAX_HEADER_PAIRS = 500;
  * thousands of idle keep-alive connections then hold no parser each, and the next request takes one again.
  */
 const PARSER_IDLE_MS = 1_000;
+/**
+ * With more parsers than this held at once (thousands of keep-alive connections), a connection gives its parser
+ * back as soon as it has answered and nothing more has arrived, not a second later: the peak of parsers held at
+ * once is what the process keeps (see parsersInUse). Below it, the few busy connections keep theirs between
+ * requests, which costs nothing per request.
+ */
+const EAGER_RETURN_ABOVE = 512;
+/** Connections to give their parser back once the parse they answered from has unwound (one immediate for all). */
+let returning: ClientConnection[] = [];
+const returnParsers = (): void => {
+  const connections = returning;
+  returning = [];
+  for (const connection of connections) connection.putParserAside();
+};
 
 export class ClientConnection {
   /** Undefined while the connection is idle and its parser put aside. */
@@ -476,6 +490,10 @@ export class ClientConnection {
     if (this.queue.length === 0 && this.receiving === undefined) {
       this.phase = this.pendingRefusal ? 'busy' : 'keepalive';
       this.phaseStarted = tick();
+      if (this.phase === 'keepalive' && parsersInUse() > EAGER_RETURN_ABOVE) {
+        if (returning.length === 0) setImmediate(returnParsers);
+        returning.push(this);
+      }
     }
     this.next();
     this.updateReading();
@@ -516,6 +534,13 @@ export class ClientConnection {
     this.updateReading();
   }
 
+  /** @internal gives the parser back while the connection waits for its next request (see PARSER_IDLE_MS) */
+  putParserAside(): void {
+    if (this.parser === undefined || this.phase !== 'keepalive' || !this.idle || this.stopped || this.socket.destroyed) return;
+    this.parser = undefined;
+    this.reader.putAside();
+  }
+
   /** Whether the connection is between requests and can be closed without losing anything. */
   get idle(): boolean {
     return this.queue.length === 0 && this.receiving === undefined;
@@ -529,10 +554,7 @@ export class ClientConnection {
     }
     if (this.phase === 'keepalive') {
       if (now - this.phaseStarted >= options.keepAliveTimeoutMs) this.socket.destroy();
-      else if (this.parser !== undefined && now - this.phaseStarted >= PARSER_IDLE_MS && this.idle && !this.stopped) {
-        this.parser = undefined;
-        this.reader.putAside();
-      }
+      else if (now - this.phaseStarted >= PARSER_IDLE_MS) this.putParserAside();
       return;
     }
     if (this.phase === 'headers') {
