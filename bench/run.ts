@@ -933,8 +933,9 @@ function evaluateTargets(rows: Row[], names: string[], startupMs: number[]): Tar
     met: perConn === null ? null : perConn <= 8,
   });
   const burstAfter = burst ? (rows.find((r) => r.label.startsWith(burst.label + ' RSS '))?.values['kvx'] ?? null) : null;
+  const burstAfterLabel = burst ? rows.find((r) => r.label.startsWith(burst.label + ' RSS '))?.label.slice(burst.label.length + 5) : undefined;
   checks.push({
-    target: 'RSS < 120 MB 30 s after the 500-connection burst',
+    target: `RSS < 120 MB ${burstAfterLabel ?? '30 s after'} the ${burst ? burst.label.slice('GET runs/get 1 KB, '.length) : '500 connections'} burst`,
     measured: burstAfter === null ? 'not measured' : `${burstAfter.toFixed(0)} MB`,
     met: burstAfter === null ? null : burstAfter < 120,
   });
