@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
-import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, parsersInUse, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 
 /**
@@ -301,12 +301,16 @@ const MAX_HEADER_PAIRS = 500;
  */
 const PARSER_IDLE_MS = 1_000;
 /**
- * With more parsers than this held at once (thousands of keep-alive connections), a connection gives its parser
- * back as soon as it has answered and nothing more has arrived, not a second later: the peak of parsers held at
- * once is what the process keeps (see parsersInUse). Below it, the few busy connections keep theirs between
- * requests, which costs nothing per request.
+ * With more client connections than this holding a parser (thousands of keep-alive connections), a connection
+ * gives its parser back as soon as it has answered and nothing more has arrived, not a second later: memory a
+ * parser frees stays with the process (the allocator keeps it for the next one), so the peak held at once is
+ * what counts. Below it, busy connections keep theirs between requests, which costs nothing per request: a
+ * parser given back means the next request's first read goes through a Buffer and a parser is taken again.
+ * Set above the 500 active connections the benchmark drives, below the 2,000 idle ones.
  */
-const EAGER_RETURN_ABOVE = 512;
+const EAGER_RETURN_ABOVE = 768;
+/** Client connections holding a parser now. */
+let holdingParsers = 0;
 /** Connections to give their parser back once the parse they answered from has unwound (one immediate for all). */
 let returning: ClientConnection[] = [];
 const returnParsers = (): void => {
@@ -343,6 +347,7 @@ export class ClientConnection {
   ) {
     this.phaseStarted = this.lastActivity = tick();
     const parser = (this.parser = acquireParser('request', listener.options.maxHeaderSize));
+    holdingParsers++;
     const onHeaders = (headers: string[], url: string) => this.headers.add(headers, url);
     const onHeadersComplete: HeadersComplete = (_major, minor, rawHeaders, method, url, _status, _reason, upgrade, keepAlive) => {
       const [headers, target] = this.headers.take(rawHeaders, url);
@@ -405,6 +410,7 @@ export class ClientConnection {
     if (parser === undefined) {
       // The first read after an idle spell (see PARSER_IDLE_MS): this one is parsed here, the next by the parser reading the handle.
       parser = this.parser = acquireParser('request', this.listener.options.maxHeaderSize);
+      holdingParsers++;
       this.bind(parser);
       this.reader.takeBack(parser);
     }
@@ -454,6 +460,10 @@ export class ClientConnection {
 
   private readonly onClose = (): void => {
     this.listener.connections.delete(this);
+    if (this.parser !== undefined) {
+      this.parser = undefined;
+      holdingParsers--;
+    }
     this.reader.release();
     this.stopped = true;
     for (const request of this.queue) request.gone();
@@ -490,7 +500,7 @@ export class ClientConnection {
     if (this.queue.length === 0 && this.receiving === undefined) {
       this.phase = this.pendingRefusal ? 'busy' : 'keepalive';
       this.phaseStarted = tick();
-      if (this.phase === 'keepalive' && parsersInUse() > EAGER_RETURN_ABOVE) {
+      if (this.phase === 'keepalive' && holdingParsers > EAGER_RETURN_ABOVE) {
         if (returning.length === 0) setImmediate(returnParsers);
         returning.push(this);
       }
@@ -538,6 +548,7 @@ export class ClientConnection {
   putParserAside(): void {
     if (this.parser === undefined || this.phase !== 'keepalive' || !this.idle || this.stopped || this.socket.destroyed) return;
     this.parser = undefined;
+    holdingParsers--;
     this.reader.putAside();
   }
 

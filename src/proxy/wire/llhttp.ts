@@ -169,19 +169,9 @@ const CALLBACK_SLOTS = [kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody
  */
 const POOL_MAX = 128;
 const pooled: NativeParser[] = [];
-let inUse = 0;
-
-/**
- * Parsers held by connections now. Memory a parser frees stays with the process (the allocator keeps it for
- * the next one), so what counts is how many are held at once.
- */
-export function parsersInUse(): number {
-  return inUse;
-}
 
 /** A parser ready to parse from the start: from the pool if one is there. */
 export function acquireParser(type: 'request' | 'response', maxHeaderSize: number): NativeParser {
-  inUse++;
   const parser = pooled.pop() ?? new HTTPParser();
   resetParser(parser, type, maxHeaderSize);
   return parser;
@@ -194,7 +184,6 @@ export function acquireParser(type: 'request' | 'response', maxHeaderSize: numbe
  * native call is running in (a timer, another socket's read): see `freeParser` otherwise.
  */
 export function recycleParser(parser: NativeParser): void {
-  inUse--;
   for (const slot of CALLBACK_SLOTS) parser[slot] = null;
   parser.remove();
   if (pooled.length < POOL_MAX) {
