@@ -73,6 +73,29 @@ function statusKb(pid: number, key: string): number | null {
   }
 }
 
+/** Resident memory now, in MB (10^6 bytes), summed over the process tree; null without /proc. */
+export function rssMb(pids: readonly number[]): number | null {
+  let kb = 0;
+  for (const pid of pids) {
+    const v = statusKb(pid, 'VmRSS');
+    if (v === null) return null;
+    kb += v;
+  }
+  return (kb * 1024) / 1e6;
+}
+
+/** The soft and hard limits on open files of this process (children inherit them); null without /proc. */
+export function openFileLimits(): { soft: number; hard: number } | null {
+  try {
+    const line = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (!line) return null;
+    const n = (v: string) => (v === 'unlimited' ? Number.POSITIVE_INFINITY : Number(v));
+    return { soft: n(line[1]!), hard: n(line[2]!) };
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Peak RSS over a phase. The kernel's high-water mark (VmHWM) is reset at the start where allowed
  * (clear_refs 5, Linux ≥ 4.0); a 20 ms VmRSS sampler backs it up. Summed over the process tree.

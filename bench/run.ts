@@ -4,7 +4,8 @@
  * process on 127.0.0.1; this process only orchestrates and reads /proc between runs.
  *
  *   node --import tsx bench/run.ts [--smoke] [--duration S] [--rounds N] [--transfer-mb N] [--only a,b]
- *                                  [--shapes load,transfer,mlflow,workflow,startup] [--mlflow-mb N] [--workflow-mb N]
+ *                                  [--shapes load,transfer,mlflow,workflow,idle,burst,churn,startup] [--mlflow-mb N] [--workflow-mb N]
+ *                                  [--idle-connections N] [--burst-connections N] [--after-s S]
  *
  * Not a test: it asserts no timing. It prints the table, a target check, and writes JSON to bench/results/.
  */
@@ -19,9 +20,10 @@ import { fileURLToPath } from 'node:url';
 import { autocannonDriver, findWrk, wrkDriver } from './load.js';
 import type { LoadDriver, LoadResult } from './load.js';
 import { findNginx, nginxConfig } from './nginx.js';
-import { PeakRss, cpuSeconds, processTree, startChild } from './proc.js';
+import { PeakRss, cpuSeconds, openFileLimits, processTree, rssMb, startChild } from './proc.js';
 import type { Child } from './proc.js';
 import { RUN_ID, logBatchBody, runGetBody } from './shapes.js';
+import type { IdleSpec } from './conns.js';
 import type { TransferResult, TransferSpec } from './transfer.js';
 import type { WorkflowResult, WorkflowSpec } from './workflow.js';
 
@@ -48,11 +50,18 @@ interface Options {
   mlflowChunkBytes: number;
   workflowBytes: number;
   workflowIterations: number;
+  /** Connection scale and churn: idle keep-alive connections held, active connections, connections per request. */
+  idleConnections: number;
+  idleHoldMs: number;
+  burstConnections: number;
+  churnConnections: number;
+  /** RSS is read again this long after each of those runs. */
+  afterMs: number;
   out: string;
 }
 
 /** Parts of the benchmark, selectable with --shapes. */
-const SHAPES = ['load', 'transfer', 'mlflow', 'workflow', 'startup'] as const;
+const SHAPES = ['load', 'transfer', 'mlflow', 'workflow', 'idle', 'burst', 'churn', 'startup'] as const;
 type Shape = (typeof SHAPES)[number];
 
 function parseOptions(argv: string[]): Options {
@@ -83,6 +92,11 @@ function parseOptions(argv: string[]): Options {
     mlflowChunkBytes: 255,
     workflowBytes: Math.round(Number(value('--workflow-mb') ?? (smoke ? 2 : 20)) * 1e6),
     workflowIterations: smoke ? 1 : 3,
+    idleConnections: Number(value('--idle-connections') ?? (smoke ? 200 : 2000)),
+    idleHoldMs: smoke ? 1000 : 10_000,
+    burstConnections: Number(value('--burst-connections') ?? (smoke ? 100 : 500)),
+    churnConnections: 16,
+    afterMs: Number(value('--after-s') ?? (smoke ? 2 : 30)) * 1000,
     out: value('--out') ?? join(ROOT, 'bench', 'results', `${smoke ? 'smoke' : 'full'}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
   };
 }
@@ -167,12 +181,13 @@ async function startKvx(
   env: NodeJS.ProcessEnv,
   tmp: string,
   onlyConnections?: number[],
+  bin = KVX_BIN,
 ): Promise<Candidate> {
   // stdout (one JSON line per request) goes to a file, as nginx's access log does: a pipe would need a
   // reader process, and on the benchmark's two cores that reader takes CPU from the candidate.
   const child = startChild(
     process.execPath,
-    [...KVX_NODE_FLAGS, KVX_BIN, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
+    [...KVX_NODE_FLAGS, bin, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
     env,
     ROOT,
     join(tmp, `${name}.log`),
@@ -227,6 +242,21 @@ async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort:
   }
   if (want('kvx')) {
     candidates.push(await startKvx('kvx', 'kvx-proxy, static token (auth.provider static), request log on, to a file', upstreamUrl, ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'], baseEnv, tmp));
+  }
+  const baseline = process.env['BENCH_KVX_BASELINE'];
+  if (baseline && want('kvx-base')) {
+    // An A/B within one run: another build of kvx (e.g. the commit before a change), as the kvx column runs.
+    if (!existsSync(baseline)) throw new Error(`BENCH_KVX_BASELINE=${baseline}: no such file; point it at another build's dist/cli/kvx-proxy.js`);
+    candidates.push(await startKvx('kvx-base', `kvx-proxy built elsewhere (${baseline}), static token, request log on`, upstreamUrl, ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'], baseEnv, tmp, undefined, baseline));
+  }
+  if (want('kvx-node')) {
+    // The second engine (issue 17), where this build has it: kvx's figures on node:http and undici beside the wire engine's.
+    const schema = join(ROOT, 'dist', 'config', 'schema.js');
+    if (existsSync(schema) && /\bengine\b/.test(readFileSync(schema, 'utf8'))) {
+      candidates.push(
+        await startKvx('kvx-node', 'kvx-proxy, static token, request log on, server.engine node (node:http + undici)', upstreamUrl, ['--auth-provider', 'static', '--token-env', 'BENCH_TOKEN'], { ...baseEnv, KVX_SERVER_ENGINE: 'node' }, tmp),
+      );
+    } else if (opts.only?.has('kvx-node')) notes.push('kvx-node skipped: this build has no server.engine setting');
   }
   if (want('kvx-google')) {
     if (!existsSync(join(ROOT, 'src', 'auth', 'google-iam.ts')) || !existsSync(join(ROOT, 'test', 'fakes', 'google-iam-credentials.ts'))) {
@@ -318,7 +348,94 @@ interface WorkflowRun {
   seconds: number[];
 }
 
-async function measureLoad(driver: LoadDriver, c: Candidate, workload: 'get' | 'post', connections: number, durationSec: number, batch: Buffer): Promise<Omit<LoadRun, 'round'>> {
+/** 500 active connections ('burst') or a new connection per request ('churn'): GET runs/get under wrk. */
+interface ScaleRun extends Omit<LoadRun, 'workload'> {
+  shape: 'burst' | 'churn';
+  peakRssMb: number | null;
+  /** RSS opts.afterMs after the candidate's last run of the shape (recorded on that run only). */
+  afterRssMb: number | null;
+}
+
+interface IdleRun {
+  candidate: string;
+  connections: number;
+  /** How many the candidate still held open when the hold ended. */
+  stillOpen: number;
+  beforeMb: number;
+  /** RSS a second after the last connection went idle, and at the end of the hold. */
+  earlyMb: number;
+  heldMb: number;
+  /** (RSS at the end of the hold - RSS before) / connections, in KB of 1,024 bytes. */
+  kbPerConnection: number;
+  afterRssMb: number | null;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Reads the candidate's RSS `delayMs` from now, into `into.afterRssMb`; the caller awaits the promise before summing up. */
+function rssLater(c: Candidate, delayMs: number, into: { afterRssMb: number | null }): Promise<void> {
+  return sleep(delayMs).then(() => {
+    into.afterRssMb = rssMb(c.pids);
+  });
+}
+
+async function measureIdle(c: Candidate, opts: Options): Promise<IdleRun> {
+  const beforeMb = rssMb(c.pids)!;
+  const spec: IdleSpec = { url: c.url, headers: c.clientHeaders, count: opts.idleConnections };
+  const child = tsxChild('conns.ts', [JSON.stringify(spec)], process.env);
+  try {
+    const open = await child.waitFor((v) => (typeof v['open'] === 'number' ? v['open'] : undefined), 120_000);
+    if (open !== opts.idleConnections) throw new Error(`${c.name}: only ${open} of ${opts.idleConnections} idle connections stayed open`);
+    await sleep(1000);
+    const earlyMb = rssMb(c.pids)!;
+    await sleep(Math.max(0, opts.idleHoldMs - 1000));
+    const heldMb = rssMb(c.pids)!;
+    const closing = child.waitFor((v) => (typeof v['stillOpen'] === 'number' ? v['stillOpen'] : undefined), 30_000);
+    child.proc.kill('SIGTERM');
+    const stillOpen = await closing;
+    const kbPerConnection = ((heldMb - beforeMb) * 1e6) / 1024 / opts.idleConnections;
+    return { candidate: c.name, connections: opts.idleConnections, stillOpen, beforeMb, earlyMb, heldMb, kbPerConnection, afterRssMb: null };
+  } finally {
+    await child.stop();
+  }
+}
+
+/**
+ * Open files the connection shapes need in one process: the idle client holds every idle connection, a proxy
+ * holds each active connection twice (client and upstream side). Raised up to the hard limit by running the
+ * benchmark again under `ulimit -n`; below that, it stops and says what it needs.
+ */
+function ensureOpenFiles(opts: Options): void {
+  const shapes = ['idle', 'burst', 'churn'].filter((s) => opts.shapes.has(s as Shape));
+  if (shapes.length === 0) return;
+  const need = Math.max(opts.shapes.has('idle') ? opts.idleConnections : 0, opts.shapes.has('burst') ? 2 * opts.burstConnections : 0) + 512;
+  const limits = openFileLimits();
+  if (limits === null || limits.soft >= need) return;
+  if (limits.hard < need || process.env['BENCH_ULIMIT_RAISED'] === '1') {
+    throw new Error(
+      `the ${shapes.join(', ')} shapes need ${need} open files per process; the limit is ${limits.soft} (hard ${limits.hard}): ` +
+        `raise it (ulimit -n ${need}, as root if the hard limit is lower), lower --idle-connections / --burst-connections, or leave those shapes out with --shapes`,
+    );
+  }
+  log(`raising the open-file limit from ${limits.soft} to ${need} (ulimit -n) and starting again`);
+  const argv = [process.execPath, ...process.execArgv, ...process.argv.slice(1)];
+  try {
+    execFileSync('sh', ['-c', `ulimit -n ${need} && exec "$@"`, 'sh', ...argv], { stdio: 'inherit', env: { ...process.env, BENCH_ULIMIT_RAISED: '1' } });
+    process.exit(0);
+  } catch (err) {
+    process.exit((err as { status?: number }).status ?? 1);
+  }
+}
+
+async function measureLoad(
+  driver: LoadDriver,
+  c: Candidate,
+  workload: 'get' | 'post',
+  connections: number,
+  durationSec: number,
+  batch: Buffer,
+  extraHeaders: Record<string, string> = {},
+): Promise<Omit<LoadRun, 'round'>> {
   const pids = c.pids;
   const cpuBefore = pids.length ? cpuSeconds(pids) : null;
   const result = await driver.run({
@@ -327,7 +444,7 @@ async function measureLoad(driver: LoadDriver, c: Candidate, workload: 'get' | '
     durationSec,
     method: workload === 'get' ? 'GET' : 'POST',
     ...(workload === 'post' ? { body: batch } : {}),
-    headers: c.clientHeaders,
+    headers: { ...c.clientHeaders, ...extraHeaders },
   });
   const cpuAfter = pids.length ? cpuSeconds(pids) : null;
   const cpuUsPerRequest = cpuBefore !== null && cpuAfter !== null && result.requests > 0 ? ((cpuAfter - cpuBefore) * 1e6) / result.requests : null;
@@ -415,6 +532,7 @@ function fmt(v: number | null | undefined, unit: string): string {
   if (unit === 'ms') return v < 10 ? v.toFixed(2) : v.toFixed(0);
   if (unit === 'µs/req') return v.toFixed(1);
   if (unit === 'ms/MB') return v.toFixed(2);
+  if (unit === 'KB/conn') return v.toFixed(1);
   if (unit === 'MB') return v.toFixed(0);
   return v >= 100 ? Math.round(v).toString() : v.toFixed(1);
 }
@@ -443,6 +561,7 @@ function table(rows: Row[], names: string[]): string {
 
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
+  ensureOpenFiles(opts);
   if (!existsSync(KVX_BIN)) throw new Error(`${KVX_BIN} is missing: run \`npm run build\` first (npm run bench does)`);
   const tmp = mkdtempSync(join(os.tmpdir(), 'kvx-bench-'));
   const notes: string[] = [];
@@ -498,7 +617,7 @@ async function main(): Promise<void> {
     const movers = candidates.filter((c) => c.name !== 'kvx-nolog');
     const kvxOnly = movers.filter((c) => c.name === 'kvx');
     /** MLflow's own streams, measured where the issue measured them: kvx beside the proxies it is compared with. */
-    const mlflowPeers = movers.filter((c) => ['direct', 'nginx', 'http-proxy', 'kvx'].includes(c.name));
+    const mlflowPeers = movers.filter((c) => ['direct', 'nginx', 'http-proxy', 'kvx', 'kvx-node', 'kvx-base'].includes(c.name));
     const transferKinds: { kind: string; label: string; spec: Omit<TransferSpec, 'url' | 'headers'>; rounds: number; who: Candidate[]; cpu?: boolean }[] = [];
     const mb = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(bytes % 1e9 ? 1 : 0)} GB` : `${Math.round(bytes / 1e6)} MB`);
     if (opts.shapes.has('transfer')) {
@@ -558,6 +677,52 @@ async function main(): Promise<void> {
       }
     }
 
+    // Connection scale and churn. RSS is read again opts.afterMs after each candidate's last run of a shape
+    // (while the others run), and the shape ends once every such reading is in.
+    // http-proxy is left out: its process stopped answering under 2,000 idle and 500 active connections (0 req/s,
+    // then refused connections), which took the rest of the run with it.
+    const scalePeers = candidates.filter((c) => ['direct', 'nginx', 'kvx', 'kvx-node', 'kvx-base'].includes(c.name));
+    const idleRuns: IdleRun[] = [];
+    if (opts.shapes.has('idle')) {
+      const later: Promise<void>[] = [];
+      for (const c of scalePeers.filter((x) => x.pids.length > 0)) {
+        const r = await measureIdle(c, opts);
+        idleRuns.push(r);
+        later.push(rssLater(c, opts.afterMs, r));
+        log(
+          `idle ${opts.idleConnections} ${c.name.padEnd(10)} RSS ${r.beforeMb.toFixed(0)} -> ${r.earlyMb.toFixed(0)} (1 s) -> ${r.heldMb.toFixed(0)} MB (${(opts.idleHoldMs / 1000).toFixed(0)} s held): ` +
+            `${r.kbPerConnection.toFixed(1)} KB per connection; ${r.stillOpen} still open`,
+        );
+      }
+      await Promise.all(later);
+      for (const r of idleRuns) log(`idle ${r.candidate.padEnd(10)} RSS ${r.afterRssMb?.toFixed(0) ?? '-'} MB ${opts.afterMs / 1000} s after the connections closed`);
+    }
+    const scaleRuns: ScaleRun[] = [];
+    for (const shape of ['burst', 'churn'] as const) {
+      if (!opts.shapes.has(shape)) continue;
+      const connections = shape === 'burst' ? opts.burstConnections : opts.churnConnections;
+      // Churn: the client asks for the connection to be closed after each answer, and opens a new one.
+      const extra: Record<string, string> = shape === 'churn' ? { connection: 'close' } : {};
+      const later: Promise<void>[] = [];
+      for (let round = 0; round < opts.rounds; round++) {
+        for (const c of rotate(scalePeers, round + (shape === 'churn' ? 1 : 0))) {
+          const rss = c.pids.length ? new PeakRss(c.pids) : undefined;
+          const r = await measureLoad(driver, c, 'get', connections, opts.durationSec, batch, extra);
+          const run: ScaleRun = { ...r, shape, round, peakRssMb: rss ? rss.stop() : null, afterRssMb: null };
+          scaleRuns.push(run);
+          if (round === opts.rounds - 1 && c.pids.length) later.push(rssLater(c, opts.afterMs, run));
+          log(
+            `${shape} c=${connections} ${c.name.padEnd(10)} ${r.rps.toFixed(0).padStart(6)} req/s` +
+              (r.cpuUsPerRequest !== null ? `  cpu ${r.cpuUsPerRequest.toFixed(1)} µs/req` : '') +
+              (run.peakRssMb !== null ? `  peak RSS ${run.peakRssMb.toFixed(0)} MB` : '') +
+              (r.errors ? `  ERRORS ${r.errors}` : ''),
+          );
+        }
+      }
+      await Promise.all(later);
+      for (const r of scaleRuns.filter((x) => x.shape === shape && x.afterRssMb !== null)) log(`${shape} ${r.candidate.padEnd(10)} RSS ${r.afterRssMb!.toFixed(0)} MB ${opts.afterMs / 1000} s after`);
+    }
+
     const startup = opts.shapes.has('startup') ? await measureStartup(opts, upstreamUrl) : { kvxMs: [], nodeFloorMs: [] };
     if (startup.kvxMs.length) log(`start-up to ready: kvx ${startup.kvxMs.map((v) => v.toFixed(0)).join(', ')} ms; bare node http server ${startup.nodeFloorMs.map((v) => v.toFixed(0)).join(', ')} ms`);
 
@@ -606,6 +771,28 @@ async function main(): Promise<void> {
       }
       rows.push({ label: `MLflow client workflow, ${mb(opts.workflowBytes)} artifact`, unit: 'ms', better: 'lower', values, errors: {} });
     }
+    const afterLabel = `${opts.afterMs / 1000} s after`;
+    if (idleRuns.length) {
+      const label = `${opts.idleConnections.toLocaleString('en')} idle keep-alive connections`;
+      const pick = (f: (r: IdleRun) => number | null) => Object.fromEntries(names.map((n) => [n, idleRuns.find((r) => r.candidate === n) ? f(idleRuns.find((r) => r.candidate === n)!) : null]));
+      rows.push({ label: `${label}, memory per connection`, unit: 'KB/conn', better: 'lower', values: pick((r) => r.kbPerConnection), errors: {} });
+      rows.push({ label: `${label}, RSS held`, unit: 'MB', better: 'lower', values: pick((r) => r.heldMb), errors: {} });
+      rows.push({ label: `${label}, RSS ${afterLabel}`, unit: 'MB', better: 'lower', values: pick((r) => r.afterRssMb), errors: {} });
+    }
+    for (const shape of ['burst', 'churn'] as const) {
+      const runs = scaleRuns.filter((r) => r.shape === shape);
+      if (!runs.length) continue;
+      const label = shape === 'burst' ? `GET runs/get 1 KB, ${opts.burstConnections} connections` : `GET runs/get 1 KB, new connection per request c=${opts.churnConnections}`;
+      const of = (n: string) => runs.filter((r) => r.candidate === n);
+      const medianOf = (f: (r: ScaleRun) => number | null) => Object.fromEntries(names.map((n) => [n, of(n).length ? medianOrNull(of(n).map(f)) : null]));
+      const maxOf = (f: (r: ScaleRun) => number | null) =>
+        Object.fromEntries(names.map((n) => [n, of(n).some((r) => f(r) !== null) ? Math.max(...of(n).map((r) => f(r) ?? 0)) : null]));
+      const errors = Object.fromEntries(names.map((n) => [n, of(n).reduce((a, r) => a + r.errors, 0)]));
+      rows.push({ label, unit: 'req/s', better: 'higher', values: medianOf((r) => r.rps), errors });
+      rows.push({ label: `${label} proxy CPU`, unit: 'µs/req', better: 'lower', values: medianOf((r) => r.cpuUsPerRequest), errors: {} });
+      rows.push({ label: `${label} peak RSS`, unit: 'MB', better: 'lower', values: maxOf((r) => r.peakRssMb), errors: {} });
+      rows.push({ label: `${label} RSS ${afterLabel}`, unit: 'MB', better: 'lower', values: maxOf((r) => r.afterRssMb), errors: {} });
+    }
     if (startup.kvxMs.length) {
       rows.push({ label: 'start-up to ready (static token)', unit: 'ms', better: 'lower', values: { kvx: median(startup.kvxMs) }, errors: {} });
       rows.push({ label: 'start-up, bare node http server (floor)', unit: 'ms', better: 'lower', values: { kvx: median(startup.nodeFloorMs) }, errors: {} });
@@ -628,6 +815,11 @@ async function main(): Promise<void> {
         mlflowChunkBytes: opts.mlflowChunkBytes,
         workflowBytes: opts.workflowBytes,
         workflowIterations: opts.workflowIterations,
+        idleConnections: opts.idleConnections,
+        idleHoldMs: opts.idleHoldMs,
+        burstConnections: opts.burstConnections,
+        churnConnections: opts.churnConnections,
+        afterMs: opts.afterMs,
       },
       candidates: candidates.map((c) => ({ name: c.name, description: c.description })),
       notes,
@@ -637,6 +829,8 @@ async function main(): Promise<void> {
       loadRuns,
       transferRuns,
       workflowRuns,
+      idleRuns,
+      scaleRuns,
     };
     mkdirSync(dirname(opts.out), { recursive: true });
     writeFileSync(opts.out, JSON.stringify(result, null, 2) + '\n');
@@ -650,7 +844,7 @@ async function main(): Promise<void> {
     out.push(table(rows, names));
     if (rows.some((r) => Object.values(r.errors).some((e) => e > 0))) out.push('  ! some runs behind this value saw errors or non-2xx answers');
     out.push('');
-    out.push('targets (issues 6 and 12):');
+    out.push('targets (issues 6, 12 and 17):');
     for (const t of targets) out.push(`  ${t.met === null ? 'n/a ' : t.met ? 'met ' : 'MISS'}  ${t.target}: ${t.measured}`);
     out.push('');
     out.push(`JSON: ${opts.out}`);
@@ -670,11 +864,13 @@ function evaluateTargets(rows: Row[], names: string[], startupMs: number[]): Tar
   const row = (label: string) => rows.find((r) => r.label === label);
   const v = (label: string, name: string) => row(label)?.values[name] ?? null;
   const checks: TargetCheck[] = [];
-  const ratio = (target: string, label: string, peer: string, min: number) => {
+  /** kvx over `peer` on the row: at least `min`, or with `max` at most that. */
+  const ratio = (target: string, label: string, peer: string, min: number, max = Number.POSITIVE_INFINITY) => {
     const k = v(label, 'kvx');
     const p = v(label, peer);
     if (!names.includes(peer) || k === null || p === null) return checks.push({ target, measured: names.includes(peer) ? 'not measured' : `${peer} not measured`, met: null });
-    checks.push({ target, measured: `${fmt(k, 'req/s')} vs ${fmt(p, 'req/s')} = ${(k / p).toFixed(2)}x`, met: k / p >= min });
+    const unit = row(label)!.unit;
+    checks.push({ target, measured: `${fmt(k, unit)} vs ${fmt(p, unit)} ${unit} = ${(k / p).toFixed(2)}x`, met: k / p >= min && k / p <= max });
   };
   ratio('1 KB GET c=16: kvx >= 2x http-proxy', 'GET runs/get 1 KB c=16', 'http-proxy', 2);
   ratio('1 KB GET c=16: kvx >= 40% of nginx', 'GET runs/get 1 KB c=16', 'nginx', 0.4);
@@ -698,8 +894,10 @@ function evaluateTargets(rows: Row[], names: string[], startupMs: number[]): Tar
     const r = rows.find((x) => x.label.startsWith(`${dir} artifact`) && x.unit === 'MB/s' && !x.label.includes('x'));
     if (r) ratio(`${dir} artifact: kvx >= 60% of nginx MB/s`, r.label, 'nginx', 0.6);
   }
-  const rss = rows.filter((r) => r.unit === 'MB').map((r) => r.values['kvx']).filter((x): x is number => x != null);
-  checks.push({ target: 'kvx peak RSS < 150 MB in every transfer', measured: rss.length ? `max ${Math.max(...rss).toFixed(0)} MB` : 'not measured', met: rss.length ? Math.max(...rss) < 150 : null });
+  const transferRss = rows.filter((r) => r.unit === 'MB' && r.label.endsWith(' peak RSS') && !r.label.startsWith('GET runs/get'));
+  const rss = transferRss.map((r) => r.values['kvx']).filter((x): x is number => x != null);
+  const maxRss = rss.length ? Math.max(...rss) : null;
+  checks.push({ target: 'kvx peak RSS < 150 MB in every transfer', measured: maxRss === null ? 'not measured' : `max ${maxRss.toFixed(0)} MB`, met: maxRss === null ? null : maxRss < 150 });
   const rel: number[] = [];
   for (const r of rows.filter((x) => x.unit === 'req/s')) {
     const s = r.values['kvx'];
@@ -721,6 +919,31 @@ function evaluateTargets(rows: Row[], names: string[], startupMs: number[]): Tar
   });
   const ready = startupMs.length ? median(startupMs) : null;
   checks.push({ target: 'ready < 300 ms from process start', measured: ready === null ? 'not measured' : `${ready.toFixed(0)} ms (median)`, met: ready === null ? null : ready < 300 });
+
+  // Issue 17.
+  const mlflow = rows.find((r) => r.label.startsWith('MLflow download') && r.unit === 'MB/s');
+  if (mlflow) ratio('MLflow download: kvx >= 90% of nginx MB/s', mlflow.label, 'nginx', 0.9);
+  const burst = rows.find((r) => r.label.startsWith('GET runs/get 1 KB,') && r.label.endsWith(' connections') && r.unit === 'req/s');
+  if (burst) ratio(`${burst.label}: kvx >= 90% of nginx`, burst.label, 'nginx', 0.9);
+  const churn = rows.find((r) => r.label.includes('new connection per request') && r.unit === 'req/s');
+  if (churn) ratio('new connection per request: kvx >= 80% of nginx', churn.label, 'nginx', 0.8);
+  const idle = rows.find((r) => r.unit === 'KB/conn');
+  const perConn = idle?.values['kvx'] ?? null;
+  checks.push({
+    target: 'idle keep-alive: <= 8 KB per connection',
+    measured: perConn === null ? 'not measured' : `${perConn.toFixed(1)} KB${idle?.values['nginx'] != null ? ` (nginx ${idle.values['nginx']!.toFixed(1)} KB)` : ''}`,
+    met: perConn === null ? null : perConn <= 8,
+  });
+  const burstAfter = burst ? (rows.find((r) => r.label.startsWith(burst.label + ' RSS '))?.values['kvx'] ?? null) : null;
+  const burstAfterLabel = burst ? rows.find((r) => r.label.startsWith(burst.label + ' RSS '))?.label.slice(burst.label.length + 5) : undefined;
+  checks.push({
+    target: `RSS < 120 MB ${burstAfterLabel ?? '30 s after'} the ${burst ? burst.label.slice('GET runs/get 1 KB, '.length) : '500 connections'} burst`,
+    measured: burstAfter === null ? 'not measured' : `${burstAfter.toFixed(0)} MB`,
+    met: burstAfter === null ? null : burstAfter < 120,
+  });
+  ratio('1 KB GET c=16 proxy CPU, request log on: kvx <= 1.5x nginx', 'GET runs/get 1 KB c=16 proxy CPU', 'nginx', 0, 1.5);
+  ratio('25 KB POST c=16 proxy CPU, request log on: kvx <= 1.3x nginx', 'POST log-batch 25 KB c=16 proxy CPU', 'nginx', 0, 1.3);
+  checks.push({ target: 'kvx peak RSS <= 80 MB in every transfer', measured: maxRss === null ? 'not measured' : `max ${maxRss.toFixed(0)} MB`, met: maxRss === null ? null : maxRss <= 80 });
   return checks;
 }
 

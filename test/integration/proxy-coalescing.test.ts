@@ -9,6 +9,7 @@ import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
+import { HTTPParser, kOnBody } from '../../src/proxy/wire/llhttp.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import { RawConnection, decodeChunked } from '../helpers/raw-http.js';
 import type { TestProxy } from '../helpers/proxy.js';
@@ -183,6 +184,75 @@ describe('proxy: body pieces of one read leave in one write (MLflow-shaped strea
       expect(again.body.equals(expectedBody(3))).to.equal(true);
     } finally {
       client.destroy();
+    }
+  });
+
+  it('decodes a chunked download per read, not per chunk: llhttp\'s body callback never sees its 4,000 chunks', async () => {
+    // Every llhttp parser created from here on counts the calls of its body callback (one per chunk, each
+    // with a fresh native Buffer: most of the proxy's CPU on this shape while llhttp decoded the body).
+    const slot = kOnBody;
+    let bodyCalls = 0;
+    const proto = HTTPParser.prototype as unknown as Record<number, unknown>;
+    Object.defineProperty(proto, slot, {
+      configurable: true,
+      set(this: Record<number, unknown>, fn: unknown) {
+        const counted =
+          typeof fn === 'function'
+            ? function (this: unknown, ...args: unknown[]) {
+                bodyCalls++;
+                return (fn as (...a: unknown[]) => unknown).apply(this, args);
+              }
+            : fn;
+        Object.defineProperty(this, slot, { value: counted, writable: true, configurable: true, enumerable: true });
+      },
+    });
+    let own: TestProxy | undefined;
+    let client: RawConnection | undefined;
+    try {
+      own = await startTestProxy(`http://127.0.0.1:${upstreamPort}`, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_COALESCE_TOKEN' }, env);
+      client = await RawConnection.open(Number(new URL(own.url).port));
+      const pieces = 4000;
+      const { body } = await download(client, pieces);
+      expect(body.equals(expectedBody(pieces)), 'the body arrives whole and in order').to.equal(true);
+      expect(bodyCalls, 'llhttp body callbacks during the download').to.be.at.most(pieces / 20);
+      // The connection goes back to llhttp for the next answer, which is decoded the same way.
+      const again = await download(client, 3);
+      expect(again.body.equals(expectedBody(3))).to.equal(true);
+    } finally {
+      delete proto[slot];
+      client?.destroy();
+      await own?.close();
+    }
+  });
+
+  it('writes a small answer\'s head and body to the client in one write', async () => {
+    // The upstream's head and 1 KB body arrive in one read; llhttp reports them in separate callbacks.
+    const body = Buffer.alloc(1024, 'r');
+    const small = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+      res.end(body);
+    });
+    await new Promise<void>((resolve) => small.listen(0, '127.0.0.1', resolve));
+    let own: TestProxy | undefined;
+    let client: RawConnection | undefined;
+    try {
+      own = await startTestProxy(`http://127.0.0.1:${(small.address() as AddressInfo).port}`, { 'auth.provider': 'static', 'auth.params.token_env': 'TEST_COALESCE_TOKEN' }, env);
+      const port = Number(new URL(own.url).port);
+      client = await RawConnection.open(port);
+      const clientPort = client.socket.localPort;
+      for (let i = 0; i < 5; i++) {
+        counter?.restore();
+        counter = new WriteCounter((socket) => socket.localPort === port && socket.remotePort === clientPort);
+        client.write('GET /api/2.0/mlflow/runs/get?run_id=1 HTTP/1.1\r\nHost: kvx\r\n\r\n');
+        const answer = await client.readResponse('GET', 10_000);
+        expect(answer.head).to.match(/^HTTP\/1\.1 200 /);
+        expect(answer.body.equals(body)).to.equal(true);
+        expect(counter.count, `writes to the client for answer ${i + 1}`).to.equal(1);
+      }
+    } finally {
+      client?.destroy();
+      await own?.close();
+      await new Promise<void>((resolve) => small.close(() => resolve()));
     }
   });
 

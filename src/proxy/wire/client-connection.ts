@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
 import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
-import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, newParser } from './llhttp.js';
+import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 import type { BodySink, LocationRewriter, ProxyRequest, RefusalKind } from '../engine.js';
 import { clientResponseHead } from '../headers.js';
@@ -34,8 +34,20 @@ export interface ClientListenerOptions {
 export type ResponseFraming = 'length' | 'chunked' | 'none';
 
 const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
-const uncork = (socket: Socket): void => {
-  socket.uncork();
+
+/**
+ * Answers whose head waits for its first body bytes, so that both leave in one write. The head goes out with
+ * the first `write` or the `end`; one immediate per event-loop turn writes the heads still waiting, after every
+ * read of the turn has been parsed. (A corked socket uncorked on the next tick split them: node runs the tick
+ * queue after each of llhttp's callbacks, between the head and the body it parsed from the same read.)
+ */
+let waitingHeads: ClientRequest[] = [];
+let headFlushScheduled = false;
+const flushWaitingHeads = (): void => {
+  const requests = waitingHeads;
+  waitingHeads = [];
+  headFlushScheduled = false;
+  for (const request of requests) request.flushHead();
 };
 
 export class ClientRequest implements ProxyRequest {
@@ -70,6 +82,8 @@ export class ClientRequest implements ProxyRequest {
   private buffered: Buffer[] | undefined;
   private bodyFailure: string | undefined;
   private bodyFailureByClose = false;
+  /** The status line and headers, until the first body bytes or the end take them along. */
+  private head: string | undefined;
 
   constructor(
     private readonly connection: ClientConnection,
@@ -197,12 +211,22 @@ export class ClientRequest implements ProxyRequest {
     else if (this.http10) head += 'connection: keep-alive\r\n';
     this.headersSent = true;
     connection.lastActivity = coarseNow();
-    const socket = connection.socket;
-    if (socket.destroyed) return;
-    // Corked until the next tick, so the head and a small body leave in one writev.
-    socket.cork();
-    socket.write(head + '\r\n', 'latin1');
-    process.nextTick(uncork, socket);
+    if (connection.socket.destroyed) return;
+    this.head = head + '\r\n';
+    waitingHeads.push(this);
+    if (!headFlushScheduled) {
+      headFlushScheduled = true;
+      setImmediate(flushWaitingHeads);
+    }
+  }
+
+  /** @internal writes the head if no body bytes took it along (see waitingHeads) */
+  flushHead(): void {
+    const head = this.head;
+    if (head === undefined) return;
+    this.head = undefined;
+    const socket = this.connection.socket;
+    if (!socket.destroyed) socket.write(head, 'latin1');
   }
 
   /** Upstream's answer: its headers as the client gets them, framed by Content-Length when upstream sent one. */
@@ -227,7 +251,12 @@ export class ClientRequest implements ProxyRequest {
     const socket = this.connection.socket;
     this.connection.lastActivity = coarseNow();
     if (socket.destroyed) return true;
-    return writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    if (this.head === undefined) return writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    socket.cork();
+    this.flushHead();
+    const more = writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    socket.uncork();
+    return more;
   }
 
   onDrain(callback: () => void): void {
@@ -240,7 +269,12 @@ export class ClientRequest implements ProxyRequest {
     this.finished = true;
     if (this.sink === undefined) this.dropUnread();
     const socket = this.connection.socket;
-    if (!socket.destroyed && this.framing === 'chunked') socket.write('0\r\n\r\n', 'latin1');
+    if (!socket.destroyed) {
+      const head = this.head;
+      this.head = undefined;
+      if (this.framing === 'chunked') socket.write(head === undefined ? '0\r\n\r\n' : head + '0\r\n\r\n', 'latin1');
+      else if (head !== undefined) socket.write(head, 'latin1');
+    }
     this.connection.answered(this, this.closeAfter);
   }
 
@@ -272,8 +306,35 @@ const LINGER_MS = 5_000;
 /** More request headers than this is an attack, not a client: 431, as node:http answers such requests. */
 const MAX_HEADER_PAIRS = 500;
 
+/**
+ * A connection idle this long between requests gives its parser back to the pool (see ParserReader.putAside):
+ * thousands of idle keep-alive connections then hold no parser each, and the next request takes one again.
+ */
+const PARSER_IDLE_MS = 1_000;
+/**
+ * With more client connections than this holding a parser (thousands of keep-alive connections), a connection
+ * gives its parser back as soon as it has answered and nothing more has arrived, not a second later: memory a
+ * parser frees stays with the process (the allocator keeps it for the next one), so the peak held at once is
+ * what counts. Below it, busy connections keep theirs between requests, which costs nothing per request: a
+ * parser given back means the next request's first read goes through a Buffer and a parser is taken again.
+ * Set above the 500 active connections the benchmark drives, below the 2,000 idle ones.
+ */
+const EAGER_RETURN_ABOVE = 768;
+/** Client connections holding a parser now. */
+let holdingParsers = 0;
+/** Connections to give their parser back once the parse they answered from has unwound (one immediate for all). */
+let returning: ClientConnection[] = [];
+const returnParsers = (): void => {
+  const connections = returning;
+  returning = [];
+  for (const connection of connections) connection.putParserAside();
+};
+
 export class ClientConnection {
-  readonly parser: NativeParser;
+  /** Undefined while the connection is idle and its parser put aside. */
+  private parser: NativeParser | undefined;
+  /** The parser callbacks, bound to each parser this connection takes. */
+  private readonly callbacks: [unknown, unknown, unknown, unknown];
   /** Requests parsed and not yet answered; the first is active. */
   readonly queue: ClientRequest[] = [];
   activeRequest: ClientRequest | undefined;
@@ -296,8 +357,9 @@ export class ClientConnection {
     private readonly listener: ClientListener,
   ) {
     this.phaseStarted = this.lastActivity = tick();
-    const parser = (this.parser = newParser('request', listener.options.maxHeaderSize));
-    parser[kOnHeaders] = (headers: string[], url: string) => this.headers.add(headers, url);
+    const parser = (this.parser = acquireParser('request', listener.options.maxHeaderSize));
+    holdingParsers++;
+    const onHeaders = (headers: string[], url: string) => this.headers.add(headers, url);
     const onHeadersComplete: HeadersComplete = (_major, minor, rawHeaders, method, url, _status, _reason, upgrade, keepAlive) => {
       const [headers, target] = this.headers.take(rawHeaders, url);
       if (this.stopped) return SKIP_BODY;
@@ -324,20 +386,29 @@ export class ClientConnection {
       }
       return 0;
     };
-    parser[kOnHeadersComplete] = onHeadersComplete;
-    parser[kOnBody] = (chunk: Buffer) => this.body.add(chunk);
-    parser[kOnMessageComplete] = () => {
+    const onBody = (chunk: Buffer) => this.body.add(chunk);
+    const onMessageComplete = () => {
       this.body.flush();
       this.headers.reset();
       const request = this.receiving;
       this.receiving = undefined;
       request?.receiveEnd();
     };
+    this.callbacks = [onHeaders, onHeadersComplete, onBody, onMessageComplete];
+    this.bind(parser);
     socket.setNoDelay(true);
     this.reader = new ParserReader(socket, parser, this.afterRead, this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
+  }
+
+  private bind(parser: NativeParser): void {
+    const [onHeaders, onHeadersComplete, onBody, onMessageComplete] = this.callbacks;
+    parser[kOnHeaders] = onHeaders;
+    parser[kOnHeadersComplete] = onHeadersComplete;
+    parser[kOnBody] = onBody;
+    parser[kOnMessageComplete] = onMessageComplete;
   }
 
   private readonly onData = (data: Buffer): void => {
@@ -346,7 +417,15 @@ export class ClientConnection {
       releaseNow(data);
       return;
     }
-    this.afterRead(this.parser.execute(data));
+    let parser = this.parser;
+    if (parser === undefined) {
+      // The first read after an idle spell (see PARSER_IDLE_MS): this one is parsed here, the next by the parser reading the handle.
+      parser = this.parser = acquireParser('request', this.listener.options.maxHeaderSize);
+      holdingParsers++;
+      this.bind(parser);
+      this.reader.takeBack(parser);
+    }
+    this.afterRead(parser.execute(data));
   };
 
   private readonly afterRead = (result: number | ParserError): void => {
@@ -375,7 +454,7 @@ export class ClientConnection {
       this.socket.destroy();
       return;
     }
-    if (!this.stopped) {
+    if (!this.stopped && this.parser !== undefined) {
       const result = this.parser.finish();
       if (result instanceof Error) this.listener.options.onClientError(result.code);
     }
@@ -392,6 +471,10 @@ export class ClientConnection {
 
   private readonly onClose = (): void => {
     this.listener.connections.delete(this);
+    if (this.parser !== undefined) {
+      this.parser = undefined;
+      holdingParsers--;
+    }
     this.reader.release();
     this.stopped = true;
     for (const request of this.queue) request.gone();
@@ -428,6 +511,10 @@ export class ClientConnection {
     if (this.queue.length === 0 && this.receiving === undefined) {
       this.phase = this.pendingRefusal ? 'busy' : 'keepalive';
       this.phaseStarted = tick();
+      if (this.phase === 'keepalive' && holdingParsers > EAGER_RETURN_ABOVE) {
+        if (returning.length === 0) setImmediate(returnParsers);
+        returning.push(this);
+      }
     }
     this.next();
     this.updateReading();
@@ -458,7 +545,7 @@ export class ClientConnection {
     this.phase = 'linger';
     this.phaseStarted = tick();
     // Whatever still arrives is dropped unparsed (see LINGER_MS).
-    this.parser.pause();
+    this.parser?.pause();
     const socket = this.socket;
     if (socket.readableEnded) {
       socket.destroySoon();
@@ -466,6 +553,14 @@ export class ClientConnection {
     }
     socket.end();
     this.updateReading();
+  }
+
+  /** @internal gives the parser back while the connection waits for its next request (see PARSER_IDLE_MS) */
+  putParserAside(): void {
+    if (this.parser === undefined || this.phase !== 'keepalive' || !this.idle || this.stopped || this.socket.destroyed) return;
+    this.parser = undefined;
+    holdingParsers--;
+    this.reader.putAside();
   }
 
   /** Whether the connection is between requests and can be closed without losing anything. */
@@ -481,6 +576,7 @@ export class ClientConnection {
     }
     if (this.phase === 'keepalive') {
       if (now - this.phaseStarted >= options.keepAliveTimeoutMs) this.socket.destroy();
+      else if (now - this.phaseStarted >= PARSER_IDLE_MS) this.putParserAside();
       return;
     }
     if (this.phase === 'headers') {

@@ -17,7 +17,10 @@ export interface NativeParser {
   finish(): number | ParserError | undefined;
   consume(handle: object): void;
   unconsume(): void;
+  /** A copy of the read being parsed; only inside kOnExecute on a consumed handle. */
+  getCurrentBuffer(): Buffer;
   remove(): void;
+  free(): void;
   close(): void;
   pause(): void;
   [callback: number]: unknown;
@@ -121,27 +124,82 @@ export type HeadersComplete = (
   shouldKeepAlive: boolean,
 ) => number;
 
+/** A parser of its own, not from the pool (for checks at load). */
 export function newParser(type: 'request' | 'response', maxHeaderSize: number): NativeParser {
   const parser = new HTTPParser();
-  parser.initialize(type === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, {}, maxHeaderSize, HTTPParser.kLenientNone | 0);
+  resetParser(parser, type, maxHeaderSize);
   return parser;
 }
 
-const CALLBACK_SLOTS = [kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete, kOnExecute];
-const closeParser = (parser: NativeParser): void => {
-  parser.close();
-};
+/** Makes a parser new again: its state, including a pause, is dropped; its callbacks stay. */
+export function resetParser(parser: NativeParser, type: 'request' | 'response', maxHeaderSize: number): void {
+  parser.initialize(type === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, {}, maxHeaderSize, HTTPParser.kLenientNone | 0);
+}
 
 /**
- * Frees the native parser of a connection that has closed, as node:http's freeParser does. A native parser is
- * a strong handle: until it is closed, it keeps the closures in its callback slots alive, and through them the
- * whole connection with its socket, requests and timers. The native object is deleted on a later turn, as in
- * node:http: a native read callback still on the stack touches the parser after it called into JavaScript.
+ * What a kOnHeadersComplete callback returns to stop the parse right after the headers (llhttp's HPE_PAUSED):
+ * `execute` (or kOnExecute) then reports an error with that code whose `bytesParsed` is where the body
+ * starts. Undefined if this Node's parser does not behave so, checked once at load with a canned answer; the
+ * caller then leaves bodies to llhttp.
+ */
+export const PAUSE_AFTER_HEADERS: number | undefined = (() => {
+  const HPE_PAUSED = 21;
+  const head = 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n';
+  const parser = newParser('response', 1024);
+  let bodies = 0;
+  parser[HTTPParser.kOnHeadersComplete | 0] = () => HPE_PAUSED;
+  parser[HTTPParser.kOnBody | 0] = () => void bodies++;
+  try {
+    const result = parser.execute(Buffer.from(`${head}5\r\nhello\r\n0\r\n\r\n`, 'latin1'));
+    const paused = typeof result === 'object' && result.code === 'HPE_PAUSED' && result.bytesParsed === head.length && bodies === 0;
+    return paused ? HPE_PAUSED : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    parser.close();
+  }
+})();
+
+const CALLBACK_SLOTS = [kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete, kOnExecute];
+
+/**
+ * Native parsers of closed and idle connections, kept for new ones as node:http keeps its FreeList: a parser
+ * costs about 6.7 KB of native memory and its allocation and set-up are a part of every new connection's cost.
+ * Bounded, so that thousands of connections falling idle at once do not leave thousands of parsers behind.
+ */
+const POOL_MAX = 128;
+const pooled: NativeParser[] = [];
+
+/** A parser ready to parse from the start: from the pool if one is there. */
+export function acquireParser(type: 'request' | 'response', maxHeaderSize: number): NativeParser {
+  const parser = pooled.pop() ?? new HTTPParser();
+  resetParser(parser, type, maxHeaderSize);
+  return parser;
+}
+
+/**
+ * Returns a parser nothing will use again to the pool, or deletes it when the pool is full. A native parser is
+ * a strong handle: until it is freed, it keeps the closures in its callback slots alive, and through them the
+ * whole connection with its socket, requests and timers; the slots are emptied here. Only for a parser no
+ * native call is running in (a timer, another socket's read): see `freeParser` otherwise.
+ */
+export function recycleParser(parser: NativeParser): void {
+  for (const slot of CALLBACK_SLOTS) parser[slot] = null;
+  parser.remove();
+  if (pooled.length < POOL_MAX) {
+    parser.free();
+    pooled.push(parser);
+  } else parser.close();
+}
+
+/**
+ * Frees the native parser of a connection that has closed, as node:http's freeParser does. Its slots are
+ * emptied at once; it goes back to the pool on a later turn, as node:http deletes it: a native read callback
+ * still on the stack touches the parser after it called into JavaScript.
  */
 export function freeParser(parser: NativeParser): void {
   for (const slot of CALLBACK_SLOTS) parser[slot] = null;
-  parser.remove();
-  setImmediate(closeParser, parser);
+  setImmediate(recycleParser, parser);
 }
 
 /**
@@ -180,6 +238,7 @@ export class HeaderAccumulator {
 interface StreamHandle {
   readStart(): number;
   readStop(): number;
+  _consumed?: boolean;
 }
 
 /**
@@ -191,25 +250,65 @@ interface StreamHandle {
  */
 export class ParserReader {
   private readonly handle: StreamHandle | undefined;
+  /** The parser reads the handle now (not detached). */
+  private consumed = false;
   private reading = true;
   private released = false;
 
   constructor(
     private readonly socket: Socket,
-    private readonly parser: NativeParser,
-    onExecute: (result: number | ParserError) => void,
+    /** Undefined while put aside (see `putAside`). */
+    private parser: NativeParser | undefined,
+    private readonly onExecute: (result: number | ParserError) => void,
     onData: (data: Buffer) => void,
   ) {
-    const handle = (socket as unknown as { _handle?: StreamHandle & { isStreamBase?: boolean; _consumed?: boolean } })._handle;
+    const handle = (socket as unknown as { _handle?: StreamHandle & { isStreamBase?: boolean } })._handle;
     if (!(socket instanceof TLSSocket) && handle?.isStreamBase === true && handle._consumed !== true) {
-      handle._consumed = true;
-      parser[kOnExecute] = onExecute;
-      parser.consume(handle);
+      parser![kOnExecute] = onExecute;
       this.handle = handle;
-      // EOF and errors still reach the socket, which must flow for 'end' to be emitted.
-      socket.on('data', () => {});
-    } else {
-      socket.on('data', onData);
+      this.attach();
+    }
+    // Consumed, the socket still gets EOF and errors, and must flow for 'end' to be emitted; reads reach
+    // `onData` only when the parser does not consume the handle (TLS, or detached).
+    socket.on('data', onData);
+  }
+
+  /** From here on reads arrive at `onData` as Buffers instead of going through the parser (a body read raw). */
+  detach(): void {
+    if (!this.consumed) return;
+    this.consumed = false;
+    this.handle!._consumed = false;
+    this.parser!.unconsume();
+  }
+
+  /** Hands the reads back to the parser, as at the start. */
+  attach(): void {
+    const handle = this.handle;
+    const parser = this.parser;
+    if (handle === undefined || parser === undefined || this.consumed || this.released || this.socket.destroyed) return;
+    this.consumed = true;
+    handle._consumed = true;
+    parser.consume(handle);
+  }
+
+  /**
+   * An idle connection gives its parser back to the pool; its next read arrives at `onData`, which takes one
+   * again with `takeBack`. Only from a timer, never from within a parse.
+   */
+  putAside(): void {
+    const parser = this.parser;
+    if (parser === undefined || this.released) return;
+    this.detach();
+    this.parser = undefined;
+    recycleParser(parser);
+  }
+
+  /** A parser again for a connection whose parser was put aside; it reads the handle from the next read on. */
+  takeBack(parser: NativeParser): void {
+    this.parser = parser;
+    if (this.handle !== undefined) {
+      parser[kOnExecute] = this.onExecute;
+      this.attach();
     }
   }
 
@@ -228,14 +327,16 @@ export class ParserReader {
   release(): void {
     if (this.released) return;
     this.released = true;
-    if (this.handle !== undefined) {
+    const parser = this.parser;
+    if (parser === undefined) return;
+    if (this.consumed) {
       try {
-        this.parser.unconsume();
+        parser.unconsume();
       } catch {
         // The handle is already closed.
       }
     }
-    freeParser(this.parser);
+    freeParser(parser);
   }
 }
 

@@ -4,8 +4,22 @@ import type { EgressProxy } from '../../config/egress.js';
 import { dial } from '../../net/connect-tunnel.js';
 import type { DialError, DialRoute, DialTarget } from '../../net/connect-tunnel.js';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { BodyBatch, writeBodyChunk } from './body.js';
-import { HeaderAccumulator, PARSE_BODY, ParserReader, SKIP_BODY, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageBegin, kOnMessageComplete, newParser } from './llhttp.js';
+import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
+import { ChunkedDecoder, ChunkedError, isPlainChunked } from './chunked.js';
+import {
+  HeaderAccumulator,
+  PARSE_BODY,
+  PAUSE_AFTER_HEADERS,
+  ParserReader,
+  SKIP_BODY,
+  kOnBody,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageBegin,
+  kOnMessageComplete,
+  acquireParser,
+  resetParser,
+} from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 import { UpstreamError } from '../engine.js';
 import type { OutgoingBody, ReuseMode, UpstreamExchange, UpstreamHandler } from '../engine.js';
@@ -196,6 +210,14 @@ export class UpstreamConnection {
   private socketError: NodeJS.ErrnoException | undefined;
   private connectTimer: NodeJS.Timeout | undefined;
   private readonly headers = new HeaderAccumulator();
+  /**
+   * A chunked answer's body is read raw and decoded by ChunkedDecoder, not by llhttp (see chunked.ts):
+   * `rawPending` from its headers until the parse stops after them, `chunked` while its body is read.
+   */
+  private rawPending = false;
+  private chunked: ChunkedDecoder | undefined;
+  /** The read passed to `execute` (sockets the parser does not consume), for the body after paused headers. */
+  private executing: Buffer | undefined;
   /** The response body pieces of the read being parsed, passed on together (see BodyBatch). */
   private readonly body = new BodyBatch((chunk) => {
     const request = this.request;
@@ -209,7 +231,7 @@ export class UpstreamConnection {
     secure: boolean,
   ) {
     this.keepAliveMs = pool.options.keepAliveTimeoutMs;
-    const parser = (this.parser = newParser('response', MAX_RESPONSE_HEADER_BYTES));
+    const parser = (this.parser = acquireParser('response', MAX_RESPONSE_HEADER_BYTES));
     parser[kOnMessageBegin] = () => {
       if (this.request === undefined || this.request.done) this.poisoned = true;
     };
@@ -244,8 +266,16 @@ export class UpstreamConnection {
       if (keepAlive) this.readKeepAliveHint(headers);
       request.responseStarted = true;
       this.lastActivity = coarseNow();
+      // Decided before the handler runs: it may abort the exchange, and the headers are all it may look at.
+      const pause = PAUSE_AFTER_HEADERS;
+      const raw = pause !== undefined && !request.expectsNoBody && status !== 204 && status !== 304 && isPlainChunked(headers);
       request.handler.onResponseHead(status, reason, headers);
-      return request.expectsNoBody ? SKIP_BODY : PARSE_BODY;
+      if (request.expectsNoBody) return SKIP_BODY;
+      if (raw) {
+        this.rawPending = true;
+        return pause;
+      }
+      return PARSE_BODY;
     };
     parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = (chunk: Buffer) => {
@@ -296,8 +326,12 @@ export class UpstreamConnection {
   }
 
   private readonly onData = (data: Buffer): void => {
-    if (this.request === undefined) this.socket.destroy();
-    else this.afterRead(this.parser.execute(data));
+    if (this.chunked !== undefined) return this.readRaw(data, 0);
+    if (this.request === undefined) return void this.socket.destroy();
+    this.executing = data;
+    const result = this.parser.execute(data);
+    this.executing = undefined;
+    this.afterRead(result);
   };
 
   private readonly afterRead = (result: number | ParserError): void => {
@@ -309,11 +343,54 @@ export class UpstreamConnection {
       return;
     }
     if (typeof result !== 'number') {
+      if (this.rawPending && result.code === 'HPE_PAUSED') {
+        // The parse stopped after a chunked answer's headers: the rest of this read, and the reads after
+        // it, are its body, read raw until it ends.
+        this.rawPending = false;
+        this.reader.detach();
+        this.chunked = new ChunkedDecoder(MAX_RESPONSE_HEADER_BYTES);
+        this.readRaw(this.executing ?? this.parser.getCurrentBuffer(), result.bytesParsed ?? 0);
+        return;
+      }
       this.fail(parserFailure(result, this.request));
       return;
     }
     if (this.completed) this.settle();
   };
+
+  /** A read of a chunked answer's body (see `chunked`), from `offset`. */
+  private readRaw(data: Buffer, offset: number): void {
+    this.lastActivity = coarseNow();
+    const request = this.request;
+    const decoder = this.chunked!;
+    if (request === undefined || request.done) {
+      this.socket.destroy();
+      return;
+    }
+    let body: Buffer | undefined;
+    try {
+      body = decoder.decode(data, offset);
+    } catch (err) {
+      const code = err instanceof ChunkedError ? err.code : 'KVX_BAD_RESPONSE';
+      this.fail(new UpstreamError(code, `malformed response (${code})`, false));
+      return;
+    }
+    // Bytes past the answer's end belong to no request: the connection is not reused.
+    if (decoder.done && decoder.end < data.length) this.poisoned = true;
+    // The read's data is copied out: its memory goes now, not at the next collection.
+    releaseNow(data);
+    if (body !== undefined) request.handler.onResponseData(body);
+    if (!decoder.done) return;
+    this.chunked = undefined;
+    this.headers.reset();
+    resetParser(this.parser, 'response', MAX_RESPONSE_HEADER_BYTES);
+    this.reader.attach();
+    if (request.done) return;
+    request.done = true;
+    this.completed = true;
+    request.handler.onResponseEnd();
+    this.settle();
+  }
 
   /** After a complete response: back to the pool if that is safe, closed otherwise. */
   private settle(): void {
@@ -335,9 +412,14 @@ export class UpstreamConnection {
     const request = this.request;
     if (request === undefined) this.closedWhileIdle();
     else if (!request.done) {
-      // A response delimited by the connection's end completes here.
-      const result = this.parser.finish();
-      if (result instanceof Error) this.fail(parserFailure(result as ParserError, request));
+      if (this.chunked !== undefined || this.rawPending) {
+        // As llhttp reports a chunked body cut short.
+        this.fail(new UpstreamError('HPE_INVALID_EOF_STATE', 'malformed response (HPE_INVALID_EOF_STATE)', false));
+      } else {
+        // A response delimited by the connection's end completes here.
+        const result = this.parser.finish();
+        if (result instanceof Error) this.fail(parserFailure(result as ParserError, request));
+      }
     }
     this.socket.destroy();
   };
