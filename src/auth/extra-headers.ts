@@ -5,6 +5,7 @@
  * It is a provider like the others (the injector merges it, `/readyz` and `doctor` show it), planned from its
  * one config key rather than listed in auth.providers.
  */
+import { HEADER_NAME, PROXY_OWNED_REQUEST_HEADERS } from '../config/validate.js';
 import type { ConfigProblem } from '../errors.js';
 import { CredentialsError } from '../errors.js';
 import type { HeaderMap, HeaderProvider, ProviderContext, ProviderStatus } from './provider.js';
@@ -15,27 +16,8 @@ import { SecretSource } from './secret-source.js';
 export const EXTRA_HEADERS_TYPE = 'extra-headers';
 export const EXTRA_HEADERS_PATH = 'auth.extraHeaders';
 
-const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Field-value characters (RFC 9110 §5.5): no CR, LF, NUL or other controls but tab. */
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
-/**
- * Names the proxy owns: hop-by-hop headers, the framing and Host it sets itself, Expect it answers, and its
- * request id. An extra header of these names would break or smuggle the request.
- */
-const RESERVED = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'host',
-  'content-length',
-  'expect',
-  'http2-settings',
-  'x-request-id',
-]);
 const FORMS = ['value', 'env', 'file'] as const;
 
 /** The problems of auth.extraHeaders, each with its key path; `taken` are headers other providers write. */
@@ -49,7 +31,7 @@ export function extraHeaderProblems(headers: Record<string, unknown>, env: NodeJ
       problems.push({ path: at, message: `"${name}" is not a valid header name (letters, digits and !#$%&'*+-.^_\`|~ only)` });
       continue;
     }
-    if (RESERVED.has(lower)) {
+    if (PROXY_OWNED_REQUEST_HEADERS.has(lower)) {
       problems.push({ path: at, message: `${name} is set by the proxy itself (hop-by-hop, framing, Host or request id) and cannot be an extra header` });
       continue;
     }

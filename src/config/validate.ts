@@ -7,7 +7,28 @@ import type { KvxConfig } from './schema.js';
 /** Headers a client may carry its own credentials in; dropped unless listed in headers.preserve. */
 export const CLIENT_CREDENTIAL_HEADERS = ['authorization', 'proxy-authorization', 'x-serverless-authorization', 'cookie'] as const;
 
-const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** A header field name (RFC 9110 §5.1: a token). */
+export const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * Request headers the proxy owns and never forwards from a client: hop-by-hop headers (RFC 9110 §7.6.1), the
+ * framing and Host it sets itself, Expect, which it answers itself, and its request id. The engines drop them;
+ * no provider may set them either, as that would break or smuggle the request.
+ */
+export const PROXY_OWNED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'content-length',
+  'upgrade',
+  'expect',
+  'host',
+  'http2-settings',
+  'x-request-id',
+]);
 /** `*`, or a DNS name optionally led by `*.`, optionally with the root's trailing dot. */
 const ALLOWED_HOST = /^(?:\*|(?:\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?)$/;
 

@@ -1,25 +1,6 @@
 import type { KvxConfig } from '../config/schema.js';
-import { CLIENT_CREDENTIAL_HEADERS } from '../config/validate.js';
+import { CLIENT_CREDENTIAL_HEADERS, PROXY_OWNED_REQUEST_HEADERS } from '../config/validate.js';
 import type { LocationRewriter } from './engine.js';
-
-/**
- * Request headers that must not travel to upstream: hop-by-hop headers (RFC 9110 §7.6.1), the framing the
- * proxy sets itself (Content-Length, Transfer-Encoding), and Expect, which the proxy answers itself.
- */
-const DROPPED_REQUEST_HEADERS = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'content-length',
-  'upgrade',
-  'expect',
-  'host',
-  'http2-settings',
-  'x-request-id',
-]);
 
 /** Content-Length is kept here: whether it describes the body is decided with the framing. */
 const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authenticate']);
@@ -81,7 +62,7 @@ export function upstreamRequestHead(
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const lower = name.toLowerCase();
-    if (DROPPED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (PROXY_OWNED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
     if (plan.dropUnderscored && name.includes('_')) continue;
     if (hopByHop?.has(lower)) continue;
     head += `${name}: ${raw[i + 1]!}\r\n`;
@@ -139,7 +120,7 @@ export function upstreamRequestHeaderList(
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const lower = name.toLowerCase();
-    if (DROPPED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (PROXY_OWNED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
     if (plan.dropUnderscored && name.includes('_')) continue;
     if (hopByHop?.has(lower)) continue;
     list.push(name, raw[i + 1]!);
