@@ -408,6 +408,25 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     return job;
   }
 
+  /**
+   * QUEUED → RUNNING, with the job's Vertex ML Metadata context (as Vertex creates it when the job starts), or
+   * FAILED at once when the job was set to fail to start. False when it did not start.
+   */
+  function startJob(job: FakeJob, now: string): boolean {
+    job.startTime = now;
+    if (job.startFailure !== undefined) {
+      job.state = 'PIPELINE_STATE_FAILED';
+      job.endTime = now;
+      job.error = { ...job.startFailure };
+      return false;
+    }
+    if (fake.metadataStoreExists && !fake.contexts.has(job.id)) {
+      fake.contexts.set(job.id, { id: job.id, displayName: job.id, schemaTitle: 'system.PipelineRun', schemaVersion: '0.0.1', metadata: {}, parents: [], createTime: now });
+    }
+    job.state = 'PIPELINE_STATE_RUNNING';
+    return true;
+  }
+
   /** Runs the job's containers locally; its state and tasks follow the run. */
   function execute(job: FakeJob, executor: ExecutorOptions): void {
     const now = new Date().toISOString();
@@ -418,16 +437,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
       job.error = { code: 1, message: 'CANCELLED' };
       return;
     }
-    if (job.startFailure !== undefined) {
-      job.state = 'PIPELINE_STATE_FAILED';
-      job.endTime = now;
-      job.error = { ...job.startFailure };
-      return;
-    }
-    if (fake.metadataStoreExists && !fake.contexts.has(job.id)) {
-      fake.contexts.set(job.id, { id: job.id, displayName: job.id, schemaTitle: 'system.PipelineRun', schemaVersion: '0.0.1', metadata: {}, parents: [], createTime: now });
-    }
-    job.state = 'PIPELINE_STATE_RUNNING';
+    if (!startJob(job, now)) return;
     const runtime = (job.body['runtimeConfig'] ?? {}) as Record<string, unknown>;
     const execution = new JobExecution(job.spec, {
       jobId: job.id,
@@ -597,18 +607,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
         job.step--;
         return;
       }
-      if (job.startFailure !== undefined) {
-        job.state = 'PIPELINE_STATE_FAILED';
-        job.startTime = now;
-        job.endTime = now;
-        job.error = { ...job.startFailure };
-        return;
-      }
-      if (fake.metadataStoreExists && !fake.contexts.has(job.id)) {
-        fake.contexts.set(job.id, { id: job.id, displayName: job.id, schemaTitle: 'system.PipelineRun', schemaVersion: '0.0.1', metadata: {}, parents: [], createTime: now });
-      }
-      job.state = 'PIPELINE_STATE_RUNNING';
-      job.startTime = now;
+      if (!startJob(job, now)) return;
     }
     const before = job.run.cursor;
     const result = stepRun(job.run, job.outcome, now, () => job.outcome.error ?? 'The replica workerpool0-0 exited with a non-zero status of 1.');
