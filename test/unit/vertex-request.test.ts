@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect } from 'chai';
-import { KvxError } from '../../src/errors.js';
 import { checkLabels } from '../../src/vertex/naming.js';
 import { CommandFlags } from '../../src/cli/flags.js';
 import { convertParameters, describeParameters } from '../../src/vertex/params.js';
@@ -9,22 +8,13 @@ import { buildCreateRequest, failurePolicy, pythonJsonDumps } from '../../src/ve
 import { parseSpec } from '../../src/vertex/spec.js';
 import type { LoadedSpec } from '../../src/vertex/spec.js';
 import { kfpCorpusDir } from '../helpers/corpus.js';
+import { thrown } from '../helpers/errors.js';
 
 const parseParamFlags = (pairs: string[]) => new CommandFlags('kvx-launch run', { param: pairs }).pairs('--param');
 
 const FIXTURES = new URL('../fixtures/kfp/', import.meta.url);
 const CORPUS = pathToFileURL(`${kfpCorpusDir()}/`);
 const load = (name: string, base = FIXTURES): LoadedSpec => parseSpec(readFileSync(fileURLToPath(new URL(name, base)), 'utf8'), name);
-
-function thrown(fn: () => unknown): KvxError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(KvxError);
-    return err as KvxError;
-  }
-  expect.fail('expected an error');
-}
 
 const base = { jobId: 'job-1', pipelineRoot: 'gs://bucket/root' };
 const values = (spec: LoadedSpec, params: string[], mlflowRunId?: string) =>

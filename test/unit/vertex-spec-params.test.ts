@@ -8,21 +8,12 @@ import { KvxError } from '../../src/errors.js';
 import { checkJobId, checkLabels, makeJobId, networkResourceName, toLabelValue } from '../../src/vertex/naming.js';
 import { convertParameters, convertValue } from '../../src/vertex/params.js';
 import { loadSpecFile, parseSpec } from '../../src/vertex/spec.js';
+import { thrown } from '../helpers/errors.js';
 
 /** kvx-launch run's --param, read through the flag table. */
 const parseParamFlags = (pairs: string[]) => new CommandFlags('kvx-launch run', { param: pairs }).pairs('--param');
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/kfp/spaceflights-pipeline.yaml', import.meta.url));
-
-function thrown(fn: () => unknown): KvxError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(KvxError);
-    return err as KvxError;
-  }
-  expect.fail('expected an error');
-}
 
 async function rejected(p: Promise<unknown>): Promise<KvxError> {
   try {
