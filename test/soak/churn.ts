@@ -6,7 +6,6 @@
  * their 400, and the proxy's RSS, V8 heap and open fds must not grow: during the run (early against late) and
  * once it is over (after the proxy's idle memory reduction, against its start).
  */
-import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import http from 'node:http';
@@ -15,7 +14,7 @@ import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { RawConnection } from '../helpers/raw-http.js';
 import type { RawResponse } from '../helpers/raw-http.js';
 import type { startCredWorld } from '../faults/support/google.js';
-import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
+import { SHIPPED_NODE_OPTIONS, pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
 
 export interface ChurnOptions {
@@ -26,8 +25,6 @@ export interface ChurnOptions {
   sampleMs: number;
   label: string;
 }
-
-const NODE_FLAGS = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { kvx: { nodeFlags: string[] } }).kvx.nodeFlags;
 
 type Kind = 'get' | 'post-leave' | 'abort-body' | 'abort-answer' | 'refused-body' | 'abort-head';
 
@@ -259,7 +256,7 @@ export async function runChurn(opts: ChurnOptions, world: Awaited<ReturnType<typ
       // Request log lines for a few hundred thousand requests are not what this shape checks. The Node flags are
       // the shipped ones, as the executable, the image and `npm run proxy` run with.
       // The churn clients send `Host: kvx`, as the fault cases do.
-      env: { ...env, KVX_SERVER_ALLOWED_HOSTS: 'kvx', KVX_LOG_REQUESTS: 'false', KVX_UPSTREAM_CONNECT_TIMEOUT_MS: '2000', NODE_OPTIONS: NODE_FLAGS.join(' ') },
+      env: { ...env, KVX_SERVER_ALLOWED_HOSTS: 'kvx', KVX_LOG_REQUESTS: 'false', KVX_UPSTREAM_CONNECT_TIMEOUT_MS: '2000', NODE_OPTIONS: SHIPPED_NODE_OPTIONS },
     });
     return await churn(opts, proxy, relay, mlflow);
   } finally {

@@ -20,7 +20,7 @@ import { performance } from 'node:perf_hooks';
 import { startFakeMlflow } from '../fakes/mlflow/index.js';
 import type { FakeMlflow } from '../fakes/mlflow/index.js';
 import { startCredWorld } from '../faults/support/google.js';
-import { pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
+import { SHIPPED_NODE_OPTIONS, pollUntil, spawnProxy } from '../faults/support/proxy-process.js';
 import type { ProxyProcess } from '../faults/support/proxy-process.js';
 import { findLeaks, record, transcriptStats } from '../faults/support/transcript.js';
 import { fetchText, metricValue, printVerdict, runChurn } from './churn.js';
@@ -126,6 +126,9 @@ async function mixed(opts: Options, world: Awaited<ReturnType<typeof startCredWo
         KVX_AUTH_REFRESH_BEFORE_EXPIRY_SEC: String(opts.refreshBeforeS),
         KVX_AUTH_REFRESH_JITTER_SEC: '0',
         KVX_UPSTREAM_MAX_CONNECTIONS: String(opts.concurrency * 2),
+        // Without them V8 grows the young generation toward 128 MB over the first 20 s of this load; a 15 s run
+        // then judged that ramp as growth, or not, depending on where it fell (both churn and mixed run as shipped).
+        NODE_OPTIONS: SHIPPED_NODE_OPTIONS,
       },
     });
     return await run(opts, world, mlflow, proxy, agent);

@@ -14,6 +14,11 @@ import { record } from './transcript.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const PROXY_CLI = path.join(ROOT, 'dist/cli/kvx-proxy.js');
+/**
+ * The Node flags kvx ships with (package.json kvx.nodeFlags), as NODE_OPTIONS: the standalone executable, the
+ * image and `npm run proxy` run with them, so a measurement of the shipped proxy's memory must too.
+ */
+export const SHIPPED_NODE_OPTIONS = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[] } }).kvx.nodeFlags.join(' ');
 
 export interface LogLine {
   level: string;
