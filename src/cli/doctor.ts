@@ -1,11 +1,16 @@
-import { formatReport, runDoctor } from '../doctor/doctor.js';
-import { printToken } from '../doctor/print-token.js';
+import type * as DoctorModule from '../doctor/doctor.js';
+import type * as PrintTokenModule from '../doctor/print-token.js';
 import { Logger } from '../log/logger.js';
+import { lazyRequire } from '../util/lazy-require.js';
 import { loadConfigFromOptions } from './options.js';
 import { EXIT } from './program.js';
 import type { CliIO, CommandDef } from './program.js';
 
-/** `kvx-proxy doctor` and `kvx-proxy print-token`. */
+/**
+ * `kvx-proxy doctor` and `kvx-proxy print-token`. Their modules (the doctor's HTTP client among them) load when
+ * the command runs: every `serve` and `exec` would otherwise carry them in memory, about 3 MB of RSS
+ * (lazyRequire: see login.ts).
+ */
 export function doctorCommands(io: CliIO): CommandDef[] {
   return [
     {
@@ -16,6 +21,7 @@ export function doctorCommands(io: CliIO): CommandDef[] {
         const loaded = loadConfigFromOptions(flags, io, { requireUpstream: false, checkProviders: false });
         // Provider logs would repeat what the report says; only errors reach stderr.
         const logger = new Logger('error', io.stderr, { component: 'kvx-proxy doctor' });
+        const { formatReport, runDoctor } = lazyRequire('../doctor/doctor.js') as typeof DoctorModule;
         const report = await runDoctor(loaded, { env: io.env, logger, apiPath: flags.string('--api-path')!, timeoutMs: Number(flags.string('--timeout-ms')) || 15_000 });
         io.stdout.write(formatReport(report));
         return report.ok ? EXIT.ok : EXIT.failed;
@@ -28,6 +34,7 @@ export function doctorCommands(io: CliIO): CommandDef[] {
       async run(flags) {
         const loaded = loadConfigFromOptions(flags, io, { requireUpstream: false });
         const logger = new Logger('warn', io.stderr, { component: 'kvx-proxy print-token' });
+        const { printToken } = lazyRequire('../doctor/print-token.js') as typeof PrintTokenModule;
         const options: Parameters<typeof printToken>[1] = { env: io.env, logger, tokenOnly: flags.switch('--token-only') };
         const header = flags.string('--header');
         if (header !== undefined) options.header = header;

@@ -1,25 +1,36 @@
+import type * as BrowserModule from '../auth/google/browser.js';
+import type * as DesktopLoginModule from '../auth/google/desktop-login.js';
 import type { DesktopClient } from '../auth/google-user.js';
-import { desktopClientOf } from '../auth/google-user.js';
+import type * as GoogleUserModule from '../auth/google-user.js';
 import { planProviders } from '../auth/registry.js';
-import { openBrowser } from '../auth/google/browser.js';
-import { login, logout } from '../auth/google/desktop-login.js';
 import { Egress } from '../config/egress.js';
 import { ConfigError, KvxError } from '../errors.js';
 import { Logger } from '../log/logger.js';
+import { lazyRequire } from '../util/lazy-require.js';
 import type { CommandFlags } from './flags.js';
 import { loadConfigFromOptions } from './options.js';
 import { EXIT } from './program.js';
 import type { CliIO, CommandDef } from './program.js';
 
-/** `kvx-proxy login` and `kvx-proxy logout`, for the google-user provider. */
-export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean> = (url) => openBrowser(url, { env: io.env })): CommandDef[] {
+const openInBrowser =
+  (io: CliIO) =>
+  (url: string): Promise<boolean> =>
+    (lazyRequire('../auth/google/browser.js') as typeof BrowserModule).openBrowser(url, { env: io.env });
+
+/**
+ * `kvx-proxy login` and `kvx-proxy logout`, for the google-user provider. The login flow's modules load when one of
+ * them runs, not with every `serve` and `exec` (lazyRequire, not import(): a dynamic import would give the login
+ * its own copy of the provider registry where the CLI's modules were loaded as CommonJS, as under tsx).
+ */
+export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean> = openInBrowser(io)): CommandDef[] {
   return [
     {
       id: 'kvx-proxy login',
       description: 'sign in with Google in a browser and store the refresh token the google-user provider mints ID tokens from',
       helpAfter: '\nNeeds auth.provider: google-user with auth.params.oauth_client_id and oauth_client_secret(_file|_env); see docs/providers.md.',
       async run(flags) {
-        const client = desktopClient(flags, io, 'login');
+        const client = await desktopClient(flags, io, 'login');
+        const { login } = lazyRequire('../auth/google/desktop-login.js') as typeof DesktopLoginModule;
         try {
           const result = await login(client, {
             // commander gives a --no-x switch the value true unless it was given.
@@ -39,7 +50,8 @@ export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean>
       id: 'kvx-proxy logout',
       description: 'revoke the stored google-user login at Google and delete it',
       async run(flags) {
-        const client = desktopClient(flags, io, 'logout');
+        const client = await desktopClient(flags, io, 'logout');
+        const { logout } = lazyRequire('../auth/google/desktop-login.js') as typeof DesktopLoginModule;
         try {
           const where = client.store.where();
           const result = await logout(client, AbortSignal.timeout(30_000));
@@ -63,7 +75,7 @@ export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean>
   ];
 }
 
-function desktopClient(flags: CommandFlags, io: CliIO, command: string): DesktopClient {
+async function desktopClient(flags: CommandFlags, io: CliIO, command: string): Promise<DesktopClient> {
   const loaded = loadConfigFromOptions(flags, io, { requireUpstream: false });
   const { plans, problems } = planProviders(loaded.config, io.env);
   if (problems.length > 0) throw new ConfigError(problems);
@@ -73,6 +85,7 @@ function desktopClient(flags: CommandFlags, io: CliIO, command: string): Desktop
       hint: 'set auth.provider: google-user (or --auth-provider google-user) with auth.params.oauth_client_id and oauth_client_secret_file; see docs/providers.md',
     });
   }
+  const { desktopClientOf } = lazyRequire('../auth/google-user.js') as typeof GoogleUserModule;
   const egress = Egress.fromConfig(loaded.config, io.env);
   const client = desktopClientOf(users[0]!, { config: loaded.config, env: io.env, baseDir: loaded.baseDir, logger: new Logger('warn', io.stderr, { component: `kvx-proxy ${command}` }), egress });
   return {

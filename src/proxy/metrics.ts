@@ -5,7 +5,27 @@ import type { Logger } from '../log/logger.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 import { lazyRequire } from '../util/lazy-require.js';
 
-type PromClient = typeof PromClientModule;
+/** The part of prom-client kvx uses. */
+interface PromClient {
+  Registry: typeof PromClientModule.Registry;
+  Counter: typeof PromClientModule.Counter;
+  Gauge: typeof PromClientModule.Gauge;
+  collectDefaultMetrics: typeof PromClientModule.collectDefaultMetrics;
+}
+
+/**
+ * prom-client's own modules rather than its index: the index also loads its Pushgateway (node:http, https, tls,
+ * zlib) and cluster aggregation, about 5 MB of RSS in every proxy for code kvx never calls. prom-client 15 has no
+ * `exports` map, so these paths are its public layout; the metrics tests fail if a release moves them.
+ */
+function loadPromClient(): PromClient {
+  return {
+    Registry: lazyRequire('prom-client/lib/registry') as PromClient['Registry'],
+    Counter: lazyRequire('prom-client/lib/counter') as PromClient['Counter'],
+    Gauge: lazyRequire('prom-client/lib/gauge') as PromClient['Gauge'],
+    collectDefaultMetrics: lazyRequire('prom-client/lib/defaultMetrics') as PromClient['collectDefaultMetrics'],
+  };
+}
 
 export type ReplayResult = 'success' | 'rejected_again' | 'refresh_failed' | 'no_answer';
 
@@ -83,7 +103,7 @@ export class ProxyMetrics implements AuthMetrics {
     if (this.promRegistry) return this.promRegistry;
     let prom: PromClient;
     try {
-      prom = lazyRequire('prom-client') as PromClient;
+      prom = loadPromClient();
     } catch (err) {
       const first = this.loadFailure === undefined;
       const code = errnoCode(err);
