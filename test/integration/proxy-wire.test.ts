@@ -396,6 +396,25 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     expect(await c.closedByServer()).to.equal('');
   });
 
+  it('Connection: close from a client that keeps its side open: once the answer is written the proxy closes its socket, without waiting for the client to close first', async () => {
+    const c = await RawConnection.open(proxy.address.port, { timeoutMs: WAIT_MS, allowHalfOpen: true });
+    clients.push(c);
+    c.write('GET /bye HTTP/1.1\r\nHost: kvx\r\nConnection: close\r\n\r\n');
+    expect((await c.readResponse()).status).to.equal(200);
+    // The client said it sends nothing more and everything it sent was read: nothing is left to linger for.
+    // A socket the proxy still held reads such bytes and drops them; a closed one answers them with a reset,
+    // which this side learns at its next write.
+    expect(await c.closedByServer(), 'bytes after the answer').to.equal('');
+    let held = true;
+    void c.closed.then(() => (held = false));
+    for (let i = 0; i < 20 && held; i++) {
+      c.write('x');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(held, 'the proxy still held the connection 2 s after its answer').to.equal(false);
+    expect((await c.closed).error).to.be.oneOf(['ECONNRESET', 'EPIPE']);
+  });
+
   it('upstream Connection: close: the client gets the whole answer, keeps its connection, and the next request goes over a new upstream connection', async () => {
     upstream.handler = (req, res) => {
       const body = `answer for ${req.url}`;

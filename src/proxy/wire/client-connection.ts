@@ -503,9 +503,12 @@ export class ClientConnection {
     if (this.queue[0] === request) this.queue.shift();
     if (this.activeRequest === request) this.activeRequest = undefined;
     if (close || (this.closing && this.queue.length === 0)) {
+      // The client said it sends nothing more (Connection: close, or HTTP/1.0) and all it sent was read: there is
+      // nothing to linger for, and the socket closes once the answer is flushed, as nginx and node:http close it.
+      const clientDone = !request.keepAlive && !request.upgrade && request.complete && !this.stopped && this.queue.length === 0;
       this.closing = true;
       this.stopped = true;
-      this.finishConnection();
+      this.finishConnection(clientDone);
       return;
     }
     if (this.queue.length === 0 && this.receiving === undefined) {
@@ -538,8 +541,8 @@ export class ClientConnection {
     this.finishConnection();
   }
 
-  /** Sends FIN after the answers written so far, then lingers (see LINGER_MS). */
-  private finishConnection(): void {
+  /** Sends FIN after the answers written so far, then lingers (see LINGER_MS) unless `clientDone`. */
+  private finishConnection(clientDone = false): void {
     if (this.phase === 'linger') return;
     this.stopped = true;
     this.phase = 'linger';
@@ -547,7 +550,7 @@ export class ClientConnection {
     // Whatever still arrives is dropped unparsed (see LINGER_MS).
     this.parser?.pause();
     const socket = this.socket;
-    if (socket.readableEnded) {
+    if (socket.readableEnded || clientDone) {
       socket.destroySoon();
       return;
     }
