@@ -9,7 +9,8 @@
  * Node's own handler is in place from early in its start-up, about 35 ms before this module runs. The shipped
  * forms that can pass Node flags (the standalone executable and the image, `npm run proxy`) add
  * `--disable-sigusr1` (package.json kvx.nodeFlags), which closes that window; the npm bin's
- * `#!/usr/bin/env node` line cannot. A SIGUSR1 that arrived in the window has opened the inspector already:
+ * `#!/usr/bin/env node` line cannot, so kvx-proxy started that way re-executes itself with the flags
+ * (node-flags.ts), leaving the window open only until then. A SIGUSR1 that arrived in the window has opened the inspector already:
  * then kvx exits before reading any configuration or credential. An inspector the user asked for (`--inspect`,
  * `--inspect-brk`, `--inspect-wait`, in the command line or NODE_OPTIONS; VS Code's debugger) is left alone.
  */

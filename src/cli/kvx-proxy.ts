@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { refuseUnrequestedInspector } from './inspector-guard.js';
 import './require-node.js';
+import './node-flags.js';
 import { planProviders } from '../auth/registry.js';
 import '../auth/index.js';
 import { redactConfig } from '../config/redact.js';

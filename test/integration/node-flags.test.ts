@@ -1,0 +1,69 @@
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { expect } from 'chai';
+import { missingNodeFlags } from '../../src/cli/node-flags.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
+const SHIPPED = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[] } }).kvx.nodeFlags;
+
+/** Starts the built kvx-proxy as `node <bin>` (what npm's bin link runs) and resolves with its command line once it listens. */
+async function started(nodeArgs: string[], env: NodeJS.ProcessEnv = {}): Promise<{ child: ChildProcess; cmdline: string[] }> {
+  const child = spawn(process.execPath, [...nodeArgs, BIN, '--upstream', 'http://127.0.0.1:9', '--auth-provider', 'static', '--token-env', 'NODE_FLAGS_TEST_TOKEN', '--port', '0', '--admin-port', '0'], {
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', NODE_FLAGS_TEST_TOKEN: 'node-flags-test-token', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('"kvx-proxy listening"')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`kvx-proxy exited (${code}) before listening:\n${out}\n${err}`)));
+  });
+  // execve keeps the pid: the process the parent started is the one that now runs with the flags.
+  const cmdline = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  return { child, cmdline };
+}
+
+describe('kvx-proxy started as the npm bin: the Node flags kvx ships with', function () {
+  this.timeout(20_000);
+  const children: ChildProcess[] = [];
+  afterEach(async () => {
+    for (const child of children.splice(0)) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+
+  it('names the flags that are missing, by option name whatever value or form the user gave', () => {
+    const shipped = ['--max-semi-space-size=8', '--disable-sigusr1'];
+    expect(missingNodeFlags(shipped, [], undefined)).to.deep.equal(shipped);
+    expect(missingNodeFlags(shipped, ['--max-semi-space-size=16'], undefined)).to.deep.equal(['--disable-sigusr1']);
+    expect(missingNodeFlags(shipped, ['--inspect'], ' --disable-sigusr1  --max-semi-space-size=4 ')).to.deep.equal([]);
+    expect(missingNodeFlags(shipped, ['--max-semi-space-size', '32'], '')).to.deep.equal(['--disable-sigusr1']);
+  });
+
+  it('started without them, the same process (same pid) runs with them and keeps its own Node flags and arguments', async () => {
+    const { child, cmdline } = await started(['--stack-size=900']);
+    children.push(child);
+    expect(cmdline.slice(1)).to.deep.equal([...SHIPPED, '--stack-size=900', BIN, '--upstream', 'http://127.0.0.1:9', '--auth-provider', 'static', '--token-env', 'NODE_FLAGS_TEST_TOKEN', '--port', '0', '--admin-port', '0']);
+  });
+
+  it('a flag the user set (NODE_OPTIONS or the command line) is kept as given; only the others are added', async () => {
+    const viaEnv = await started([], { NODE_OPTIONS: '--max-semi-space-size=16' });
+    children.push(viaEnv.child);
+    expect(viaEnv.cmdline).to.include('--disable-sigusr1');
+    expect(viaEnv.cmdline.filter((a) => a.startsWith('--max-semi-space-size'))).to.deep.equal([]);
+
+    const given = await started([...SHIPPED, '--stack-size=900']);
+    children.push(given.child);
+    expect(given.cmdline.slice(1)).to.deep.equal([...SHIPPED, '--stack-size=900', BIN, '--upstream', 'http://127.0.0.1:9', '--auth-provider', 'static', '--token-env', 'NODE_FLAGS_TEST_TOKEN', '--port', '0', '--admin-port', '0']);
+  });
+});
