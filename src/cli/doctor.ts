@@ -8,8 +8,8 @@ import type { CliIO, CommandDef } from './program.js';
 
 /**
  * `kvx-proxy doctor` and `kvx-proxy print-token`. Their modules (the doctor's HTTP client among them) load when
- * the command runs: every `serve` and `exec` would otherwise carry them in memory, about 3 MB of RSS
- * (lazyRequire: see login.ts).
+ * the command runs: every `serve` and `exec` would otherwise carry them in memory (with the login commands',
+ * about 4.5 MB of RSS; lazyRequire: see login.ts).
  */
 export function doctorCommands(io: CliIO): CommandDef[] {
   return [

@@ -29,7 +29,7 @@ export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean>
       description: 'sign in with Google in a browser and store the refresh token the google-user provider mints ID tokens from',
       helpAfter: '\nNeeds auth.provider: google-user with auth.params.oauth_client_id and oauth_client_secret(_file|_env); see docs/providers.md.',
       async run(flags) {
-        const client = await desktopClient(flags, io, 'login');
+        const client = desktopClient(flags, io, 'login');
         const { login } = lazyRequire('../auth/google/desktop-login.js') as typeof DesktopLoginModule;
         try {
           const result = await login(client, {
@@ -50,7 +50,7 @@ export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean>
       id: 'kvx-proxy logout',
       description: 'revoke the stored google-user login at Google and delete it',
       async run(flags) {
-        const client = await desktopClient(flags, io, 'logout');
+        const client = desktopClient(flags, io, 'logout');
         const { logout } = lazyRequire('../auth/google/desktop-login.js') as typeof DesktopLoginModule;
         try {
           const where = client.store.where();
@@ -75,7 +75,7 @@ export function loginCommands(io: CliIO, open: (url: string) => Promise<boolean>
   ];
 }
 
-async function desktopClient(flags: CommandFlags, io: CliIO, command: string): Promise<DesktopClient> {
+function desktopClient(flags: CommandFlags, io: CliIO, command: string): DesktopClient {
   const loaded = loadConfigFromOptions(flags, io, { requireUpstream: false });
   const { plans, problems } = planProviders(loaded.config, io.env);
   if (problems.length > 0) throw new ConfigError(problems);
