@@ -415,6 +415,24 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     expect((await c.closed).error).to.be.oneOf(['ECONNRESET', 'EPIPE']);
   });
 
+  it('pipelined requests in one write, the last with a body and Connection: close: every answer arrives whole, then an orderly close', async () => {
+    const c = await connect();
+    const body = 'x'.repeat(3000);
+    c.write(
+      'GET /p1 HTTP/1.1\r\nHost: kvx\r\n\r\n' +
+        'GET /p2 HTTP/1.1\r\nHost: kvx\r\n\r\n' +
+        `POST /p3 HTTP/1.1\r\nHost: kvx\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+    );
+    for (const url of ['/p1', '/p2', '/p3']) {
+      const answer = await c.readResponse();
+      expect(answer.status, url).to.equal(200);
+      expect((JSON.parse(answer.body.toString()) as { url: string }).url).to.equal(url);
+    }
+    expect(await c.closedByServer()).to.equal('');
+    expect((await c.closed).reset, 'the close was a reset').to.equal(false);
+    expect(upstream.requests.map((r) => r.url)).to.deep.equal(['/p1', '/p2', '/p3']);
+  });
+
   it('upstream Connection: close: the client gets the whole answer, keeps its connection, and the next request goes over a new upstream connection', async () => {
     upstream.handler = (req, res) => {
       const body = `answer for ${req.url}`;
