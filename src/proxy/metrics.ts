@@ -5,25 +5,74 @@ import type { Logger } from '../log/logger.js';
 import type { AuthMetrics } from '../metrics/auth-metrics.js';
 import { lazyRequire } from '../util/lazy-require.js';
 
+/** One of prom-client's default process collectors: registers its metrics on the registry it is given. */
+type DefaultCollector = (registry: Registry, config: { prefix: string; eventLoopMonitoringPrecision: number }) => void;
+
 /** The part of prom-client kvx uses. */
 interface PromClient {
   Registry: typeof PromClientModule.Registry;
   Counter: typeof PromClientModule.Counter;
   Gauge: typeof PromClientModule.Gauge;
-  collectDefaultMetrics: typeof PromClientModule.collectDefaultMetrics;
+  defaultCollectors: DefaultCollector[];
 }
 
 /**
  * prom-client's own modules rather than its index: the index also loads its Pushgateway (node:http, https, tls,
  * zlib) and cluster aggregation, about 5 MB of RSS in every proxy for code kvx never calls. prom-client 15 has no
  * `exports` map, so these paths are its public layout; the metrics tests fail if a release moves them.
+ *
+ * The default process metrics are its collectors one by one, as its `collectDefaultMetrics` lists them, except the
+ * CPU counters: prom-client's module for those loads @opentelemetry/api (about 7 MB of RSS, held for the life of
+ * every proxy) to label exemplars kvx never turns on. `processCpuCollector` registers the same three counters.
  */
 function loadPromClient(): PromClient {
+  const Counter = lazyRequire('prom-client/lib/counter') as PromClient['Counter'];
+  const collectors: DefaultCollector[] = [
+    processCpuCollector(Counter),
+    lazyRequire('prom-client/lib/metrics/processStartTime') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/osMemoryHeap') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/processOpenFileDescriptors') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/processMaxFileDescriptors') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/eventLoopLag') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/processHandles') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/processRequests') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/heapSizeAndUsed') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/heapSpacesSizeAndUsed') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/version') as DefaultCollector,
+    lazyRequire('prom-client/lib/metrics/gc') as DefaultCollector,
+  ];
+  // prom-client registers this one only where Node has process.getActiveResourcesInfo (every Node kvx runs on).
+  if (typeof process.getActiveResourcesInfo === 'function') collectors.push(lazyRequire('prom-client/lib/metrics/processResources') as DefaultCollector);
   return {
     Registry: lazyRequire('prom-client/lib/registry') as PromClient['Registry'],
-    Counter: lazyRequire('prom-client/lib/counter') as PromClient['Counter'],
+    Counter,
     Gauge: lazyRequire('prom-client/lib/gauge') as PromClient['Gauge'],
-    collectDefaultMetrics: lazyRequire('prom-client/lib/defaultMetrics') as PromClient['collectDefaultMetrics'],
+    defaultCollectors: collectors,
+  };
+}
+
+/** process_cpu_{user,system}_seconds_total and process_cpu_seconds_total, as prom-client names and explains them. */
+function processCpuCollector(Counter: PromClient['Counter']): DefaultCollector {
+  return (registry, { prefix }) => {
+    const registers = [registry];
+    let last = process.cpuUsage();
+    // Registered first, so collected first on every scrape: its one reading of the process's CPU time sets all three.
+    new Counter({
+      name: `${prefix}process_cpu_user_seconds_total`,
+      help: 'Total user CPU time spent in seconds.',
+      registers,
+      collect() {
+        const now = process.cpuUsage();
+        const user = (now.user - last.user) / 1e6;
+        const sys = (now.system - last.system) / 1e6;
+        last = now;
+        this.inc(user);
+        system.inc(sys);
+        total.inc(user + sys);
+      },
+    });
+    const system = new Counter({ name: `${prefix}process_cpu_system_seconds_total`, help: 'Total system CPU time spent in seconds.', registers });
+    const total = new Counter({ name: `${prefix}process_cpu_seconds_total`, help: 'Total user and system CPU time spent in seconds.', registers });
   };
 }
 
@@ -302,7 +351,9 @@ export class ProxyMetrics implements AuthMetrics {
       'code',
       this.acceptErrorCounts,
     );
-    if (this.processMetrics) prom.collectDefaultMetrics({ register: registry, prefix: 'kvx_' });
+    if (this.processMetrics) {
+      for (const collect of prom.defaultCollectors) collect(registry, { prefix: 'kvx_', eventLoopMonitoringPrecision: 10 });
+    }
     return registry;
   }
 
