@@ -9,6 +9,11 @@ import { VERSION } from '../version.js';
 /** Anything that yields Google request headers; google-auth-library's GoogleAuth and its clients fit. */
 export interface GoogleHeaderSource {
   getRequestHeaders(url?: string): Promise<Headers | Record<string, string>>;
+  /**
+   * The API answered 401 to a call carrying `sent`: forget its access token, so the next headers carry a fresh one
+   * (a token revoked or expired early, a clock that was off). Without it a 401 is final.
+   */
+  invalidate?(sent: Record<string, string>): Promise<void>;
 }
 
 /**
@@ -25,6 +30,10 @@ export function applicationDefaultCredentials(credentials: CredentialsLookup): G
       const headers: Record<string, string> = { authorization: `Bearer ${token.value}` };
       if (source.info.quotaProject !== undefined) headers['x-goog-user-project'] = source.info.quotaProject;
       return headers;
+    },
+    invalidate: async (sent) => {
+      const bearer = /^Bearer\s+(\S+)$/i.exec(sent['authorization'] ?? '');
+      if (bearer !== null) (await credentials.get()).dropAccessToken(bearer[1]!);
     },
   };
 }
@@ -158,6 +167,7 @@ export class VertexClient {
         retry: DEFAULT_RETRY,
         timeoutMs: 60_000,
         headers: async (operation) => ({ ...(await this.googleHeaders(operation)), 'x-goog-api-client': `kvx-launch/${VERSION}` }),
+        ...(options.auth.invalidate === undefined ? {} : { refreshAfter401: (sent: Record<string, string>) => options.auth.invalidate!(sent) }),
         apiError: (operation, reply) => googleError(operation, reply, options.projectId),
         notJson: (operation, reply) => new VertexApiError(operation, reply.status, 'BAD_RESPONSE', 'the answer is not JSON', 'check vertex.endpoint'),
         unreachable: (operation, url, detail, cause) =>

@@ -122,6 +122,8 @@ export interface FakeVertex {
   requests: { method: string; path: string; status: number; caller: string | undefined }[];
   /** Used up in order: each applies once, to the next matching call that succeeds. */
   replyFaults: VertexReplyFault[];
+  /** Called after each call is answered as the API answered it (not a reply fault), e.g. to revoke tokens mid-run. */
+  afterAnswer: ((call: { method: string; path: string; status: number }) => void) | undefined;
   /** Outcome applied to the next created job (then cleared). */
   nextOutcome: JobOutcome | undefined;
   /** Error answered to the next create (then cleared), e.g. PERMISSION_DENIED or SERVICE_DISABLED. */
@@ -195,6 +197,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
     jobs: new Map(),
     requests: [],
     replyFaults: [],
+    afterAnswer: undefined,
     nextOutcome: undefined,
     failNextCreate: undefined,
     templates: new Map(),
@@ -878,6 +881,7 @@ export async function startFakeVertex(options: FakeVertexOptions): Promise<FakeV
           fake.requests.push({ method: req.method ?? '', path: req.url ?? '', status: r.status, caller });
           if (r.text !== undefined) res.writeHead(r.status, { 'content-type': 'application/octet-stream' }).end(r.text);
           else res.writeHead(r.status, { 'content-type': 'application/json; charset=UTF-8' }).end(JSON.stringify(r.json));
+          fake.afterAnswer?.({ method: req.method ?? '', path: pathname, status: r.status });
         },
         (err: unknown) => {
           const e = err instanceof GoogleError ? err : new GoogleError(500, 'INTERNAL', `fake failure: ${(err as Error).message}`);

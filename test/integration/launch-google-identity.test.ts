@@ -59,6 +59,7 @@ describe('kvx-launch: one Google identity for MLflow tokens and Vertex AI calls'
     mlflow = await startFakeMlflow({ gate });
     vertex.jobs.clear();
     vertex.requests.length = 0;
+    vertex.afterAnswer = undefined;
   });
   afterEach(async () => {
     await mlflow.close();
@@ -114,6 +115,27 @@ describe('kvx-launch: one Google identity for MLflow tokens and Vertex AI calls'
     expect(new Set(vertex.requests.map((r) => r.caller))).to.deep.equal(new Set([world.metadata.email]));
     expect((world.metadata.counts['token'] ?? 0) - before, 'one access token, shared by IAM and Vertex calls').to.equal(1);
     expect(stranger.counts['all'] ?? 0, 'the process environment\'s metadata server was asked').to.equal(0);
+  });
+
+  it('Vertex AI answers 401 mid-follow (its access token revoked): the token is dropped, a fresh one fetched, the call sent again, and the run ends with the pipeline\'s state', async () => {
+    const config = await configWith('revoked.json', { params: { client_id: CLIENT_ID }, endpoints: { oauthToken: world.endpoints.oauthToken } });
+    let revoked = false;
+    vertex.afterAnswer = ({ method, path: called, status }) => {
+      if (!revoked && method === 'GET' && /\/pipelineJobs\/[^/]+$/.test(called) && status === 200) {
+        revoked = true;
+        world.accessTokens.revokeAll();
+      }
+    };
+    const res = await run(config, world.keyEnv());
+    expect(res.code, res.stderr).to.equal(0);
+    expect(revoked).to.equal(true);
+    const gets = vertex.requests.filter((r) => r.method === 'GET');
+    const rejected = gets.findIndex((r) => r.status === 401);
+    expect(rejected, 'a GET was answered 401').to.be.greaterThan(0);
+    expect(gets[rejected + 1], 'the call sent again, with a fresh token').to.include({ status: 200, caller: KEY_SA });
+    expect(vertex.requests.filter((r) => r.status === 401)).to.have.length(1);
+    const [mlflowRun] = [...mlflow.store.runs.values()];
+    expect(mlflowRun!.info.status).to.equal('FINISHED');
   });
 
   it('no credentials in the environment kvx-launch was given: Vertex AI calls fail saying so, with the set-up hint', async () => {
