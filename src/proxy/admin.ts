@@ -1,15 +1,22 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { HeaderInjector } from '../auth/injector.js';
+import type { HostGuard } from './host-guard.js';
 import type { ProxyMetrics } from './metrics.js';
 
 /**
  * Health and metrics on their own listener: MLflow may serve /metrics itself, and a probe must never be
  * forwarded upstream with credentials attached.
+ *
+ * `hostGuard` refuses a Host that is not a name of the admin listener, as the proxy port does: /readyz names the
+ * user's Google identity and its last error, which a web page could otherwise read by DNS rebinding. Probes and
+ * scrapers address the listener by IP (kubelet, Prometheus's pod discovery) and pass.
  */
-export function createAdminHandler(deps: { metrics: ProxyMetrics; injector: HeaderInjector; isDraining: () => boolean }): RequestListener {
+export function createAdminHandler(deps: { metrics: ProxyMetrics; injector: HeaderInjector; isDraining: () => boolean; hostGuard: HostGuard }): RequestListener {
   return (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { status: 'method not allowed' });
+    const refusal = deps.hostGuard.check(req.method, req.headers.host, req.rawHeaders);
+    if (refusal !== undefined) return json(res, refusal.kind === 'host_not_allowed' ? 421 : 400, { status: 'refused', reason: refusal.message });
     switch (path) {
       case '/healthz':
         return json(res, 200, { status: 'ok' });

@@ -10,6 +10,7 @@ import type { Logger } from '../log/logger.js';
 import { silentLogger } from '../log/logger.js';
 import { RateLimitedWarning } from '../log/rate-limited.js';
 import { createAdminHandler } from './admin.js';
+import { HostGuard } from './host-guard.js';
 import { clientConnectionCap } from './fd-limit.js';
 import { Forwarder } from './forward.js';
 import { IdleMemoryReducer } from './idle-memory.js';
@@ -95,7 +96,9 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   try {
     await listen(server, config.listen.port, config.listen.host, 'listen');
     if (config.admin.enabled) {
-      admin = createHttpServer(createAdminHandler({ metrics, injector, isDraining: () => forwarder.draining }));
+      // The admin listener's own name, server.allowedHosts, and no Origin checks: it answers GETs only, without CORS.
+      const hostGuard = new HostGuard({ listen: { ...config.listen, host: config.admin.host }, server: { ...config.server, allowedOrigins: ['*'] } });
+      admin = createHttpServer(createAdminHandler({ metrics, injector, isDraining: () => forwarder.draining, hostGuard }));
       await listen(admin, config.admin.port, config.admin.host, 'admin');
     }
   } catch (err) {

@@ -43,6 +43,29 @@ describe('proxy: admin endpoints', () => {
     }
   });
 
+  it('refuses a Host that is not a name of the admin listener (DNS rebinding would let a page read /readyz), as the proxy port does', async () => {
+    const upstream = await startScriptedUpstream((req, res) => res.end('{}'));
+    const proxy = await startTestProxy(upstream.url, { 'auth.provider': 'static', 'auth.params.token': 'admin-host-secret', 'server.allowedHosts': ['kvx-admin.internal'] });
+    try {
+      const port = new URL(proxy.adminUrl!).port;
+      for (const path of ['/readyz', '/metrics', '/healthz']) {
+        const refused = await request(`${proxy.adminUrl}${path}`, { headers: { host: `attacker.example:${port}` } });
+        expect(refused.status, path).to.equal(421);
+        expect(refused.body).to.include('server.allowedHosts');
+        expect(refused.body).to.not.include('providers');
+        expect(refused.body).to.not.include('admin-host-secret');
+      }
+      expect((await request(`${proxy.adminUrl}/readyz`, { headers: { host: `attacker.example:${port}`, 'x-forwarded-host': 'localhost' } })).status).to.equal(421);
+      // What probes and scrapers send: an IP address (kubelet, Prometheus pod discovery), localhost, a listed name.
+      for (const host of [`127.0.0.1:${port}`, `10.12.0.7:${port}`, `localhost:${port}`, `kvx-admin.internal:${port}`]) {
+        expect((await request(`${proxy.adminUrl}/readyz`, { headers: { host } })).status, host).to.equal(200);
+      }
+    } finally {
+      await proxy.close(500);
+      await upstream.close();
+    }
+  });
+
   it('counts upstream errors by kind', async () => {
     const upstream = await startScriptedUpstream((req) => req.socket.destroy());
     const proxy = await startTestProxy(upstream.url, { 'auth.provider': 'none' });
