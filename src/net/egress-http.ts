@@ -5,6 +5,8 @@
  * refuses requests carrying Proxy-Authorization: the header kvx puts IAP's token in when MLflow itself uses
  * basic auth, and which inside a tunnel goes to the upstream, not to the egress proxy.
  */
+import type * as Http from 'node:http';
+import type * as Https from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type * as Undici from 'undici';
@@ -82,8 +84,8 @@ function whenSecure(socket: TLSSocket, timeoutMs: number, callback: buildConnect
 const googleDispatchers = new WeakMap<Egress, { proxied?: Dispatcher; direct?: Dispatcher }>();
 
 /**
- * fetch() as kvx's Google calls make it: Node's own fetch when nothing is configured (undici's module is not
- * even loaded), else undici's with a dispatcher that follows `egress`. `proxy: false` for the metadata server.
+ * fetch() through undici with a dispatcher that follows `egress` (Node's own fetch when nothing is configured, for
+ * callers that want a fetch: google-auth-library's transporter). `proxy: false` for the metadata server.
  */
 export function egressFetch(egress: Egress, url: string | URL, init: RequestInit, options: { proxy?: boolean } = {}): Promise<Response> {
   if (!egress.active) return fetch(url, init);
@@ -100,6 +102,86 @@ export function egressFetch(egress: Egress, url: string | URL, init: RequestInit
   }
   const undici = lazyRequire('undici') as typeof Undici;
   return undici.fetch(url, { ...(init as Undici.RequestInit), dispatcher }) as unknown as Promise<Response>;
+}
+
+export interface PlainRequest {
+  method?: string;
+  headers?: Record<string, string>;
+  body?: string;
+  signal: AbortSignal;
+}
+
+/** An answer read whole: its status, its body as UTF-8 text, and a header by lower-case name. */
+export interface PlainAnswer {
+  status: number;
+  text: string;
+  header(name: string): string | undefined;
+}
+
+/** Token endpoints answer a few KB; more is not an answer to read into memory and echo into an error. */
+export const MAX_ANSWER_BYTES = 1024 * 1024;
+
+/**
+ * One request, answered whole, as kvx's Google calls make it. With nothing configured it goes over node:http or
+ * node:https: Node's own fetch would load its bundled undici, web streams and zlib for a few token calls an hour,
+ * about 15 MB of RSS held by every proxy with a Google provider. With an egress proxy or host aliases it goes
+ * through egressFetch. Redirects are never followed; `Error.code` or `cause.code` says why a request failed.
+ */
+export async function egressRequest(egress: Egress, url: string, init: PlainRequest, options: { proxy?: boolean } = {}): Promise<PlainAnswer> {
+  if (egress.active) {
+    const res = await egressFetch(egress, url, { ...init, redirect: 'manual' }, options);
+    const text = await res.text().catch((err: unknown) => {
+      throw inAnswer(err);
+    });
+    if (Buffer.byteLength(text) > MAX_ANSWER_BYTES) throw tooLarge();
+    return { status: res.status, text, header: (name) => res.headers.get(name) ?? undefined };
+  }
+  return directRequest(new URL(url), init);
+}
+
+function directRequest(target: URL, init: PlainRequest): Promise<PlainAnswer> {
+  // Required, not imported: an ES import of node:http or node:https builds a facade that reads every export, and
+  // their WebSocket getters load the very undici bundle this path exists to avoid.
+  const { request } = target.protocol === 'https:' ? (lazyRequire('node:https') as typeof Https) : (lazyRequire('node:http') as typeof Http);
+  return new Promise<PlainAnswer>((resolve, reject) => {
+    const headers: Record<string, string | number> = { ...init.headers };
+    if (init.body !== undefined) headers['content-length'] = Buffer.byteLength(init.body);
+    const req = request(target, { method: init.method ?? 'GET', headers, signal: init.signal }, (res) => {
+      const chunks: Buffer[] = [];
+      let bytes = 0;
+      res.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        if (bytes > MAX_ANSWER_BYTES) return req.destroy(tooLarge());
+        chunks.push(chunk);
+      });
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        resolve({ status: res.statusCode ?? 0, text, header: (name) => headerValue(res.headers[name]) });
+      });
+      res.on('error', (err) => reject(inAnswer(err)));
+    });
+    req.on('error', reject);
+    req.end(init.body);
+  });
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(', ') : value;
+}
+
+function tooLarge(): Error {
+  return inAnswer(Object.assign(new Error(`the answer is larger than ${MAX_ANSWER_BYTES} bytes`), { code: 'KVX_ANSWER_TOO_LARGE' }));
+}
+
+/** Marks a failure after the status line arrived: the server was reached and broke off (or overran) its answer. */
+function inAnswer(err: unknown): Error {
+  const error = err instanceof Error ? err : new Error(String(err));
+  return Object.assign(error, { inAnswer: true });
+}
+
+/** Whether egressRequest failed while reading an answer rather than reaching the server. */
+export function failedInAnswer(err: unknown): boolean {
+  return (err as { inAnswer?: unknown }).inAnswer === true;
 }
 
 /**

@@ -1,46 +1,35 @@
 /** The HTTP calls kvx makes to Google's token endpoints, and the error text it shows from their answers. */
 import type { Egress } from '../../config/egress.js';
 import { errorMessage } from '../../errors.js';
-import { egressFetch } from '../../net/egress-http.js';
+import { egressRequest, failedInAnswer } from '../../net/egress-http.js';
+import type { PlainRequest } from '../../net/egress-http.js';
 import { TokenFetchError } from '../token.js';
 import type { Json } from './source.js';
 
 export interface GoogleAnswer {
   status: number;
   text: string;
-  headers: Headers;
+  /** A header of the answer by lower-case name. */
+  header(name: string): string | undefined;
 }
 
 /**
  * One request to a Google endpoint, through the egress proxy `egress` names for it (`proxy: false` for the
  * metadata server, which is link-local). Redirects are never followed: a token must not travel elsewhere.
  */
-export async function googleCall(
-  what: string,
-  url: string,
-  init: RequestInit & { signal: AbortSignal },
-  egress: Egress,
-  options: { proxy?: boolean } = {},
-): Promise<GoogleAnswer> {
-  let res: Response;
+export async function googleCall(what: string, url: string, init: PlainRequest, egress: Egress, options: { proxy?: boolean } = {}): Promise<GoogleAnswer> {
   try {
-    res = await egressFetch(egress, url, { ...init, redirect: 'manual' }, options);
+    return await egressRequest(egress, url, init, options);
   } catch (err) {
     if (init.signal.aborted) throw init.signal.reason instanceof Error ? init.signal.reason : new TokenFetchError(`${what} did not answer in time`);
+    if (failedInAnswer(err)) throw new TokenFetchError(`${what} broke off its answer: ${networkCause(err)}`);
     throw new TokenFetchError(`cannot reach ${what} (${new URL(url).origin}): ${networkCause(err)}`, { hint: 'check network access (proxy, firewall, VPC Service Controls) to that endpoint' });
   }
-  let text: string;
-  try {
-    text = await res.text();
-  } catch (err) {
-    throw new TokenFetchError(`${what} broke off its answer: ${networkCause(err)}`);
-  }
-  return { status: res.status, text, headers: res.headers };
 }
 
 function networkCause(err: unknown): string {
-  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-  return cause?.code ?? cause?.message ?? errorMessage(err);
+  const { code, cause } = err as { code?: unknown; cause?: { code?: string; message?: string } };
+  return cause?.code ?? cause?.message ?? (typeof code === 'string' ? code : errorMessage(err));
 }
 
 export function parseJson(answer: GoogleAnswer, what: string): Json {

@@ -48,7 +48,7 @@ export class MetadataServer {
   private async get(what: string, signal: AbortSignal): Promise<string> {
     // Never through an egress proxy: the metadata server is on the machine's own link.
     const answer = await googleCall(`the metadata server at ${this.host}`, `${this.base}/${what}`, { headers: { 'metadata-flavor': 'Google' }, signal }, this.egress, { proxy: false });
-    if (answer.headers.get('metadata-flavor') !== 'Google') {
+    if (answer.header('metadata-flavor') !== 'Google') {
       throw new TokenFetchError(`${this.host} answered without Metadata-Flavor: Google, so it is not a metadata server`, {
         hint: 'check auth.endpoints.metadataHost / GCE_METADATA_HOST',
       });
