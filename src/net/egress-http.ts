@@ -130,10 +130,7 @@ export const MAX_ANSWER_BYTES = 1024 * 1024;
 export async function egressRequest(egress: Egress, url: string, init: PlainRequest, options: { proxy?: boolean } = {}): Promise<PlainAnswer> {
   if (egress.active) {
     const res = await egressFetch(egress, url, { ...init, redirect: 'manual' }, options);
-    const text = await res.text().catch((err: unknown) => {
-      throw inAnswer(err);
-    });
-    if (Buffer.byteLength(text) > MAX_ANSWER_BYTES) throw tooLarge();
+    const text = await boundedText(res);
     return { status: res.status, text, header: (name) => res.headers.get(name) ?? undefined };
   }
   return directRequest(new URL(url), init);
@@ -163,6 +160,24 @@ function directRequest(target: URL, init: PlainRequest): Promise<PlainAnswer> {
     req.on('error', reject);
     req.end(init.body);
   });
+}
+
+/** The body of a fetch answer as text, read up to MAX_ANSWER_BYTES: beyond that the stream is cancelled, not held. */
+async function boundedText(res: Response): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  try {
+    if (res.body !== null) {
+      for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+        bytes += chunk.length;
+        if (bytes > MAX_ANSWER_BYTES) throw tooLarge();
+        chunks.push(chunk);
+      }
+    }
+  } catch (err) {
+    throw inAnswer(err);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function headerValue(value: string | string[] | undefined): string | undefined {

@@ -71,6 +71,27 @@ describe('googleCall: one request to a Google endpoint', () => {
     expect(String(error)).to.not.include('access_token');
   });
 
+  it('through a configured egress (a host alias): the same answer, the same size limit, the same cut answer', async () => {
+    const egress = Egress.fromConfig({ egress: { proxy: '', noProxy: [], hostAliases: { 'oauth.kvx.test': '127.0.0.1' } } }, {});
+    try {
+      const base = `http://oauth.kvx.test:${server.port}`;
+      const answer = await googleCall('the token endpoint', `${base}/token`, { method: 'POST', body: 'grant_type=x', signal: signal() }, egress);
+      expect(answer.status).to.equal(200);
+      expect(answer.header('metadata-flavor')).to.equal('Google');
+      expect(seen[0]).to.include({ method: 'POST', url: '/token', body: 'grant_type=x' });
+      expect((await googleCall('the token endpoint', `${base}/moved`, { signal: signal() }, egress)).status).to.equal(302);
+      let error: unknown;
+      await googleCall('the token endpoint', `${base}/huge`, { signal: signal() }, egress).catch((err: unknown) => (error = err));
+      expect(String(error)).to.match(/the token endpoint broke off its answer: KVX_ANSWER_TOO_LARGE/);
+      error = undefined;
+      await googleCall('the token endpoint', `${base}/cut`, { signal: signal() }, egress).catch((err: unknown) => (error = err));
+      expect(String(error)).to.match(/the token endpoint broke off its answer/);
+      expect(String(error)).to.not.include('access_token');
+    } finally {
+      await egress.close();
+    }
+  });
+
   it('names the endpoint and the network error when nothing answers', async () => {
     let error: unknown;
     await googleCall('the metadata server', 'http://127.0.0.1:9/token', { signal: signal() }, Egress.none).catch((err: unknown) => (error = err));
