@@ -99,7 +99,11 @@ class RefusalLog {
  * the answer back with backpressure both ways. One Exchange per request carries the state.
  */
 export class Forwarder implements LocationRewriter {
-  readonly inFlight = new Set<Exchange>();
+  /**
+   * Exchanges started and not yet finished. A count, not a Set of them: a Set that each request entered and left
+   * kept finished requests alive through V8's young collections (docs/design.md, "No per-request Map or Set").
+   */
+  inFlight = 0;
   /** Requests handed to the forwarder so far; tells the idle memory reducer whether traffic has stopped. */
   requestsStarted = 0;
   draining = false;
@@ -158,7 +162,7 @@ export class Forwarder implements LocationRewriter {
   readonly handle = (req: ProxyRequest): void => {
     const exchange = new Exchange(this, req);
     this.requestsStarted++;
-    this.inFlight.add(exchange);
+    this.inFlight++;
     exchange.start();
   };
 
@@ -534,7 +538,7 @@ export class Exchange implements UpstreamHandler, BodySink, OutgoingRequest {
     if (this.replay === 'sent') this.countReplay('no_answer');
     this.phase = Phase.Done;
     const { forwarder, req } = this;
-    forwarder.inFlight.delete(this);
+    forwarder.inFlight--;
     // A buffered body can no longer be replayed; free it if the socket is done with it.
     if (this.body.kind === 'buffer' && this.upstream?.bodyFlushed === true) releaseNow(this.body.data);
     const { metrics, logger } = forwarder.options;

@@ -88,7 +88,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     {
       requestsStarted: () => forwarder.requestsStarted,
       openConnections: () => listener.connectionCount,
-      busy: () => forwarder.inFlight.size > 0,
+      busy: () => forwarder.inFlight > 0,
     },
     logger,
   );
@@ -247,18 +247,18 @@ async function drain(
   const server = listener.server;
   const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
   listener.closeIdle();
-  logger.info('shutting down: no new connections; waiting for in-flight requests', { inFlight: forwarder.inFlight.size, deadlineMs });
+  logger.info('shutting down: no new connections; waiting for in-flight requests', { inFlight: forwarder.inFlight, deadlineMs });
 
   let cut = 0;
-  if (forwarder.inFlight.size > 0) {
+  if (forwarder.inFlight > 0) {
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
-        cut = forwarder.inFlight.size;
+        cut = forwarder.inFlight;
         resolve();
       }, deadlineMs);
       forwarder.onExchangeDone = () => {
         listener.closeIdle();
-        if (forwarder.inFlight.size === 0) {
+        if (forwarder.inFlight === 0) {
           clearTimeout(timer);
           resolve();
         }

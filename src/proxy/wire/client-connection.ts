@@ -6,6 +6,8 @@ import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOn
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 import type { BodySink, LocationRewriter, ProxyRequest, RefusalKind } from '../engine.js';
 import { clientResponseHead } from '../headers.js';
+import { Registry } from './registry.js';
+import type { Registered } from './registry.js';
 
 export type { BodySink, RefusalKind };
 
@@ -330,7 +332,8 @@ const returnParsers = (): void => {
   for (const connection of connections) connection.putParserAside();
 };
 
-export class ClientConnection {
+export class ClientConnection implements Registered {
+  registryIndex = -1;
   /** Undefined while the connection is idle and its parser put aside. */
   private parser: NativeParser | undefined;
   /** The parser callbacks, bound to each parser this connection takes. */
@@ -606,7 +609,7 @@ export class ClientConnection {
 
 export class ClientListener {
   readonly server: net.Server;
-  readonly connections = new Set<ClientConnection>();
+  readonly connections = new Registry<ClientConnection>();
   private readonly sweeper: Sweeper;
 
   constructor(readonly options: ClientListenerOptions) {
@@ -617,7 +620,7 @@ export class ClientListener {
     this.sweeper = new Sweeper(
       sweepInterval([options.headersTimeoutMs, options.requestTimeoutMs, options.keepAliveTimeoutMs, options.idleTimeoutMs]),
       (now) => {
-        for (const connection of this.connections) connection.sweep(now);
+        this.connections.forEach((connection) => connection.sweep(now));
       },
     );
     this.sweeper.start();
@@ -625,14 +628,14 @@ export class ClientListener {
 
   /** Closes connections that are between requests; busy ones close after their current answer. */
   closeIdle(): void {
-    for (const connection of this.connections) {
+    this.connections.forEach((connection) => {
       connection.closing = true;
       if (connection.idle) connection.socket.destroy();
-    }
+    });
   }
 
   closeAll(): void {
-    for (const connection of this.connections) connection.socket.destroy();
+    this.connections.forEach((connection) => connection.socket.destroy());
   }
 
   stop(): void {

@@ -21,6 +21,8 @@ import {
   resetParser,
 } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
+import { Registry } from './registry.js';
+import type { Registered } from './registry.js';
 import { UpstreamError } from '../engine.js';
 import type { OutgoingBody, ReuseMode, UpstreamExchange, UpstreamHandler } from '../engine.js';
 
@@ -193,7 +195,8 @@ export class UpstreamRequest implements UpstreamExchange {
 }
 
 /** Exported for the tests that prove closed connections are collected. */
-export class UpstreamConnection {
+export class UpstreamConnection implements Registered {
+  registryIndex = -1;
   readonly parser: NativeParser;
   request: UpstreamRequest | undefined;
   idleSince = 0;
@@ -476,7 +479,7 @@ function parserFailure(err: ParserError, request: UpstreamRequest): UpstreamErro
 export class UpstreamPool {
   private readonly idle: UpstreamConnection[] = [];
   private readonly waiting: UpstreamRequest[] = [];
-  private readonly all = new Set<UpstreamConnection>();
+  private readonly all = new Registry<UpstreamConnection>();
   private readonly sweeper: Sweeper;
   private readonly target: DialTarget;
   private readonly route: DialRoute;
@@ -500,9 +503,9 @@ export class UpstreamPool {
     };
     this.route = { proxy: options.egress?.proxy, lookup: options.egress?.lookup, timeoutMs: options.connectTimeoutMs };
     this.sweeper = new Sweeper(sweepInterval([options.headersTimeoutMs, options.idleTimeoutMs, options.keepAliveTimeoutMs]), (now) => {
-      for (const connection of this.all) {
+      this.all.forEach((connection) => {
         if (connection.sweep(now)) connection.socket.destroy();
-      }
+      });
       this.sweepWaiting(now);
     });
     this.sweeper.start();
@@ -651,7 +654,7 @@ export class UpstreamPool {
     this.pendingDials.clear();
     for (const request of this.waiting.splice(0)) request.fail(new UpstreamError('KVX_UPSTREAM_CLOSED', 'the proxy is shutting down', true));
     const closing = [...this.all].map((c) => new Promise<void>((resolve) => (c.socket.destroyed ? resolve() : c.socket.once('close', () => resolve()))));
-    for (const connection of this.all) connection.socket.destroy();
+    this.all.forEach((connection) => connection.socket.destroy());
     await Promise.all(closing);
   }
 }
