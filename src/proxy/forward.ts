@@ -125,6 +125,8 @@ export class Forwarder implements LocationRewriter {
   /** Reads upstream 401/403 answers: IAP's own (refresh, or a missing role) or MLflow's (passed through). */
   readonly authAnswers: AuthAnswerReader;
   private idCounter = 0;
+  private lastInjected: HeaderMap | undefined;
+  private lastInjectedNames: ReadonlySet<string> = NO_NAMES;
   private readonly idPrefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
 
   constructor(readonly options: ForwarderOptions) {
@@ -165,6 +167,20 @@ export class Forwarder implements LocationRewriter {
     this.inFlight++;
     exchange.start();
   };
+
+  /**
+   * The lower-case names of the injected headers. Providers hand out the same map until their credential changes,
+   * so the set for the last one is kept rather than built again for every request.
+   */
+  injectedNames(injected: HeaderMap): ReadonlySet<string> {
+    if (injected !== this.lastInjected) {
+      const lower = new Set<string>();
+      for (const name in injected) lower.add(name.toLowerCase());
+      this.lastInjected = injected;
+      this.lastInjectedNames = lower;
+    }
+    return this.lastInjectedNames;
+  }
 
   nextRequestId(incoming: string | undefined): string {
     if (incoming !== undefined && REQUEST_ID.test(incoming)) return incoming;
@@ -388,9 +404,7 @@ export class Exchange implements UpstreamHandler, BodySink, OutgoingRequest {
     if (req.clientGone || this.phase === Phase.Done) return this.finish(499);
     if (injected !== this.injected) {
       this.injected = injected;
-      const lower = new Set<string>();
-      for (const name in injected) lower.add(name.toLowerCase());
-      this.injectedLower = lower;
+      this.injectedLower = forwarder.injectedNames(injected);
     }
     const streaming = this.body.kind === 'stream';
     // A re-send after a stale connection goes on a new one: another reused one may be just as stale.
