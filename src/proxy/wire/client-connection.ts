@@ -6,8 +6,8 @@ import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOn
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 import type { BodySink, LocationRewriter, ProxyRequest, RefusalKind } from '../engine.js';
 import { clientResponseHead } from '../headers.js';
-import { Registry } from './registry.js';
-import type { Registered } from './registry.js';
+import { ConnectionRegistry } from './connection-registry.js';
+import type { Registered } from './connection-registry.js';
 
 export type { BodySink, RefusalKind };
 
@@ -609,7 +609,7 @@ export class ClientConnection implements Registered {
 
 export class ClientListener {
   readonly server: net.Server;
-  readonly connections = new Registry<ClientConnection>();
+  readonly connections = new ConnectionRegistry<ClientConnection>();
   private readonly sweeper: Sweeper;
 
   constructor(readonly options: ClientListenerOptions) {

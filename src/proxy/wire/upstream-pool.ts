@@ -21,8 +21,8 @@ import {
   resetParser,
 } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
-import { Registry } from './registry.js';
-import type { Registered } from './registry.js';
+import { ConnectionRegistry } from './connection-registry.js';
+import type { Registered } from './connection-registry.js';
 import { UpstreamError } from '../engine.js';
 import type { OutgoingBody, ReuseMode, UpstreamExchange, UpstreamHandler } from '../engine.js';
 
@@ -479,7 +479,7 @@ function parserFailure(err: ParserError, request: UpstreamRequest): UpstreamErro
 export class UpstreamPool {
   private readonly idle: UpstreamConnection[] = [];
   private readonly waiting: UpstreamRequest[] = [];
-  private readonly all = new Registry<UpstreamConnection>();
+  private readonly all = new ConnectionRegistry<UpstreamConnection>();
   private readonly sweeper: Sweeper;
   private readonly target: DialTarget;
   private readonly route: DialRoute;

@@ -1,16 +1,16 @@
 import { expect } from 'chai';
-import { Registry } from '../../src/proxy/wire/registry.js';
+import { ConnectionRegistry } from '../../src/proxy/wire/connection-registry.js';
 
 class Member {
   registryIndex = -1;
   constructor(readonly name: string) {}
 }
 
-const names = (registry: Registry<Member>) => [...registry].map((m) => m.name).sort();
+const names = (registry: ConnectionRegistry<Member>) => [...registry].map((m) => m.name).sort();
 
-describe('Registry', () => {
+describe('ConnectionRegistry', () => {
   it('adds, finds and removes members, each once', () => {
-    const registry = new Registry<Member>();
+    const registry = new ConnectionRegistry<Member>();
     const [a, b, c] = [new Member('a'), new Member('b'), new Member('c')];
     registry.add(a);
     registry.add(b);
@@ -31,8 +31,8 @@ describe('Registry', () => {
   });
 
   it('does not mistake a member of another registry for its own', () => {
-    const one = new Registry<Member>();
-    const other = new Registry<Member>();
+    const one = new ConnectionRegistry<Member>();
+    const other = new ConnectionRegistry<Member>();
     const [a, b] = [new Member('a'), new Member('b')];
     one.add(a);
     other.add(b);
@@ -42,7 +42,7 @@ describe('Registry', () => {
   });
 
   it('visits every member once while the visit removes members', () => {
-    const registry = new Registry<Member>();
+    const registry = new ConnectionRegistry<Member>();
     const members = Array.from({ length: 10 }, (_, i) => new Member(String(i)));
     for (const m of members) registry.add(m);
     const visited: string[] = [];
@@ -57,7 +57,7 @@ describe('Registry', () => {
   });
 
   it('keeps no reference to a removed member', () => {
-    const registry = new Registry<Member>();
+    const registry = new ConnectionRegistry<Member>();
     const [a, b] = [new Member('a'), new Member('b')];
     registry.add(a);
     registry.add(b);

@@ -13,7 +13,7 @@ export interface Registered {
  * permanent entries, rebuilt far less often, it kept almost nothing). With a new connection per request, the
  * Sets of connections churned like that; docs/design.md ("No per-request Map or Set") has the figures.
  */
-export class Registry<T extends Registered> implements Iterable<T> {
+export class ConnectionRegistry<T extends Registered> implements Iterable<T> {
   private readonly members: T[] = [];
 
   get size(): number {
