@@ -415,6 +415,27 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     expect((await c.closed).error).to.be.oneOf(['ECONNRESET', 'EPIPE']);
   });
 
+  it('Connection: close with an answer larger than the socket buffers, read late: every byte arrives, then an orderly close', async () => {
+    // After a Connection: close answer the proxy closes its socket at once, once the last write has been handed to
+    // the kernel (or after the flush when it has not): a large answer to a reader that falls behind must still
+    // arrive whole, and end in FIN, not a reset.
+    const body = pattern(16 * 1024 * 1024, 3);
+    upstream.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(body.length) });
+      res.end(body);
+    };
+    const c = await connect();
+    c.socket.pause();
+    c.write('GET /big HTTP/1.1\r\nHost: kvx\r\nConnection: close\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 300));
+    c.socket.resume();
+    const answer = await c.readResponse();
+    expect(answer.status).to.equal(200);
+    expect(answer.body.equals(body), `got ${answer.body.length} bytes, expected ${body.length}`).to.equal(true);
+    expect(await c.closedByServer()).to.equal('');
+    expect((await c.closed).reset, 'the close was a reset').to.equal(false);
+  });
+
   it('pipelined requests in one write, the last with a body and Connection: close: every answer arrives whole, then an orderly close', async () => {
     const c = await connect();
     const body = 'x'.repeat(3000);

@@ -554,7 +554,10 @@ export class ClientConnection implements Registered {
     this.parser?.pause();
     const socket = this.socket;
     if (socket.readableEnded || clientDone) {
-      socket.destroySoon();
+      // With every answer byte handed to the kernel, closing at once sends them and then FIN, as nginx closes such
+      // a connection; ending first would cost a shutdown call and its completion callback per connection.
+      if (socket.writableLength === 0) socket.destroy();
+      else socket.destroySoon();
       return;
     }
     socket.end();
