@@ -1,7 +1,7 @@
-import { X509Certificate } from 'node:crypto';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ConfigProblem } from '../errors.js';
+import { nodeCrypto } from '../util/lazy-require.js';
 import type { KvxConfig } from './schema.js';
 
 /** Headers a client may carry its own credentials in; dropped unless listed in headers.preserve. */
@@ -160,7 +160,7 @@ function caBundleProblem(file: string): string | undefined {
   for (const [i, block] of blocks.entries()) {
     if (block[1] !== 'CERTIFICATE') continue;
     try {
-      new X509Certificate(block[0]);
+      new (nodeCrypto().X509Certificate)(block[0]);
     } catch (err) {
       return `certificate ${i + 1} of ${blocks.length} in ${file} is not a valid PEM certificate (${(err as Error).message})`;
     }

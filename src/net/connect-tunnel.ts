@@ -7,7 +7,8 @@
  */
 import net from 'node:net';
 import type { LookupFunction, Socket } from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
+import { nodeTls } from '../util/lazy-require.js';
 import type { EgressProxy } from '../config/egress.js';
 
 export interface DialTarget {
@@ -73,7 +74,7 @@ function connectDirect(target: DialTarget, lookup: LookupFunction | undefined): 
   // `lookup` only when aliases exist, so the plain connection is made exactly as before.
   const endpoint = lookup === undefined ? { host, port } : { host, port, lookup };
   if (!target.secure) return net.connect(endpoint);
-  return tls.connect({ ...endpoint, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], ...target.tls });
+  return nodeTls().connect({ ...endpoint, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], ...target.tls });
 }
 
 function tunnel(target: DialTarget, proxy: EgressProxy, route: DialRoute, callback: DialCallback): () => void {
@@ -140,7 +141,7 @@ function tunnel(target: DialTarget, proxy: EgressProxy, route: DialRoute, callba
       return;
     }
     const { host } = target;
-    finish(undefined, tls.connect({ socket: raw, host, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], ...target.tls }));
+    finish(undefined, nodeTls().connect({ socket: raw, host, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], ...target.tls }));
   };
   const onError = (err: NodeJS.ErrnoException): void =>
     fail('KVX_EGRESS_PROXY_UNREACHABLE', `cannot reach the egress proxy ${proxy.display} (${proxy.source}): ${err.code ?? err.message}`);

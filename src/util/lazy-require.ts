@@ -1,4 +1,6 @@
 import { createRequire } from 'node:module';
+import type * as Crypto from 'node:crypto';
+import type * as Tls from 'node:tls';
 
 /**
  * Loads a module when it is first needed rather than at start: each one kept off the start-up path saves
@@ -7,3 +9,12 @@ import { createRequire } from 'node:module';
  * still runs it only on first use. Call it with a string literal, nothing else.
  */
 export const lazyRequire: (id: string) => unknown = createRequire(import.meta.url);
+
+/*
+ * OpenSSL's state and code cost resident memory once Node's crypto or tls module is loaded (measured on Node 24:
+ * about 4 MB for crypto, 2.5 MB more for tls), and a proxy with a static or basic credential in front of a
+ * plain-http upstream needs neither. Every part of kvx reaches them through these, so loading one is a choice
+ * made where it is used.
+ */
+export const nodeCrypto = (): typeof Crypto => lazyRequire('node:crypto') as typeof Crypto;
+export const nodeTls = (): typeof Tls => lazyRequire('node:tls') as typeof Tls;

@@ -7,9 +7,8 @@
 import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { errorMessage } from '../../errors.js';
-import { lazyRequire } from '../../util/lazy-require.js';
+import { lazyRequire, nodeCrypto } from '../../util/lazy-require.js';
 import { TokenFetchError } from '../token.js';
 
 /** What a login leaves behind. Only `refreshToken` is secret; the rest is shown by `doctor`. */
@@ -148,7 +147,7 @@ export class LoginStore {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     // mkdir's mode applies only to directories it creates, and the umask narrows it anyway.
     chmodSync(dir, 0o700);
-    const temp = `${this.file}.${randomBytes(6).toString('hex')}.tmp`;
+    const temp = `${this.file}.${nodeCrypto().randomBytes(6).toString('hex')}.tmp`;
     try {
       // Created 0600 and renamed into place: a reader sees the old login or the new one, never half of one.
       writeFileSync(temp, text, { mode: 0o600, flag: 'wx' });

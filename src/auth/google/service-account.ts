@@ -2,9 +2,9 @@
  * A service-account key file. The JWT-bearer grant is done here rather than by google-auth-library, which
  * hard-codes Google's token URL for it: kvx sends it to auth.endpoints.oauthToken.
  */
-import { sign } from 'node:crypto';
 import type { Egress } from '../../config/egress.js';
 import { errorMessage } from '../../errors.js';
+import { nodeCrypto } from '../../util/lazy-require.js';
 import { TokenFetchError, accessToken, idToken } from '../token.js';
 import { holdingAccessToken } from './access-token.js';
 import { googleCall, googleError, parseJson } from './http.js';
@@ -50,7 +50,7 @@ async function jwtBearerGrant(key: Key, tokenUrl: string, claims: Record<string,
   const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}`;
   let signature: string;
   try {
-    signature = sign('RSA-SHA256', Buffer.from(input), key.privateKey).toString('base64url');
+    signature = nodeCrypto().sign('RSA-SHA256', Buffer.from(input), key.privateKey).toString('base64url');
   } catch (err) {
     throw new TokenFetchError(`the service-account key for ${key.email} cannot sign (${errorMessage(err)})`, { hint: 'the private_key in the key file is damaged; download a new key' });
   }

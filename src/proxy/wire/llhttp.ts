@@ -1,5 +1,4 @@
 import type { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
 import { lazyRequire } from '../../util/lazy-require.js';
 
 /**
@@ -263,7 +262,7 @@ export class ParserReader {
     onData: (data: Buffer) => void,
   ) {
     const handle = (socket as unknown as { _handle?: StreamHandle & { isStreamBase?: boolean } })._handle;
-    if (!(socket instanceof TLSSocket) && handle?.isStreamBase === true && handle._consumed !== true) {
+    if ((socket as Socket & { encrypted?: boolean }).encrypted !== true && handle?.isStreamBase === true && handle._consumed !== true) {
       parser![kOnExecute] = onExecute;
       this.handle = handle;
       this.attach();
