@@ -262,6 +262,8 @@ export class ParserReader {
     onData: (data: Buffer) => void,
   ) {
     const handle = (socket as unknown as { _handle?: StreamHandle & { isStreamBase?: boolean } })._handle;
+    // A TLSSocket's handle carries ciphertext. `encrypted` is the mark its constructor sets; testing it rather
+    // than instanceof keeps the tls module unloaded for plain-http upstreams.
     if ((socket as Socket & { encrypted?: boolean }).encrypted !== true && handle?.isStreamBase === true && handle._consumed !== true) {
       parser![kOnExecute] = onExecute;
       this.handle = handle;
