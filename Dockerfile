@@ -34,6 +34,10 @@ LABEL org.opencontainers.image.title="kvx-proxy" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/ /
 USER 65532:65532
+# The process environment kvx ships with (package.json kvx.processEnv, which the npm bin gives itself; see
+# src/cli/node-flags.ts). glibc reads it only as a process starts: freed memory stays in one arena for every
+# thread to reuse, 4-6 MB less RSS after load and in every transfer.
+ENV MALLOC_ARENA_MAX=1
 # 5001: MLflow clients (listen.port); 9464: /healthz, /readyz, /metrics (admin.port).
 EXPOSE 5001 9464
 ENTRYPOINT ["/usr/local/bin/kvx-proxy"]

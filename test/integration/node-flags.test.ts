@@ -3,11 +3,14 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { missingNodeFlags } from '../../src/cli/node-flags.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { ADDED_ENV_MARKER, forgetAddedEnv, missingNodeFlags, missingProcessEnv } from '../../src/cli/node-flags.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
-const SHIPPED = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[] } }).kvx.nodeFlags;
+const PKG = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[]; processEnv: Record<string, string> } }).kvx;
+const SHIPPED = PKG.nodeFlags;
 
 /** Starts the built kvx-proxy as `node <bin>` (what npm's bin link runs) and resolves with its command line once it listens. */
 async function started(nodeArgs: string[], env: NodeJS.ProcessEnv = {}): Promise<{ child: ChildProcess; cmdline: string[] }> {
@@ -28,6 +31,20 @@ async function started(nodeArgs: string[], env: NodeJS.ProcessEnv = {}): Promise
   // execve keeps the pid: the process the parent started is the one that now runs with the flags.
   const cmdline = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
   return { child, cmdline };
+}
+
+/** The environment the process was started with (what the C library read), not what its process.env holds now. */
+const startEnvironment = (pid: number): string[] => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter(Boolean);
+
+/** Runs `kvx-proxy exec` as the npm bin; the wrapped command prints the two variables as it sees them. */
+async function execSees(env: NodeJS.ProcessEnv): Promise<{ arenas: string | null; marker: string | null }> {
+  const script = `console.log(JSON.stringify({ arenas: process.env.MALLOC_ARENA_MAX ?? null, marker: process.env.${ADDED_ENV_MARKER} ?? null }))`;
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [BIN, 'exec', '--upstream', 'http://127.0.0.1:9', '--auth-provider', 'static', '--token-env', 'NODE_FLAGS_TEST_TOKEN', '--port', '0', '--', process.execPath, '-e', script],
+    { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', NODE_FLAGS_TEST_TOKEN: 'node-flags-test-token', ...env } },
+  );
+  return JSON.parse(stdout.trim().split('\n').pop()!) as { arenas: string | null; marker: string | null };
 }
 
 describe('kvx-proxy started as the npm bin: the Node flags kvx ships with', function () {
@@ -65,5 +82,37 @@ describe('kvx-proxy started as the npm bin: the Node flags kvx ships with', func
     const given = await started([...SHIPPED, '--stack-size=900']);
     children.push(given.child);
     expect(given.cmdline.slice(1)).to.deep.equal([...SHIPPED, '--stack-size=900', BIN, '--upstream', 'http://127.0.0.1:9', '--auth-provider', 'static', '--token-env', 'NODE_FLAGS_TEST_TOKEN', '--port', '0', '--admin-port', '0']);
+  });
+
+  it('names the shipped variables the environment has no value for, and forgets only what a replacement added', () => {
+    expect(missingProcessEnv({ MALLOC_ARENA_MAX: '1' }, {})).to.deep.equal({ MALLOC_ARENA_MAX: '1' });
+    expect(missingProcessEnv({ MALLOC_ARENA_MAX: '1' }, { MALLOC_ARENA_MAX: '8' })).to.deep.equal({});
+    expect(missingProcessEnv({ MALLOC_ARENA_MAX: '1' }, { MALLOC_ARENA_MAX: '' })).to.deep.equal({});
+    const replaced: NodeJS.ProcessEnv = { MALLOC_ARENA_MAX: '1', HOME: '/home/u', [ADDED_ENV_MARKER]: 'MALLOC_ARENA_MAX' };
+    expect(forgetAddedEnv(replaced)).to.equal(true);
+    expect(replaced).to.deep.equal({ HOME: '/home/u' });
+    const user: NodeJS.ProcessEnv = { MALLOC_ARENA_MAX: '4' };
+    expect(forgetAddedEnv(user)).to.equal(false);
+    expect(user).to.deep.equal({ MALLOC_ARENA_MAX: '4' });
+  });
+
+  it('started without the shipped environment, the same process starts with it, flags given or not', async () => {
+    expect(PKG.processEnv).to.deep.equal({ MALLOC_ARENA_MAX: '1' });
+    for (const nodeArgs of [[], [...SHIPPED]]) {
+      const { child } = await started(nodeArgs);
+      children.push(child);
+      expect(startEnvironment(child.pid!)).to.include.members(['MALLOC_ARENA_MAX=1', `${ADDED_ENV_MARKER}=MALLOC_ARENA_MAX`]);
+    }
+  });
+
+  it('a value the user set is kept, and what kvx added never reaches the commands it runs', async () => {
+    const { child } = await started([...SHIPPED], { MALLOC_ARENA_MAX: '4' });
+    children.push(child);
+    const environment = startEnvironment(child.pid!);
+    expect(environment).to.include('MALLOC_ARENA_MAX=4');
+    expect(environment.filter((v) => v.startsWith(`${ADDED_ENV_MARKER}=`))).to.deep.equal([]);
+
+    expect(await execSees({})).to.deep.equal({ arenas: null, marker: null });
+    expect(await execSees({ MALLOC_ARENA_MAX: '4' })).to.deep.equal({ arenas: '4', marker: null });
   });
 });

@@ -69,6 +69,12 @@ describe('Dockerfile', () => {
     expect(readFileSync(path.join(ROOT, 'scripts/docker-build.sh'), 'utf8')).to.include('cp build/sea/kvx "$out/usr/local/bin/kvx-proxy"');
   });
 
+  it('sets the process environment kvx ships with (package.json kvx.processEnv), as the npm bin gives it itself', () => {
+    const { kvx } = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { kvx: { processEnv: Record<string, string> } };
+    const env = Object.fromEntries(last.filter((i) => i.op === 'ENV').map((i) => i.args.split('=') as [string, string]));
+    expect(env).to.deep.equal(kvx.processEnv);
+  });
+
   it('exposes the default proxy and admin ports and carries OCI labels', () => {
     expect(last.find((i) => i.op === 'EXPOSE')?.args.split(/\s+/).map(Number)).to.deep.equal([fieldDefault('listen'), fieldDefault('admin')]);
     const labels = last.filter((i) => i.op === 'LABEL').map((i) => i.args).join(' ');
