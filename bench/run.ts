@@ -29,8 +29,16 @@ import type { WorkflowResult, WorkflowSpec } from './workflow.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const KVX_BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
-/** The Node flags kvx ships with (the executable, the image, `npm run proxy`), so kvx runs here as it runs there. */
-const KVX_NODE_FLAGS = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { kvx: { nodeFlags: string[] } }).kvx.nodeFlags;
+/**
+ * The Node flags and process environment a build of kvx-proxy ships with (its package.json's kvx.nodeFlags and
+ * kvx.processEnv: what the image gives it), so each candidate runs here as it runs there, and none spends its
+ * start-up replacing itself to get them.
+ */
+function shippedLaunch(bin: string): { flags: string[]; env: Record<string, string> } {
+  const pkg = JSON.parse(readFileSync(join(dirname(bin), '..', '..', 'package.json'), 'utf8')) as { kvx?: { nodeFlags?: string[]; processEnv?: Record<string, string> } };
+  return { flags: pkg.kvx?.nodeFlags ?? [], env: pkg.kvx?.processEnv ?? {} };
+}
+const KVX_LAUNCH = shippedLaunch(KVX_BIN);
 /**
  * The credential every candidate sends: opaque, but as long as the ID token the Google candidate's fakes mint
  * (google-fakes.ts prints that length, and a note says when they differ). IAP traffic carries tokens of this size,
@@ -192,10 +200,11 @@ async function startKvx(
 ): Promise<Candidate> {
   // stdout (one JSON line per request) goes to a file, as nginx's access log does: a pipe would need a
   // reader process, and on the benchmark's two cores that reader takes CPU from the candidate.
+  const launch = shippedLaunch(bin);
   const child = startChild(
     process.execPath,
-    [...KVX_NODE_FLAGS, bin, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
-    env,
+    [...launch.flags, bin, '--upstream', upstreamUrl, ...args, '--port', '0', '--admin-port', '0', '--log-level', 'info'],
+    { ...launch.env, ...env },
     ROOT,
     join(tmp, `${name}.log`),
   );
@@ -508,8 +517,8 @@ async function measureStartup(opts: Options, upstreamUrl: string): Promise<{ kvx
     kvxMs.push(
       await timeToReady(
         process.execPath,
-        [...KVX_NODE_FLAGS, KVX_BIN, '--upstream', upstreamUrl, '--auth-provider', 'static', '--token-env', 'BENCH_TOKEN', '--port', '0', '--admin-port', String(adminPort), '--log-level', 'warn'],
-        { ...process.env, BENCH_TOKEN: TOKEN },
+        [...KVX_LAUNCH.flags, KVX_BIN, '--upstream', upstreamUrl, '--auth-provider', 'static', '--token-env', 'BENCH_TOKEN', '--port', '0', '--admin-port', String(adminPort), '--log-level', 'warn'],
+        { ...KVX_LAUNCH.env, ...process.env, BENCH_TOKEN: TOKEN },
         `http://127.0.0.1:${adminPort}/readyz`,
       ),
     );
