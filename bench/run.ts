@@ -35,7 +35,9 @@ const KVX_BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
  * start-up replacing itself to get them.
  */
 function shippedLaunch(bin: string): { flags: string[]; env: Record<string, string> } {
-  const pkg = JSON.parse(readFileSync(join(dirname(bin), '..', '..', 'package.json'), 'utf8')) as { kvx?: { nodeFlags?: string[]; processEnv?: Record<string, string> } };
+  const file = join(dirname(bin), '..', '..', 'package.json');
+  if (!existsSync(file)) throw new Error(`${bin}: no package.json at ${file}; point BENCH_KVX_BASELINE at the dist/cli/kvx-proxy.js of a checkout`);
+  const pkg = JSON.parse(readFileSync(file, 'utf8')) as { kvx?: { nodeFlags?: string[]; processEnv?: Record<string, string> } };
   return { flags: pkg.kvx?.nodeFlags ?? [], env: pkg.kvx?.processEnv ?? {} };
 }
 const KVX_LAUNCH = shippedLaunch(KVX_BIN);
