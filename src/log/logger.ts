@@ -18,6 +18,9 @@ export class Logger {
 
   /** The base fields, serialised once: `,"k":v,...` (empty without base fields). */
   private readonly baseJson: string;
+  /** The last message infoSerialized wrote, and its JSON. */
+  private serializedMsg = '';
+  private serializedMsgJson = '""';
 
   constructor(
     readonly level: LogLevel = 'info',
@@ -49,7 +52,13 @@ export class Logger {
    * owns escaping, so only pass values it controls or has run through JSON.stringify.
    */
   infoSerialized(msg: string, fieldsJson: string): void {
-    if (this.rank <= 20) this.sink.write(`{"time":"${isoNow()}","level":"info","msg":${JSON.stringify(msg)}${this.baseJson}${fieldsJson}}\n`);
+    if (this.rank > 20) return;
+    // The proxy calls this once per request, always with the same message.
+    if (msg !== this.serializedMsg) {
+      this.serializedMsg = msg;
+      this.serializedMsgJson = JSON.stringify(msg);
+    }
+    this.sink.write(`{"time":"${isoNow()}","level":"info","msg":${this.serializedMsgJson}${this.baseJson}${fieldsJson}}\n`);
   }
 
   warn(msg: string, fields?: LogFields): void {

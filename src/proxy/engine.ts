@@ -1,5 +1,6 @@
 import type { Server } from 'node:net';
 import type { HeaderMap } from '../auth/provider.js';
+import type { HeaderNameSet } from './header-names.js';
 
 /**
  * The port between the request path (forward.ts) and an HTTP engine: what the forwarder needs from the client
@@ -92,8 +93,8 @@ export interface OutgoingRequest {
   readonly upstreamPath: string;
   /** Credential headers; they replace the client's copies. */
   readonly injected: HeaderMap;
-  /** Lower-case names of `injected`. */
-  readonly injectedLower: ReadonlySet<string>;
+  /** The names of `injected`. */
+  readonly injectedNames: HeaderNameSet;
   readonly requestId: string;
   readonly body: OutgoingBody;
   readonly reuse: ReuseMode;

@@ -7,6 +7,7 @@ import type { Logger } from '../log/logger.js';
 import { safePathForLog } from '../log/logger.js';
 import { sendProxyError } from './errors.js';
 import type { ProxyErrorKind } from './errors.js';
+import { HeaderNameSet, NO_HEADER_NAMES } from './header-names.js';
 import { HostGuard } from './host-guard.js';
 import { AuthAnswerReader } from './iap.js';
 import type { GuardRefusal } from './host-guard.js';
@@ -45,7 +46,6 @@ const NO_BODY: OutgoingBody = { kind: 'none' };
 const CHUNKED_STREAM: OutgoingBody = { kind: 'stream', chunked: true };
 const LENGTH_STREAM: OutgoingBody = { kind: 'stream', chunked: false };
 const NO_HEADERS: HeaderMap = Object.freeze({});
-const NO_NAMES: ReadonlySet<string> = new Set();
 /** While requests keep being refused for want of credentials, one line per this interval, with a count. */
 const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
@@ -126,7 +126,7 @@ export class Forwarder implements LocationRewriter {
   readonly authAnswers: AuthAnswerReader;
   private idCounter = 0;
   private lastInjected: HeaderMap | undefined;
-  private lastInjectedNames: ReadonlySet<string> = NO_NAMES;
+  private lastInjectedNames: HeaderNameSet = NO_HEADER_NAMES;
   private readonly idPrefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
 
   constructor(readonly options: ForwarderOptions) {
@@ -172,12 +172,10 @@ export class Forwarder implements LocationRewriter {
    * The lower-case names of the injected headers. Providers hand out the same map until their credential changes,
    * so the set for the last one is kept rather than built again for every request.
    */
-  injectedNames(injected: HeaderMap): ReadonlySet<string> {
+  injectedNames(injected: HeaderMap): HeaderNameSet {
     if (injected !== this.lastInjected) {
-      const lower = new Set<string>();
-      for (const name in injected) lower.add(name.toLowerCase());
       this.lastInjected = injected;
-      this.lastInjectedNames = lower;
+      this.lastInjectedNames = new HeaderNameSet(Object.keys(injected));
     }
     return this.lastInjectedNames;
   }
@@ -239,7 +237,7 @@ export class Exchange implements UpstreamHandler, BodySink, OutgoingRequest {
   requestId = '';
   upstreamPath = '';
   injected: HeaderMap = NO_HEADERS;
-  injectedLower: ReadonlySet<string> = NO_NAMES;
+  injectedNames: HeaderNameSet = NO_HEADER_NAMES;
   body: OutgoingBody = NO_BODY;
   reuse: ReuseMode = 'any';
   private upstream: UpstreamExchange | undefined;
@@ -404,7 +402,7 @@ export class Exchange implements UpstreamHandler, BodySink, OutgoingRequest {
     if (req.clientGone || this.phase === Phase.Done) return this.finish(499);
     if (injected !== this.injected) {
       this.injected = injected;
-      this.injectedLower = forwarder.injectedNames(injected);
+      this.injectedNames = forwarder.injectedNames(injected);
     }
     const streaming = this.body.kind === 'stream';
     // A re-send after a stale connection goes on a new one: another reused one may be just as stale.

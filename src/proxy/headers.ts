@@ -1,13 +1,14 @@
 import type { KvxConfig } from '../config/schema.js';
 import { CLIENT_CREDENTIAL_HEADERS, PROXY_OWNED_REQUEST_HEADERS } from '../config/validate.js';
 import type { LocationRewriter } from './engine.js';
+import { HeaderNameSet, isHeader } from './header-names.js';
 
 /** Content-Length is kept here: whether it describes the body is decided with the framing. */
-const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authenticate']);
+const DROPPED_RESPONSE_HEADERS = new HeaderNameSet(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authenticate']);
 
 export interface RequestHeaderPlan {
-  /** Lower-case names never forwarded from the client (credential headers not preserved). */
-  stripped: ReadonlySet<string>;
+  /** Names never forwarded from the client: the ones the proxy sets itself and the credential headers not preserved. */
+  dropped: HeaderNameSet;
   upstreamHost: string;
   /**
    * Drop client headers whose names contain `_` (headers.allowUnderscores off), as nginx's underscores_in_headers
@@ -24,22 +25,28 @@ export const BODY_EXPECTED: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH
 export function requestHeaderPlan(config: KvxConfig): RequestHeaderPlan {
   const preserved = new Set(config.headers.preserve.map((h) => h.toLowerCase()));
   return {
-    stripped: new Set(CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))),
+    dropped: new HeaderNameSet([...PROXY_OWNED_REQUEST_HEADERS, ...CLIENT_CREDENTIAL_HEADERS.filter((h) => !preserved.has(h))]),
     upstreamHost: new URL(config.upstream.url).host,
     dropUnderscored: !config.headers.allowUnderscores,
   };
 }
 
-/** The tokens of every Connection header: more hop-by-hop headers, named by the sender. */
-function connectionTokens(raw: readonly string[]): Set<string> | undefined {
-  let tokens: Set<string> | undefined;
+/**
+ * The tokens of every Connection header, more hop-by-hop headers named by the sender, leaving out those
+ * `dropped` already: undefined for the usual `keep-alive` or `close`.
+ */
+function connectionTokens(raw: readonly string[], dropped: HeaderNameSet): HeaderNameSet | undefined {
+  let tokens: string[] | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
-      tokens ??= new Set();
-      for (const token of raw[i + 1]!.toLowerCase().split(',')) tokens.add(token.trim());
+    if (!isHeader(raw[i]!, 'connection')) continue;
+    const value = raw[i + 1]!;
+    // Nearly always a single `keep-alive` or `close`: no list to split.
+    for (const part of value.includes(',') ? value.split(',') : [value]) {
+      const token = part.trim();
+      if (token !== '' && !dropped.has(token)) (tokens ??= []).push(token);
     }
   }
-  return tokens;
+  return tokens === undefined ? undefined : new HeaderNameSet(tokens);
 }
 
 /**
@@ -53,18 +60,17 @@ export function upstreamRequestHead(
   raw: readonly string[],
   plan: RequestHeaderPlan,
   injected: Readonly<Record<string, string>>,
-  injectedLower: ReadonlySet<string>,
+  injectedNames: HeaderNameSet,
   requestId: string,
   framing: string,
 ): string {
   let head = `${method} ${path} HTTP/1.1\r\nhost: ${plan.upstreamHost}\r\n`;
-  const hopByHop = connectionTokens(raw);
+  const hopByHop = connectionTokens(raw, plan.dropped);
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const lower = name.toLowerCase();
-    if (PROXY_OWNED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (plan.dropped.has(name) || injectedNames.has(name)) continue;
     if (plan.dropUnderscored && name.includes('_')) continue;
-    if (hopByHop?.has(lower)) continue;
+    if (hopByHop?.has(name)) continue;
     head += `${name}: ${raw[i + 1]!}\r\n`;
   }
   for (const name in injected) head += `${name}: ${injected[name]!}\r\n`;
@@ -84,20 +90,19 @@ export interface ClientResponseHead {
  * travel to where the redirect pointed).
  */
 export function clientResponseHead(raw: readonly string[], rewriter: LocationRewriter, clientHost: string | undefined): ClientResponseHead {
-  const hopByHop = connectionTokens(raw);
+  const hopByHop = connectionTokens(raw, DROPPED_RESPONSE_HEADERS);
   let lines = '';
   let hasLength = false;
   let chunked = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const lower = name.toLowerCase();
-    if (DROPPED_RESPONSE_HEADERS.has(lower) || hopByHop?.has(lower)) {
-      if (lower === 'transfer-encoding') chunked = true;
+    if (DROPPED_RESPONSE_HEADERS.has(name) || hopByHop?.has(name)) {
+      if (isHeader(name, 'transfer-encoding')) chunked = true;
       continue;
     }
     let value = raw[i + 1]!;
-    if (lower === 'content-length') hasLength = true;
-    else if (lower === 'location') value = rewriter.rewriteLocation(value, clientHost);
+    if (isHeader(name, 'content-length')) hasLength = true;
+    else if (isHeader(name, 'location')) value = rewriter.rewriteLocation(value, clientHost);
     lines += `${name}: ${value}\r\n`;
   }
   // llhttp refuses a response with both; this keeps the rule local all the same.
@@ -112,17 +117,16 @@ export function upstreamRequestHeaderList(
   raw: readonly string[],
   plan: RequestHeaderPlan,
   injected: Readonly<Record<string, string>>,
-  injectedLower: ReadonlySet<string>,
+  injectedNames: HeaderNameSet,
   requestId: string,
 ): string[] {
   const list = ['host', plan.upstreamHost];
-  const hopByHop = connectionTokens(raw);
+  const hopByHop = connectionTokens(raw, plan.dropped);
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const lower = name.toLowerCase();
-    if (PROXY_OWNED_REQUEST_HEADERS.has(lower) || plan.stripped.has(lower) || injectedLower.has(lower)) continue;
+    if (plan.dropped.has(name) || injectedNames.has(name)) continue;
     if (plan.dropUnderscored && name.includes('_')) continue;
-    if (hopByHop?.has(lower)) continue;
+    if (hopByHop?.has(name)) continue;
     list.push(name, raw[i + 1]!);
   }
   for (const name in injected) list.push(name, injected[name]!);
@@ -132,20 +136,19 @@ export function upstreamRequestHeaderList(
 
 /** The client response's headers as a flat list (node:http's writeHead), the same selection as clientResponseHead. */
 export function clientResponseHeaderList(raw: readonly string[], rewriter: LocationRewriter, clientHost: string | undefined): { list: string[]; hasLength: boolean } {
-  const hopByHop = connectionTokens(raw);
+  const hopByHop = connectionTokens(raw, DROPPED_RESPONSE_HEADERS);
   const list: string[] = [];
   let hasLength = false;
   let chunked = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const lower = name.toLowerCase();
-    if (DROPPED_RESPONSE_HEADERS.has(lower) || hopByHop?.has(lower)) {
-      if (lower === 'transfer-encoding') chunked = true;
+    if (DROPPED_RESPONSE_HEADERS.has(name) || hopByHop?.has(name)) {
+      if (isHeader(name, 'transfer-encoding')) chunked = true;
       continue;
     }
     let value = raw[i + 1]!;
-    if (lower === 'content-length') hasLength = true;
-    else if (lower === 'location') value = rewriter.rewriteLocation(value, clientHost);
+    if (isHeader(name, 'content-length')) hasLength = true;
+    else if (isHeader(name, 'location')) value = rewriter.rewriteLocation(value, clientHost);
     list.push(name, value);
   }
   return { list, hasLength: hasLength && !chunked };

@@ -469,7 +469,7 @@ class NodeExchange implements UpstreamExchange, Dispatcher.DispatchHandler {
     plan: RequestHeaderPlan,
     private readonly timeouts: ExchangeTimeouts,
   ) {
-    const headers = upstreamRequestHeaderList(request.rawHeaders, plan, outgoing.injected as HeaderMap, outgoing.injectedLower, outgoing.requestId);
+    const headers = upstreamRequestHeaderList(request.rawHeaders, plan, outgoing.injected as HeaderMap, outgoing.injectedNames, outgoing.requestId);
     const body: OutgoingBody = outgoing.body;
     let payload: Buffer | Readable | null = null;
     if (body.kind === 'buffer') payload = body.data;

@@ -14,6 +14,8 @@ import type { FakeMlflow } from '../fakes/mlflow/index.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = path.join(ROOT, 'src/cli/kvx-proxy.ts');
+/** tsx by its location: a step's working directory (a kedro project in a temp dir) has no node_modules to find it in. */
+const TSX = import.meta.resolve('tsx');
 const TOKEN = 'exec-test-token-7f3a';
 
 interface Run {
@@ -25,7 +27,7 @@ interface Run {
 
 /** Starts `kvx-proxy exec <args>`; `onStdout` sees the command's output as it comes. */
 function startExec(args: string[], env: NodeJS.ProcessEnv, onStdout?: (text: string, proc: ChildProcess) => void): { proc: ChildProcess; done: Promise<Run> } {
-  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'exec', ...args], {
+  const proc = spawn(process.execPath, ['--import', TSX, CLI, 'exec', ...args], {
     cwd: ROOT,
     env: { PATH: process.env['PATH'], HOME: process.env['HOME'], ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -43,7 +45,7 @@ function startExec(args: string[], env: NodeJS.ProcessEnv, onStdout?: (text: str
 
 /** `kvx-proxy exec <args>` run in `cwd` (a step runs in its image's working directory, the project). */
 async function startExecIn(cwd: string, args: string[], env: NodeJS.ProcessEnv): Promise<Run> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'exec', ...args], {
+  const proc = spawn(process.execPath, ['--import', TSX, CLI, 'exec', ...args], {
     cwd,
     env: { PATH: process.env['PATH'], HOME: process.env['HOME'], ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -34,6 +34,31 @@ export function writeBodyChunk(socket: Socket, chunk: Buffer, chunked: boolean):
   return more;
 }
 
+/** A first chunk at most this large leaves in one buffer with the head (see writeHeadAndBody). */
+const JOIN_MAX_BYTES = 4 * 1024;
+
+/**
+ * Writes a response head and the first chunk of its body. A small chunk is copied behind the head into one
+ * buffer and sent with one plain write; a corked string and buffer go through the stream's writev path,
+ * which cost about a tenth of the instructions kvx spends on a 1 KB GET (callgrind). A larger chunk is not
+ * worth the copy.
+ */
+export function writeHeadAndBody(socket: Socket, head: string, chunk: Buffer, chunked: boolean): boolean {
+  if (chunk.length > JOIN_MAX_BYTES) {
+    socket.cork();
+    socket.write(head, 'latin1');
+    const more = writeBodyChunk(socket, chunk, chunked);
+    socket.uncork();
+    return more;
+  }
+  const prefix = chunked ? `${head}${chunk.length.toString(16)}\r\n` : head;
+  const out = Buffer.allocUnsafe(prefix.length + chunk.length + (chunked ? 2 : 0));
+  let at = out.write(prefix, 0, 'latin1');
+  at += chunk.copy(out, at);
+  if (chunked) out.write('\r\n', at, 'latin1');
+  return socket.write(out);
+}
+
 /** Whether the chunk owns all of its memory and is worth freeing early. */
 function releasable(chunk: Buffer): boolean {
   return chunk.length >= RELEASE_MIN_BYTES && ownsMemory(chunk);

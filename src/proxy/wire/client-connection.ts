@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import { Sweeper, coarseNow, sweepInterval, tick } from './clock.js';
-import { BodyBatch, releaseNow, writeBodyChunk } from './body.js';
+import { BodyBatch, releaseNow, writeBodyChunk, writeHeadAndBody } from './body.js';
 import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete } from './llhttp.js';
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 import type { BodySink, LocationRewriter, ProxyRequest, RefusalKind } from '../engine.js';
@@ -253,12 +253,10 @@ export class ClientRequest implements ProxyRequest {
     const socket = this.connection.socket;
     this.connection.lastActivity = coarseNow();
     if (socket.destroyed) return true;
-    if (this.head === undefined) return writeBodyChunk(socket, chunk, this.framing === 'chunked');
-    socket.cork();
-    this.flushHead();
-    const more = writeBodyChunk(socket, chunk, this.framing === 'chunked');
-    socket.uncork();
-    return more;
+    const head = this.head;
+    if (head === undefined) return writeBodyChunk(socket, chunk, this.framing === 'chunked');
+    this.head = undefined;
+    return writeHeadAndBody(socket, head, chunk, this.framing === 'chunked');
   }
 
   onDrain(callback: () => void): void {

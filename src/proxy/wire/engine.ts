@@ -78,7 +78,7 @@ class WireUpstream implements UpstreamSide {
           : BODY_EXPECTED.has(request.method)
             ? 'content-length: 0\r\n'
             : '';
-    const head = upstreamRequestHead(request.method, outgoing.upstreamPath, request.rawHeaders, this.plan, outgoing.injected, outgoing.injectedLower, outgoing.requestId, framing);
+    const head = upstreamRequestHead(request.method, outgoing.upstreamPath, request.rawHeaders, this.plan, outgoing.injected, outgoing.injectedNames, outgoing.requestId, framing);
     request.waitingOnUpstream = true;
     return this.pool.request(handler, head, body, request.method === 'HEAD', outgoing.reuse);
   }
