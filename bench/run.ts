@@ -592,7 +592,9 @@ async function main(): Promise<void> {
     await Promise.allSettled([...children, ...candidates].map((c) => c.stop()));
     rmSync(tmp, { recursive: true, force: true });
   };
+  // Interrupted (Ctrl-C, or a kill from a CI runner), the bench stops its servers and proxies rather than leaving them running.
   process.once('SIGINT', () => void stopAll().then(() => process.exit(130)));
+  process.once('SIGTERM', () => void stopAll().then(() => process.exit(143)));
 
   try {
     const wrk = findWrk();

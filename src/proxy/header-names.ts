@@ -40,7 +40,10 @@ export class HeaderNameSet {
 
 export const NO_HEADER_NAMES = new HeaderNameSet([]);
 
-/** Whether `name`, in any case, is `lower` (a lower-case name): by length first, then as it is, then lower-cased. */
+/**
+ * Whether `name`, in any case, is `lower` (a lower-case name): by length first, then as it is, then lower-cased.
+ * (A loop folding the case of each character cost more instructions than the builtin, measured with callgrind.)
+ */
 export function isHeader(name: string, lower: string): boolean {
   return name.length === lower.length && (name === lower || name.toLowerCase() === lower);
 }

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import type { KvxConfig } from '../config/schema.js';
 import type { ProxyErrorKind } from './errors.js';
+import { isHeader } from './header-names.js';
 
 /**
  * Keeps web pages the user visits from using the proxy's credentials (the checks Jupyter's and MLflow 3's own
@@ -79,21 +80,18 @@ export class HostGuard {
       // Switch on length first, as ClientRequest does: most headers are passed over without lower-casing them.
       switch (name.length) {
         case 4:
-          if (name.toLowerCase() === 'host') hosts++;
+          if (isHeader(name, 'host')) hosts++;
           break;
         case 6:
-          // Accept and Cookie have six letters too.
-          if ((name.charCodeAt(0) | 0x20) === 111 /* o */ && name.toLowerCase() === 'origin') {
+          if (isHeader(name, 'origin')) {
             origin = raw[i + 1];
             origins++;
           }
           break;
         case 14: {
-          if ((name.charCodeAt(0) | 0x20) !== 115 /* s */) break;
-          const lower = name.toLowerCase();
-          if (lower === 'sec-fetch-site') site = raw[i + 1];
-          else if (lower === 'sec-fetch-mode') mode = raw[i + 1];
-          else if (lower === 'sec-fetch-dest') dest = raw[i + 1];
+          if (isHeader(name, 'sec-fetch-site')) site = raw[i + 1];
+          else if (isHeader(name, 'sec-fetch-mode')) mode = raw[i + 1];
+          else if (isHeader(name, 'sec-fetch-dest')) dest = raw[i + 1];
           break;
         }
       }

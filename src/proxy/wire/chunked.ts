@@ -1,3 +1,4 @@
+import { isHeader } from '../header-names.js';
 /**
  * A chunked response body, decoded in JavaScript straight from the socket's reads instead of by llhttp.
  *
@@ -229,7 +230,7 @@ export function isPlainChunked(headers: readonly string[]): boolean {
   let found = false;
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i]!;
-    if (name.length !== 17 || name.toLowerCase() !== 'transfer-encoding') continue;
+    if (!isHeader(name, 'transfer-encoding')) continue;
     if (found) return false;
     found = true;
     if (headers[i + 1]!.trim().toLowerCase() !== 'chunked') return false;

@@ -6,6 +6,7 @@ import { HeaderAccumulator, METHODS, ParserReader, SKIP_BODY, acquireParser, kOn
 import type { HeadersComplete, NativeParser, ParserError } from './llhttp.js';
 import type { BodySink, LocationRewriter, ProxyRequest, RefusalKind } from '../engine.js';
 import { clientResponseHead } from '../headers.js';
+import { isHeader } from '../header-names.js';
 import { ConnectionRegistry } from './connection-registry.js';
 import type { Registered } from './connection-registry.js';
 
@@ -113,23 +114,23 @@ export class ClientRequest implements ProxyRequest {
       // Switch on length first: most headers are rejected without lower-casing them.
       switch (name.length) {
         case 4:
-          if (name.toLowerCase() === 'host') host = rawHeaders[i + 1];
+          if (isHeader(name, 'host')) host = rawHeaders[i + 1];
           break;
         case 6:
-          if (name.toLowerCase() === 'expect' && rawHeaders[i + 1]!.toLowerCase() === '100-continue') expectContinue = true;
+          if (isHeader(name, 'expect') && rawHeaders[i + 1]!.toLowerCase() === '100-continue') expectContinue = true;
           break;
         case 12:
-          if (name.toLowerCase() === 'x-request-id') {
+          if (isHeader(name, 'x-request-id')) {
             requestId = rawHeaders[i + 1];
             requestIds++;
           }
           break;
         case 14:
           // llhttp has already refused conflicting or malformed lengths.
-          if (name.toLowerCase() === 'content-length') contentLength = Number(rawHeaders[i + 1]);
+          if (isHeader(name, 'content-length')) contentLength = Number(rawHeaders[i + 1]);
           break;
         case 17:
-          if (name.toLowerCase() === 'transfer-encoding') chunked = true;
+          if (isHeader(name, 'transfer-encoding')) chunked = true;
           break;
       }
     }

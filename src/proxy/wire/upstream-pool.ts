@@ -25,6 +25,7 @@ import { ConnectionRegistry } from './connection-registry.js';
 import type { Registered } from './connection-registry.js';
 import { UpstreamError } from '../engine.js';
 import type { OutgoingBody, ReuseMode, UpstreamExchange, UpstreamHandler } from '../engine.js';
+import { isHeader } from '../header-names.js';
 
 export { UpstreamError };
 export type { ReuseMode };
@@ -321,7 +322,7 @@ export class UpstreamConnection implements Registered {
 
   private readKeepAliveHint(headers: string[]): void {
     for (let i = 0; i < headers.length; i += 2) {
-      if (headers[i]!.length === 10 && headers[i]!.toLowerCase() === 'keep-alive') {
+      if (isHeader(headers[i]!, 'keep-alive')) {
         const match = /timeout=(\d+)/i.exec(headers[i + 1]!);
         if (match) this.keepAliveMs = Math.min(this.pool.options.keepAliveTimeoutMs, Math.max(0, Number(match[1]) * 1000 - KEEP_ALIVE_MARGIN_MS));
       }
