@@ -155,6 +155,23 @@ describe('faults: upstream', function () {
     await h.assertHealthy('after surplus body bytes');
   });
 
+  it('sends the start of another answer after its own, in the same write: the connection is not reused, the next answer is its own', async () => {
+    h.upstream.behaviour = (req) => {
+      // Only part of a head follows: no headers complete, so nothing but the start of a message shows it.
+      req.on('end', () => req.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Le'));
+      req.resume();
+      return true;
+    };
+    const first = await request(h.url, '/api/2.0/mlflow/runs/get?run_id=1');
+    expect(first.status).to.equal(200);
+    expect(first.text).to.equal('ok');
+    h.upstream.behaviour = undefined;
+    const second = await request(h.url, '/bytes/10');
+    expect(second.status, 'the next answer was read after the stray bytes').to.equal(200);
+    expect(second.body.length).to.equal(10);
+    await h.assertHealthy('after the start of a stray answer');
+  });
+
   wireOnly('no distrust of connection reuse: undici does not tell whether a connection was reused')('closes a reused keep-alive connection instead of answering: a GET is re-sent once and succeeds, a POST is never re-sent', async () => {
     // From the proxy's side this is the stale-socket race made deterministic: the request went out on a
     // reused connection and the server closed it. Sequential requests, so the retry finds no idle socket.

@@ -337,6 +337,8 @@ export class ClientConnection implements Registered {
   private parser: NativeParser | undefined;
   /** The parser callbacks, bound to each parser this connection takes. */
   private readonly callbacks: [unknown, unknown, unknown, unknown];
+  /** Whether the parser calls back when a message completes (not for a request without a body). */
+  private messageCompleteSet = true;
   /** Requests parsed and not yet answered; the first is active. */
   readonly queue: ClientRequest[] = [];
   activeRequest: ClientRequest | undefined;
@@ -364,8 +366,12 @@ export class ClientConnection implements Registered {
     const onHeaders = (headers: string[], url: string) => this.headers.add(headers, url);
     const onHeadersComplete: HeadersComplete = (_major, minor, rawHeaders, method, url, _status, _reason, upgrade, keepAlive) => {
       const [headers, target] = this.headers.take(rawHeaders, url);
-      if (this.stopped) return SKIP_BODY;
+      if (this.stopped) {
+        this.callOnMessageComplete(true);
+        return SKIP_BODY;
+      }
       if (headers.length > MAX_HEADER_PAIRS * 2) {
+        this.callOnMessageComplete(true);
         this.parseFailed(Object.assign(new Error('too many headers'), { code: 'HPE_HEADER_OVERFLOW' }));
         return SKIP_BODY;
       }
@@ -374,6 +380,7 @@ export class ClientConnection implements Registered {
         // llhttp frames lengths up to 2^64 - 1, but a JavaScript number holds them exactly only up to 2^53 - 1:
         // forwarded, a rounded length would make upstream frame a different body than the client sent.
         this.stopped = true;
+        this.callOnMessageComplete(true);
         this.listener.options.onClientError('content_length_too_large');
         this.pendingRefusal = 'too_large';
         return SKIP_BODY;
@@ -385,7 +392,16 @@ export class ClientConnection implements Registered {
         // Nothing after an upgrade request is HTTP; the answer refuses it and closes.
         request.complete = true;
         this.stopped = true;
+      } else if (!request.hasBody) {
+        // No body: llhttp completes the message right after its headers. Completed here instead, with the
+        // message-complete callback unset for it: a call from C++ into JavaScript fewer for every GET.
+        this.headers.reset();
+        this.receiving = undefined;
+        request.receiveEnd();
+        this.callOnMessageComplete(false);
+        return 0;
       }
+      this.callOnMessageComplete(true);
       return 0;
     };
     const onBody = (chunk: Buffer) => this.body.add(chunk);
@@ -411,6 +427,14 @@ export class ClientConnection implements Registered {
     parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = onBody;
     parser[kOnMessageComplete] = onMessageComplete;
+    this.messageCompleteSet = true;
+  }
+
+  /** Sets or unsets the parser's message-complete callback for the message whose headers just completed. */
+  private callOnMessageComplete(call: boolean): void {
+    if (call === this.messageCompleteSet || this.parser === undefined) return;
+    this.messageCompleteSet = call;
+    this.parser[kOnMessageComplete] = call ? this.callbacks[3] : undefined;
   }
 
   private readonly onData = (data: Buffer): void => {
