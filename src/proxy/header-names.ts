@@ -12,14 +12,18 @@ const LONG = 64;
  * their length.
  */
 export class HeaderNameSet {
-  /** The lower-case names, by length; names of LONG characters or more share the last slot. */
-  private readonly byLength: (string[] | undefined)[] = [];
+  /**
+   * The lower-case names, by length; names of LONG characters or more share the last slot. Every slot holds
+   * an array, empty for most: a read past an array's end or of a hole takes V8's slow path.
+   */
+  private readonly byLength: string[][];
   readonly size: number;
 
   constructor(names: Iterable<string>) {
     const unique = new Set<string>();
     for (const name of names) unique.add(name.toLowerCase());
-    for (const lower of unique) (this.byLength[lower.length < LONG ? lower.length : LONG] ??= []).push(lower);
+    this.byLength = Array.from({ length: LONG + 1 }, (): string[] => []);
+    for (const lower of unique) this.byLength[lower.length < LONG ? lower.length : LONG]!.push(lower);
     this.size = unique.size;
   }
 
@@ -28,8 +32,8 @@ export class HeaderNameSet {
    * for lists this short costs less than hashing the new string.
    */
   has(name: string): boolean {
-    const candidates = this.byLength[name.length < LONG ? name.length : LONG];
-    if (candidates === undefined) return false;
+    const candidates = this.byLength[name.length < LONG ? name.length : LONG]!;
+    if (candidates.length === 0) return false;
     for (const candidate of candidates) if (candidate === name) return true;
     const lower = name.toLowerCase();
     if (lower === name) return false;

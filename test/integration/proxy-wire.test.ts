@@ -502,6 +502,25 @@ describe('proxy: HTTP/1.1 wire conformance', function () {
     expect(c.pending).to.equal('');
   });
 
+  // An answer framed by Content-Length completes when its bytes are counted, without the parser's
+  // message-complete callback; a 1xx after it on the same connection needs that callback again.
+  it('an interim 103 on a connection whose last answer was framed by Content-Length: the final answer and the next complete', async () => {
+    upstream.raw = (socket, head) => {
+      const url = head.split(' ')[1]!;
+      const body = `final for ${url}`;
+      const final = `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+      socket.write(url === '/hints' ? `HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n${final}` : final);
+    };
+    const c = await connect();
+    for (const url of ['/plain', '/hints', '/after']) {
+      c.write(`GET ${url} HTTP/1.1\r\nHost: kvx\r\n\r\n`);
+      const { final } = await c.readFinal();
+      expect(final.status, url).to.equal(200);
+      expect(final.body.toString()).to.equal(`final for ${url}`);
+    }
+    expect(upstream.connections, 'one upstream connection carried all three').to.equal(1);
+  });
+
   it('several Set-Cookie headers arrive as separate headers, and a custom header value with a comma arrives byte for byte', async () => {
     const cookies = ['a=1; Path=/', 'b=2; Path=/api; HttpOnly; Expires=Wed, 21 Oct 2037 07:28:00 GMT'];
     upstream.handler = (_req, res) => {

@@ -243,6 +243,7 @@ export class UpstreamConnection implements Registered {
       const request = this.request;
       if (request === undefined || request.done) {
         this.poisoned = true;
+        this.callOnMessageComplete(true);
         return PARSE_BODY;
       }
       if (status < 200) {
@@ -258,6 +259,7 @@ export class UpstreamConnection implements Registered {
         // its blank line whatever its headers say (RFC 9112 §6.3); llhttp would read a Content-Length body
         // for 104-199, and those bytes belong to no answer.
         this.interim = true;
+        this.callOnMessageComplete(true);
         return SKIP_BODY;
       }
       if (status > 599) {
@@ -271,6 +273,11 @@ export class UpstreamConnection implements Registered {
       // Decided before the handler runs: it may abort the exchange, and the headers are all it may look at.
       const pause = PAUSE_AFTER_HEADERS;
       const raw = pause !== undefined && !request.expectsNoBody && status !== 204 && status !== 304 && isPlainChunked(headers);
+      // An answer framed by one Content-Length is complete when that many bytes arrived: kOnBody says so,
+      // and the parser's message-complete callback is unset for it (a call into JavaScript fewer per answer).
+      const length = request.expectsNoBody || status === 204 || status === 304 || raw ? -1 : answerLength(headers);
+      this.bodyLeft = length > 0 ? length : 0;
+      this.callOnMessageComplete(this.bodyLeft === 0);
       request.handler.onResponseHead(status, reason, headers);
       if (request.expectsNoBody) return SKIP_BODY;
       if (raw) {
@@ -282,22 +289,13 @@ export class UpstreamConnection implements Registered {
     parser[kOnHeadersComplete] = onHeadersComplete;
     parser[kOnBody] = (chunk: Buffer) => {
       const request = this.request;
-      if (request !== undefined && !request.done) this.body.add(chunk);
-    };
-    parser[kOnMessageComplete] = () => {
-      this.body.flush();
-      this.headers.reset();
-      if (this.interim) {
-        this.interim = false;
-        return;
-      }
-      const request = this.request;
       if (request === undefined || request.done) return;
-      request.done = true;
-      this.completed = true;
-      parser[kOnMessageBegin] = this.onStrayMessage;
-      request.handler.onResponseEnd();
+      this.body.add(chunk);
+      if (this.bodyLeft === 0) return;
+      this.bodyLeft -= chunk.length;
+      if (this.bodyLeft === 0) this.onMessageComplete();
     };
+    parser[kOnMessageComplete] = this.onMessageComplete;
 
     socket.setNoDelay(true);
     // A plain socket out of a tunnel is connected already; TLS inside one still has its handshake ahead.
@@ -326,6 +324,32 @@ export class UpstreamConnection implements Registered {
         if (match) this.keepAliveMs = Math.min(this.pool.options.keepAliveTimeoutMs, Math.max(0, Number(match[1]) * 1000 - KEEP_ALIVE_MARGIN_MS));
       }
     }
+  }
+
+  /** Bytes of a Content-Length body still to come, when its end is told by counting them (see onHeadersComplete). */
+  private bodyLeft = 0;
+  /** Whether the parser calls onMessageComplete (not for an answer whose length is counted). */
+  private messageCompleteSet = true;
+
+  private readonly onMessageComplete = (): void => {
+    this.body.flush();
+    this.headers.reset();
+    if (this.interim) {
+      this.interim = false;
+      return;
+    }
+    const request = this.request;
+    if (request === undefined || request.done) return;
+    request.done = true;
+    this.completed = true;
+    this.parser[kOnMessageBegin] = this.onStrayMessage;
+    request.handler.onResponseEnd();
+  };
+
+  private callOnMessageComplete(call: boolean): void {
+    if (call === this.messageCompleteSet) return;
+    this.messageCompleteSet = call;
+    this.parser[kOnMessageComplete] = call ? this.onMessageComplete : undefined;
   }
 
   /**
@@ -487,6 +511,23 @@ export class UpstreamConnection implements Registered {
     }
     return false;
   }
+}
+
+/**
+ * The length of an answer's body when one Content-Length frames it (no Transfer-Encoding, which would take
+ * precedence, and no second Content-Length, which llhttp refuses unless equal), else -1.
+ */
+function answerLength(headers: readonly string[]): number {
+  let length = -1;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    if (isHeader(name, 'transfer-encoding')) return -1;
+    if (isHeader(name, 'content-length')) {
+      if (length !== -1) return -1;
+      length = Number(headers[i + 1]);
+    }
+  }
+  return Number.isSafeInteger(length) ? length : -1;
 }
 
 function parserFailure(err: ParserError, request: UpstreamRequest): UpstreamError {
