@@ -1,6 +1,3 @@
-/** Names this long or longer share one slot of the length table. */
-const LONG = 64;
-
 /**
  * A set of header names, asked with a name in the case it arrived in. Most names of a request or an answer
  * are in none of the proxy's lists, and most of those are of a length no listed name has: they are passed
@@ -8,39 +5,42 @@ const LONG = 64;
  * every name took a twelfth of the instructions kvx spends on a small GET (measured with callgrind), since
  * each name is a string the parser made for this message.
  *
- * Header names are tokens (ASCII, which llhttp and the configuration check enforce), so lower-casing keeps
- * their length.
+ * Cheap to build, as one is built for a Connection header naming more hop-by-hop headers (`Connection: close`
+ * does). Header names are tokens (ASCII, which llhttp and the configuration check enforce), so lower-casing
+ * keeps their length.
  */
 export class HeaderNameSet {
-  /**
-   * The lower-case names, by length; names of LONG characters or more share the last slot. Every slot holds
-   * an array, empty for most: a read past an array's end or of a hole takes V8's slow path.
-   */
-  private readonly byLength: string[][];
-  readonly size: number;
+  /** The lower-case names. */
+  private readonly names: string[] = [];
+  /** Bit n set: a name of n characters is in the set (n < 31); bit 31: a longer one is. */
+  private lengths = 0;
 
   constructor(names: Iterable<string>) {
-    const unique = new Set<string>();
-    for (const name of names) unique.add(name.toLowerCase());
-    this.byLength = Array.from({ length: LONG + 1 }, (): string[] => []);
-    for (const lower of unique) this.byLength[lower.length < LONG ? lower.length : LONG]!.push(lower);
-    this.size = unique.size;
+    for (const name of names) {
+      const lower = name.toLowerCase();
+      if (this.names.includes(lower)) continue;
+      this.names.push(lower);
+      this.lengths |= lengthBit(lower.length);
+    }
   }
 
-  /**
-   * Whether `name`, in any case, is in the set. The few names of its length are compared one by one, which
-   * for lists this short costs less than hashing the new string.
-   */
+  get size(): number {
+    return this.names.length;
+  }
+
+  /** Whether `name`, in any case, is in the set; lower-cased only if a listed name has its length. */
   has(name: string): boolean {
-    const candidates = this.byLength[name.length < LONG ? name.length : LONG]!;
-    if (candidates.length === 0) return false;
-    for (const candidate of candidates) if (candidate === name) return true;
-    const lower = name.toLowerCase();
-    if (lower === name) return false;
-    for (const candidate of candidates) if (candidate === lower) return true;
+    if ((this.lengths & lengthBit(name.length)) === 0) return false;
+    let lower: string | undefined;
+    for (const candidate of this.names) {
+      if (candidate.length !== name.length) continue;
+      if (candidate === name || candidate === (lower ??= name.toLowerCase())) return true;
+    }
     return false;
   }
 }
+
+const lengthBit = (length: number): number => 1 << (length < 31 ? length : 31);
 
 export const NO_HEADER_NAMES = new HeaderNameSet([]);
 
