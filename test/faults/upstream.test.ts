@@ -138,39 +138,35 @@ describe('faults: upstream', function () {
     });
   }
 
-  it('sends more body than its Content-Length: the client gets exactly Content-Length bytes, the extra never reaches the next answer', async () => {
-    h.upstream.behaviour = (req) => {
-      // Keep the connection open so the surplus sits where the next response would be read.
-      req.on('end', () => req.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged'));
-      req.resume();
-      return true;
-    };
-    const first = await request(h.url, '/api/2.0/mlflow/runs/get?run_id=1');
-    expect(first.status).to.equal(200);
-    expect(first.text).to.equal('ok');
-    h.upstream.behaviour = undefined;
-    const second = await request(h.url, '/bytes/10');
-    expect(second.status).to.equal(200);
-    expect(second.body.length, 'the surplus bytes were read as the next response').to.equal(10);
-    await h.assertHealthy('after surplus body bytes');
-  });
-
-  it('sends the start of another answer after its own, in the same write: the connection is not reused, the next answer is its own', async () => {
-    h.upstream.behaviour = (req) => {
-      // Only part of a head follows: no headers complete, so nothing but the start of a message shows it.
-      req.on('end', () => req.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Le'));
-      req.resume();
-      return true;
-    };
-    const first = await request(h.url, '/api/2.0/mlflow/runs/get?run_id=1');
-    expect(first.status).to.equal(200);
-    expect(first.text).to.equal('ok');
-    h.upstream.behaviour = undefined;
-    const second = await request(h.url, '/bytes/10');
-    expect(second.status, 'the next answer was read after the stray bytes').to.equal(200);
-    expect(second.body.length).to.equal(10);
-    await h.assertHealthy('after the start of a stray answer');
-  });
+  // Both keep the connection open so the surplus sits where the next answer would be read.
+  const surplus = [
+    {
+      what: 'more body than its Content-Length (a whole forged answer): the client gets exactly Content-Length bytes, the extra never reaches the next answer',
+      bytes: 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged',
+    },
+    {
+      // Only part of a head: no headers complete, so nothing but the start of a message shows it.
+      what: 'the start of another answer after its own, in the same write: the connection is not reused, the next answer is its own',
+      bytes: 'HTTP/1.1 200 OK\r\nContent-Le',
+    },
+  ];
+  for (const { what, bytes } of surplus) {
+    it(`sends ${what}`, async () => {
+      h.upstream.behaviour = (req) => {
+        req.on('end', () => req.socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok${bytes}`));
+        req.resume();
+        return true;
+      };
+      const first = await request(h.url, '/api/2.0/mlflow/runs/get?run_id=1');
+      expect(first.status).to.equal(200);
+      expect(first.text).to.equal('ok');
+      h.upstream.behaviour = undefined;
+      const second = await request(h.url, '/bytes/10');
+      expect(second.status, 'the next answer was read after the surplus bytes').to.equal(200);
+      expect(second.body.length, 'the surplus bytes were read as the next response').to.equal(10);
+      await h.assertHealthy(`after surplus bytes: ${bytes.slice(0, 30)}`);
+    });
+  }
 
   wireOnly('no distrust of connection reuse: undici does not tell whether a connection was reused')('closes a reused keep-alive connection instead of answering: a GET is re-sent once and succeeds, a POST is never re-sent', async () => {
     // From the proxy's side this is the stale-socket race made deterministic: the request went out on a
