@@ -1,7 +1,10 @@
 /** Child processes for the benchmark and what /proc says about them (CPU time, peak RSS). Linux only; elsewhere figures are null. */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 let clockTicks: number | undefined;
@@ -233,4 +236,42 @@ export function startChild(command: string, args: string[], env: NodeJS.ProcessE
     drainOnly: () => stopReading(),
     stderrTail: () => stderr,
   };
+}
+
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+export async function waitForPort(port: number, child: Child, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (child.proc.exitCode !== null) throw new Error(`exited before listening: ${child.stderrTail()}`);
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${port} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * The Node flags and process environment a build of kvx-proxy ships with (its package.json's kvx.nodeFlags and
+ * kvx.processEnv: what the image gives it), so each candidate runs here as it runs there, and none spends its
+ * start-up replacing itself to get them.
+ */
+export function shippedLaunch(bin: string): { flags: string[]; env: Record<string, string> } {
+  const file = join(dirname(bin), '..', '..', 'package.json');
+  if (!existsSync(file)) throw new Error(`${bin}: no package.json at ${file}; point BENCH_KVX_BASELINE at the dist/cli/kvx-proxy.js of a checkout`);
+  const pkg = JSON.parse(readFileSync(file, 'utf8')) as { kvx?: { nodeFlags?: string[]; processEnv?: Record<string, string> } };
+  return { flags: pkg.kvx?.nodeFlags ?? [], env: pkg.kvx?.processEnv ?? {} };
 }

@@ -12,43 +12,22 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import net from 'node:net';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { autocannonDriver, findWrk, wrkDriver } from './load.js';
 import type { LoadDriver, LoadResult } from './load.js';
 import { findNginx, nginxConfig } from './nginx.js';
-import { PeakRss, cpuSeconds, openFileLimits, processTree, rssMb, startChild } from './proc.js';
+import { PeakRss, cpuSeconds, freePort, openFileLimits, processTree, rssMb, shippedLaunch, startChild, waitForPort } from './proc.js';
 import type { Child } from './proc.js';
-import { RUN_ID, logBatchBody, runGetBody } from './shapes.js';
+import { RUN_ID, TOKEN, logBatchBody, runGetBody } from './shapes.js';
 import type { IdleSpec } from './conns.js';
 import type { TransferResult, TransferSpec } from './transfer.js';
 import type { WorkflowResult, WorkflowSpec } from './workflow.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const KVX_BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
-/**
- * The Node flags and process environment a build of kvx-proxy ships with (its package.json's kvx.nodeFlags and
- * kvx.processEnv: what the image gives it), so each candidate runs here as it runs there, and none spends its
- * start-up replacing itself to get them.
- */
-function shippedLaunch(bin: string): { flags: string[]; env: Record<string, string> } {
-  const file = join(dirname(bin), '..', '..', 'package.json');
-  if (!existsSync(file)) throw new Error(`${bin}: no package.json at ${file}; point BENCH_KVX_BASELINE at the dist/cli/kvx-proxy.js of a checkout`);
-  const pkg = JSON.parse(readFileSync(file, 'utf8')) as { kvx?: { nodeFlags?: string[]; processEnv?: Record<string, string> } };
-  return { flags: pkg.kvx?.nodeFlags ?? [], env: pkg.kvx?.processEnv ?? {} };
-}
 const KVX_LAUNCH = shippedLaunch(KVX_BIN);
-/**
- * The credential every candidate sends: opaque, but as long as the ID token the Google candidate's fakes mint
- * (google-fakes.ts prints that length, and a note says when they differ). IAP traffic carries tokens of this size,
- * and with equal header bytes "cached Google token within 3% of static" measures the token cache, not the extra
- * 800 bytes a 35-byte static token used to save on every request.
- */
-const ID_TOKEN_LENGTH = 853;
-const TOKEN = `bench-static-token-${'0123456789abcdef'.repeat(Math.ceil(ID_TOKEN_LENGTH / 16))}`.slice(0, ID_TOKEN_LENGTH);
 
 interface Options {
   smoke: boolean;
@@ -146,14 +125,6 @@ function log(line: string): void {
   process.stderr.write(line + '\n');
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 function request(url: string, options: { method?: string; headers?: Record<string, string>; body?: Buffer } = {}): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const req = http.request(url, { method: options.method ?? 'GET', headers: options.headers, agent: false }, (res) => {
@@ -165,24 +136,6 @@ function request(url: string, options: { method?: string; headers?: Record<strin
     req.on('error', reject);
     req.end(options.body);
   });
-}
-
-async function waitForPort(port: number, child: Child, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (child.proc.exitCode !== null) throw new Error(`exited before listening: ${child.stderrTail()}`);
-    if (Date.now() > deadline) throw new Error(`nothing listening on ${port} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 const tsxChild = (file: string, args: string[], env: NodeJS.ProcessEnv): Child =>
@@ -284,7 +237,7 @@ async function startCandidates(opts: Options, upstreamUrl: string, upstreamPort:
       const g = await fakes.waitFor((v) =>
         typeof v['metadataHost'] === 'string' ? (v as { metadataHost: string; iamUrl: string; serviceAccount: string; audience: string; idTokenLength: number }) : undefined,
       );
-      if (g.idTokenLength !== TOKEN.length) notes.push(`kvx-google: its ID token is ${g.idTokenLength} bytes, the static token ${TOKEN.length}: set ID_TOKEN_LENGTH in bench/run.ts to match`);
+      if (g.idTokenLength !== TOKEN.length) notes.push(`kvx-google: its ID token is ${g.idTokenLength} bytes, the static token ${TOKEN.length}: set ID_TOKEN_LENGTH in bench/shapes.ts to match`);
       const home = join(tmp, 'google-home');
       mkdirSync(home, { recursive: true });
       const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, GCE_METADATA_HOST: g.metadataHost, KVX_AUTH_ENDPOINTS_IAM_CREDENTIALS: g.iamUrl };
