@@ -5,7 +5,7 @@
  *   node --import tsx bench/instructions.ts [--warmup N] [--requests N] [--shapes get,post,churn] [--only kvx,nginx]
  *
  * Why beside `npm run bench`: on a shared two-core machine the same build's CPU per request differs by 20 % and
- * more from round to round, more than most changes to the hot path. Instruction counts repeat to about 2 %, so
+ * more from round to round, more than most changes to the hot path. Instruction counts repeat to about 3 %, so
  * they tell whether a change helped. They leave out the kernel (system calls, loopback TCP), which is half of a
  * small request's cost and much the same for both candidates, and cache misses, so they rank changes; the timed
  * run stays the measure of record.
@@ -42,22 +42,32 @@ interface Options {
   only: Set<string> | undefined;
 }
 
+const CANDIDATES = ['kvx', 'nginx'];
+const FLAGS = ['--warmup', '--requests', '--shapes', '--only'];
+
 function parseArgs(argv: string[]): Options {
-  const value = (flag: string): string | undefined => {
-    const i = argv.indexOf(flag);
-    return i >= 0 ? argv[i + 1] : undefined;
-  };
+  const given = new Map<string, string>();
+  for (let i = 0; i < argv.length; i += 2) {
+    const flag = argv[i]!;
+    if (!FLAGS.includes(flag)) throw new Error(`${flag}: unknown option; the options are ${FLAGS.join(', ')}`);
+    const raw = argv[i + 1];
+    if (raw === undefined || raw.startsWith('--')) throw new Error(`${flag} needs a value`);
+    given.set(flag, raw);
+  }
   const count = (flag: string, fallback: number): number => {
-    const raw = value(flag);
+    const raw = given.get(flag);
     if (raw === undefined) return fallback;
     const n = Number(raw);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} ${raw}: expected a whole number of requests, at least 1`);
     return n;
   };
-  const shapes = (value('--shapes') ?? SHAPES.join(',')).split(',').map((s) => s.trim());
-  for (const s of shapes) if (!(SHAPES as readonly string[]).includes(s)) throw new Error(`--shapes: unknown shape "${s}"; choose from ${SHAPES.join(', ')}`);
-  const only = value('--only');
-  return { warmup: count('--warmup', 12_000), requests: count('--requests', 6_000), shapes: shapes as Shape[], only: only ? new Set(only.split(',')) : undefined };
+  const list = (flag: string, allowed: readonly string[]): string[] => {
+    const names = (given.get(flag) ?? allowed.join(',')).split(',').map((s) => s.trim());
+    for (const n of names) if (!allowed.includes(n)) throw new Error(`${flag}: unknown name "${n}"; choose from ${allowed.join(', ')}`);
+    return names;
+  };
+  const only = given.has('--only') ? new Set(list('--only', CANDIDATES)) : undefined;
+  return { warmup: count('--warmup', 12_000), requests: count('--requests', 6_000), shapes: list('--shapes', SHAPES) as Shape[], only };
 }
 
 /** Sends `total` requests over CONNECTIONS connections at a time, as the shape asks; rejects on any answer but 200. */
@@ -107,6 +117,8 @@ function instructionsOf(dir: string, prefix: string, pid: number): { all: number
     all += Number(match[1]);
     if (f.endsWith('-01')) main += Number(match[1]);
   }
+  // Nothing counted means callgrind_control reached a process that does not serve the requests.
+  if (all === 0) throw new Error(`callgrind counted no instructions for process ${pid} (files: ${files.join(', ')})`);
   return { all, main };
 }
 
@@ -145,7 +157,9 @@ async function measure(name: string, shape: Shape, opts: Options, upstreamPort: 
     const nginxArgs = nginxConfig(confDir, port, upstreamPort, TOKEN);
     // One process: callgrind_control reaches a process valgrind started, not one it forked (nginx's worker).
     const conf = join(confDir, 'nginx.conf');
-    writeFileSync(conf, readFileSync(conf, 'utf8').replace(/^master_process on;$/m, 'master_process off;'));
+    const generated = readFileSync(conf, 'utf8');
+    if (!/^master_process on;$/m.test(generated)) throw new Error(`${conf}: no "master_process on;" line to turn off; bench/nginx.ts changed its config`);
+    writeFileSync(conf, generated.replace(/^master_process on;$/m, 'master_process off;'));
     child = startChild('valgrind', [...valgrind, nginx, ...nginxArgs], process.env, confDir);
     await waitForPort(port, child, 120_000);
     child.drainOnly();
@@ -171,7 +185,7 @@ async function main(): Promise<void> {
   } catch {
     throw new Error('valgrind is not installed: apt-get install valgrind (callgrind counts the instructions)');
   }
-  const candidates = ['kvx', 'nginx'].filter((c) => !opts.only || opts.only.has(c));
+  const candidates = CANDIDATES.filter((c) => !opts.only || opts.only.has(c));
   const tmp = mkdtempSync(join(os.tmpdir(), 'kvx-instructions-'));
   const upstream = startChild(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'upstream.ts')], { ...process.env, BENCH_TOKEN: TOKEN }, ROOT);
   const results: Counted[] = [];
