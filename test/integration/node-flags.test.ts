@@ -4,8 +4,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { ADDED_ENV_MARKER, forgetAddedEnv, missingNodeFlags, missingProcessEnv } from '../../src/cli/node-flags.js';
+import { ADDED_ENV_MARKER, HEAP_GROWING_FLAG, forgetAddedEnv, missingNodeFlags, missingProcessEnv } from '../../src/cli/node-flags.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const BIN = join(ROOT, 'dist', 'cli', 'kvx-proxy.js');
@@ -114,5 +115,30 @@ describe('kvx-proxy started as the npm bin: the Node flags kvx ships with', func
 
     expect(await execSees({})).to.deep.equal({ arenas: null, marker: null });
     expect(await execSees({ MALLOC_ARENA_MAX: '4' })).to.deep.equal({ arenas: '4', marker: null });
+  });
+});
+
+/** The old generation's growing factor V8 reports after one full collection in a fresh `node nodeArgs -e gc()`. */
+async function growingFactor(nodeArgs: string[]): Promise<number | undefined> {
+  const { stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', '--trace-gc-verbose', ...nodeArgs, '-e', 'gc()'], { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' } });
+  const factor = /\[HeapController\] factor ([\d.]+)/.exec(stdout)?.[1];
+  return factor === undefined ? undefined : Number(factor);
+}
+
+describe('kvx-proxy limits how far V8 grows its old generation', function () {
+  this.timeout(20_000);
+  const NODE_FLAGS_MODULE = pathToFileURL(join(ROOT, 'dist', 'cli', 'node-flags.js')).href;
+
+  before(async function () {
+    // Node 22's V8 traces the factor it computed before applying the flag, so the trace cannot show the
+    // setting there; the flag given on the command line tells which kind of V8 this is.
+    if ((await growingFactor(['--heap-growing-percent=50'])) !== 1.5) this.skip();
+  });
+
+  it('fixes the factor at 1.5 as kvx-proxy loads, and keeps a factor the user gave', async () => {
+    expect(HEAP_GROWING_FLAG).to.equal('--heap-growing-percent=50');
+    expect(await growingFactor([])).to.not.equal(1.5);
+    expect(await growingFactor(['--import', NODE_FLAGS_MODULE])).to.equal(1.5);
+    expect(await growingFactor(['--heap-growing-percent=30', '--import', NODE_FLAGS_MODULE])).to.equal(1.3);
   });
 });
