@@ -133,11 +133,15 @@ describe('faults: memory', function () {
     // the proxy is idle: no request starts and no client connection opens or closes.
     h.upstream.dropIdle();
     // Both at once: a collection of V8's own can bring the heap back before the idle reduction returns the rest.
-    const back = (m: { heap: number; rss: number }) => m.heap < restHeap + 8 * MB && m.rss < peak - 30 * MB;
+    // More than half of what the burst added must come back; a fixed number of MB would depend on how high V8 let
+    // the burst go (121-123 MB with V8's own old-generation growing factor, 106-110 with the one kvx sets).
+    const returned = (rss: number) => rss - rest < (peak - rest) / 2;
+    const back = (m: { heap: number; rss: number }) => m.heap < restHeap + 8 * MB && returned(m.rss);
     const { heap: settledHeap, rss: settled } = await pollUntil(async () => ({ heap: await heapTotal(), rss: h.proxy.rssBytes() }), back, 15_000, 500);
     const story = `RSS at rest ${(rest / MB).toFixed(1)} MB, after the burst ${(peak / MB).toFixed(1)} MB, once idle ${(settled / MB).toFixed(1)} MB; V8 heap ${(restHeap / MB).toFixed(1)} → ${(peakHeap / MB).toFixed(1)} → ${(settledHeap / MB).toFixed(1)} MB`;
     expect(settledHeap, story).to.be.below(restHeap + 8 * MB);
     // What stays is native memory the allocator keeps for reuse (see the README); most of the burst's comes back.
-    expect(settled, story).to.be.below(peak - 30 * MB);
+    expect(peak - rest, `${story}: the burst did not grow the proxy, so this case measures nothing`).to.be.above(20 * MB);
+    expect(returned(settled), story).to.equal(true);
   });
 });
