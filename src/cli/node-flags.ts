@@ -99,11 +99,9 @@ function startedAsKvxProxy(): boolean {
  */
 export const HEAP_GROWING_FLAG = '--heap-growing-percent=50';
 
-/** Applies HEAP_GROWING_FLAG unless this Node was given the flag itself; returns whether it did. */
-export function limitHeapGrowth(execArgv: readonly string[] = process.execArgv, nodeOptions = process.env['NODE_OPTIONS']): boolean {
-  if (missingNodeFlags([HEAP_GROWING_FLAG], execArgv, nodeOptions).length === 0) return false;
-  v8.setFlagsFromString(HEAP_GROWING_FLAG);
-  return true;
+/** Applies HEAP_GROWING_FLAG unless this Node was given the flag itself. */
+function limitHeapGrowth(): void {
+  if (missingNodeFlags([HEAP_GROWING_FLAG], process.execArgv, process.env['NODE_OPTIONS']).length > 0) v8.setFlagsFromString(HEAP_GROWING_FLAG);
 }
 
 const replaced = forgetAddedEnv(process.env);
