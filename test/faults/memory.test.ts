@@ -133,9 +133,11 @@ describe('faults: memory', function () {
     // the proxy is idle: no request starts and no client connection opens or closes.
     h.upstream.dropIdle();
     // Both at once: a collection of V8's own can bring the heap back before the idle reduction returns the rest.
-    // More than half of what the burst added must come back; a fixed number of MB would depend on how high V8 let
-    // the burst go (121-123 MB with V8's own old-generation growing factor, 106-110 with the one kvx sets).
-    const returned = (rss: number) => rss - rest < (peak - rest) / 2;
+    // Most of what the burst added comes back, and what stays (native memory the allocator keeps for reuse) is
+    // bounded from the rest level: 10-12.5 MB on the wire engine, with V8's own old-generation growing factor
+    // (peaks of 121-123 MB) and with the one kvx sets (106-110 MB), 11-14 MB on the node engine (204-229 MB). A
+    // bound taken from the peak instead would depend on how high V8 let the burst go.
+    const returned = (rss: number) => rss - rest < (peak - rest) / 2 && rss < rest + 18 * MB;
     const back = (m: { heap: number; rss: number }) => m.heap < restHeap + 8 * MB && returned(m.rss);
     const { heap: settledHeap, rss: settled } = await pollUntil(async () => ({ heap: await heapTotal(), rss: h.proxy.rssBytes() }), back, 15_000, 500);
     const story = `RSS at rest ${(rest / MB).toFixed(1)} MB, after the burst ${(peak / MB).toFixed(1)} MB, once idle ${(settled / MB).toFixed(1)} MB; V8 heap ${(restHeap / MB).toFixed(1)} → ${(peakHeap / MB).toFixed(1)} → ${(settledHeap / MB).toFixed(1)} MB`;
